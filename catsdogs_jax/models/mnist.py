@@ -1,0 +1,27 @@
+"""The MNIST warm-up CNN: Conv(64, 5x5) - MaxPool(2) - Dense(100) - Dense(10)."""
+
+from typing import Any, Callable
+
+import jax.numpy as jnp
+from flax import linen as nn
+
+
+class MnistCNN(nn.Module):
+  num_outputs: int = 10
+  dropout_rate: float = 0.0
+  kernel_init: Callable = nn.initializers.glorot_uniform()
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Conv(64, (5, 5), padding='VALID', kernel_init=self.kernel_init,
+                dtype=self.dtype, name='conv1')(x)
+    x = nn.relu(x)
+    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = x.reshape((x.shape[0], -1))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = nn.Dense(100, kernel_init=self.kernel_init, dtype=self.dtype, name='dense1')(x)
+    x = nn.relu(x)
+    x = nn.Dense(self.num_outputs, kernel_init=self.kernel_init, dtype=self.dtype,
+                 name='logits')(x)
+    return x.astype(jnp.float32)

@@ -1,0 +1,43 @@
+"""On-device input preprocessing, bound to the weights a model was trained with.
+
+The input pipeline ships uint8 images; the jitted steps convert them here, so
+the host transfers a quarter of the bytes and the conversion runs on the
+accelerator.
+"""
+
+import jax.numpy as jnp
+
+# Keras applications' "caffe" mode (VGG16/VGG19 weights): BGR, mean-subtracted.
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+# torchvision ImageNet weights: RGB in [0, 1], normalised per channel.
+TORCH_MEAN = (0.485, 0.456, 0.406)
+TORCH_STD = (0.229, 0.224, 0.225)
+
+
+def rescale(images):
+  """1/255, for models trained from scratch (the tutorials' `rescale=1./255`)."""
+  return images.astype(jnp.float32) / 255.0
+
+
+def caffe(images):
+  x = images.astype(jnp.float32)[..., ::-1]
+  return x - jnp.asarray(CAFFE_MEAN_BGR, jnp.float32)
+
+
+def torch(images):
+  x = images.astype(jnp.float32) / 255.0
+  return (x - jnp.asarray(TORCH_MEAN, jnp.float32)) / jnp.asarray(TORCH_STD, jnp.float32)
+
+
+def identity(images):
+  return images.astype(jnp.float32)
+
+
+PREPROCESSORS = {'rescale': rescale, 'caffe': caffe, 'torch': torch, 'none': identity}
+
+
+def get_preprocessor(name: str):
+  if name not in PREPROCESSORS:
+    raise ValueError(f'Unknown preprocessing {name!r} (config.preprocess); '
+                     f'choose one of: {", ".join(PREPROCESSORS)}.')
+  return PREPROCESSORS[name]

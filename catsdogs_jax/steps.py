@@ -1,0 +1,75 @@
+"""The pure train and eval steps (jitted once, over the device mesh, in `parallel`)."""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from catsdogs_jax import losses
+from catsdogs_jax.metrics import EvalMetrics, TrainMetrics
+from catsdogs_jax.preprocessing import get_preprocessor
+
+
+def _variables(state, params):
+  variables = {'params': params}
+  if state.batch_stats:
+    variables['batch_stats'] = state.batch_stats
+  return variables
+
+
+def _all_finite(tree):
+  leaves = jax.tree.leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def make_train_step(model, tx: optax.GradientTransformation, config):
+  """Returns `train_step(state, batch) -> (state, TrainMetrics, finite)`."""
+  preprocess = get_preprocessor(config.preprocess)
+  compute_dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+
+  def train_step(state, batch):
+    dropout_rng = jax.random.fold_in(state.rng, state.step)
+    images = preprocess(batch['image']).astype(compute_dtype)
+    labels = batch['label']
+
+    def loss_fn(params):
+      logits, new_vars = model.apply(
+          _variables(state, params), images, train=True,
+          rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
+      per_example = losses.per_example_loss(logits, labels, config.loss)
+      return per_example.mean(), (per_example, logits, new_vars)
+
+    grads, (per_example, logits, new_vars) = jax.grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates = jax.tree.map(lambda u: u * state.plateau.scale, updates)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        batch_stats=new_vars.get('batch_stats', state.batch_stats),
+        opt_state=opt_state,
+    )
+    correct = losses.predictions(logits, config.loss) == labels
+    metrics = TrainMetrics.single_from_model_output(
+        loss=per_example, accuracy=correct.astype(jnp.float32))
+    finite = jnp.isfinite(per_example).all() & _all_finite(grads)
+    return new_state, metrics, finite
+
+  return train_step
+
+
+def make_eval_step(model, config):
+  """Returns `eval_step(state, batch) -> EvalMetrics`; `batch['mask']` marks real images."""
+  preprocess = get_preprocessor(config.preprocess)
+  compute_dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+
+  def eval_step(state, batch):
+    images = preprocess(batch['image']).astype(compute_dtype)
+    logits = model.apply(_variables(state, state.params), images, train=False)
+    labels = batch['label']
+    predictions = losses.predictions(logits, config.loss)
+    return EvalMetrics.single_from_model_output(
+        loss=losses.per_example_loss(logits, labels, config.loss),
+        accuracy=(predictions == labels).astype(jnp.float32),
+        labels=labels, predictions=predictions, num_classes=config.num_classes,
+        mask=batch['mask'])
+
+  return eval_step

@@ -1,0 +1,126 @@
+"""The training loop: epochs of jitted steps, validation, callbacks and checkpoints."""
+
+import os
+import time
+from typing import Any, Dict
+
+import jax
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from catsdogs_jax import callbacks, checkpointing, experiment, optimizers, parallel
+from catsdogs_jax.evaluate import run_eval
+from catsdogs_jax.steps import make_eval_step, make_train_step
+
+LOG_CSV = 'log.csv'
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def _restore_or_init(exp: experiment.Experiment):
+  step = exp.checkpoints.latest_step()
+  if step is None:
+    return exp.init_state(), checkpointing.new_history()
+  logging.info('resuming from checkpoint at step %d in %s', step, exp.workdir)
+  return exp.checkpoints.restore(step, exp.abstract_state())
+
+
+def _finished(history: Dict[str, Any], num_epochs: int) -> bool:
+  return bool(history['stop_reason']) or len(history['epochs']) >= num_epochs
+
+
+def _check_finite(finite, step: int, epoch: int, learning_rate: float):
+  if not bool(finite):
+    raise NonFiniteLossError(
+        f'Non-finite loss or gradients before step {step} (epoch {epoch}, learning rate '
+        f'{learning_rate:.3g}). Likely causes: a learning rate too high for this model, '
+        'unnormalised inputs (check config.preprocess), or bad images. Earlier '
+        'checkpoints are kept.')
+
+
+def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
+  """Trains (or resumes) in `workdir`; returns the history of finished epochs."""
+  exp = experiment.build(config, workdir)
+  state, history = _restore_or_init(exp)
+  if _finished(history, config.num_epochs):
+    logging.info('Training in %s is already finished (%d epochs%s); nothing to do. Use '
+                 '--mode=evaluate, or raise --config.num_epochs to train further.',
+                 workdir, len(history['epochs']),
+                 f'; {history["stop_reason"]}' if history['stop_reason'] else '')
+    return history
+
+  train_data, val_data = exp.pipeline(config.train_split), exp.pipeline(config.eval_split)
+  assert train_data.steps_per_epoch == exp.steps_per_epoch
+  train_step = parallel.jit_train_step(make_train_step(exp.model, exp.tx, config), exp.mesh)
+  eval_step = parallel.jit_eval_step(make_eval_step(exp.model, config), exp.mesh)
+  plateau_update = jax.jit(lambda s, value: exp.plateau.update(0.0, s, value=value)[1])
+
+  spe, total_steps = exp.steps_per_epoch, exp.steps_per_epoch * config.num_epochs
+  step = int(state.step)
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+  report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
+                                           every_steps=config.log_every_steps)
+  progress = callbacks.Progress(total_steps, config.batch_size, step)
+
+  for epoch in range(step // spe, config.num_epochs):
+    epoch_start, epoch_first_step = time.time(), step
+    metrics = finite = None
+    batches = train_data.train_epoch(epoch, skip_batches=step - epoch * spe)
+    for batch in parallel.prefetch_to_mesh(batches, exp.mesh):
+      state, step_metrics, step_finite = train_step(state, batch)
+      metrics = step_metrics if metrics is None else metrics.merge(step_metrics)
+      finite = step_finite if finite is None else finite & step_finite
+      step += 1
+      report(step)
+      if step % config.log_every_steps == 0:  # the only per-step host sync
+        lr = float(optimizers.learning_rate(exp.schedule, step - 1, state.plateau))
+        _check_finite(finite, step, epoch + 1, lr)
+        running = metrics.compute()
+        progress.log(epoch + 1, config.num_epochs, step, float(running['loss']),
+                     float(running['accuracy']))
+        writer.write_scalars(step, {'train_loss': running['loss'],
+                                    'train_accuracy': running['accuracy'], 'learning_rate': lr})
+
+    lr = float(optimizers.learning_rate(exp.schedule, step - 1, state.plateau))
+    _check_finite(finite, step, epoch + 1, lr)
+    train = jax.device_get(metrics.compute())
+    val = run_eval(eval_step, state, val_data, exp.mesh)
+    seconds = time.time() - epoch_start
+    row = {'epoch': epoch + 1, 'step': step, 'loss': float(train['loss']),
+           'accuracy': float(train['accuracy']), 'val_loss': val['loss'],
+           'val_accuracy': val['accuracy'], 'learning_rate': lr, 'seconds': round(seconds, 3),
+           'images_per_second': round((step - epoch_first_step) * config.batch_size / seconds, 2)}
+    history['epochs'].append(row)
+    logging.info('epoch %d/%d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f '
+                 '(%d images) lr %.3g, %.1fs', epoch + 1, config.num_epochs, row['loss'],
+                 row['accuracy'], row['val_loss'], row['val_accuracy'], val['num_images'], lr,
+                 seconds)
+    if config.schedule.name == 'plateau':
+      state = state.replace(plateau=plateau_update(
+          state.plateau, optimizers.plateau_value(config, row)))
+    if config.early_stopping.enabled:
+      es = config.early_stopping
+      history['stop_reason'] = callbacks.early_stopping_reason(
+          history['epochs'], es.monitor, es.patience, es.min_delta)
+    exp.checkpoints.save(step, state, history, metrics={
+        'val_loss': row['val_loss'], 'val_accuracy': row['val_accuracy']})
+    if jax.process_index() == 0:
+      callbacks.write_csv(os.path.join(workdir, LOG_CSV), history['epochs'])
+    writer.write_scalars(step, {k: row[k] for k in ('loss', 'accuracy', 'val_loss',
+                                                    'val_accuracy', 'learning_rate')})
+    writer.flush()
+    if history['stop_reason']:
+      logging.info('%s', history['stop_reason'])
+      break
+
+  exp.checkpoints.wait()
+  exp.checkpoints.close()
+  writer.close()
+  best = exp.checkpoints.best_step()
+  logging.info('training finished: %d epochs, best checkpoint at step %s (by %s)',
+               len(history['epochs']), best, config.checkpoint.best_monitor)
+  return history

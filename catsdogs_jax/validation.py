@@ -1,0 +1,95 @@
+"""Config checks that run before any heavy work, each failing with the problem and the fix."""
+
+import jax
+import numpy as np
+
+from catsdogs_jax import losses, optimizers
+from catsdogs_jax.models import MODELS, create_model
+from catsdogs_jax.models.initializers import INITIALIZERS
+from catsdogs_jax.preprocessing import PREPROCESSORS
+from catsdogs_jax.train_state import init_variables
+
+MONITORS = ('val_loss', 'val_accuracy')
+RESIZE_METHODS = ('bilinear', 'nearest', 'bicubic', 'area', 'lanczos3', 'mitchellcubic')
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the field and the choices."""
+
+
+def _choice(value, choices, field: str):
+  if value not in choices:
+    raise ConfigError(f'Unknown {field.split(".")[-1]} {value!r} (config.{field}); '
+                      f'choose one of: {", ".join(sorted(choices))}.')
+
+
+def validate_config(config, num_devices: int = None):
+  """Checks names, ranges and consistency of the config fields."""
+  _choice(config.model.name, MODELS, 'model.name')
+  _choice(config.optimizer.name, optimizers.OPTIMIZERS, 'optimizer.name')
+  _choice(config.schedule.name, optimizers.SCHEDULES, 'schedule.name')
+  _choice(config.loss, losses.LOSSES, 'loss')
+  _choice(config.preprocess, PREPROCESSORS, 'preprocess')
+  _choice(config.model.kernel_init, INITIALIZERS, 'model.kernel_init')
+  _choice(config.resize_method, RESIZE_METHODS, 'resize_method')
+  _choice(config.schedule.plateau_monitor, MONITORS, 'schedule.plateau_monitor')
+  _choice(config.early_stopping.monitor, MONITORS, 'early_stopping.monitor')
+  _choice(config.checkpoint.best_monitor, MONITORS, 'checkpoint.best_monitor')
+  _choice(config.channels, (1, 3), 'channels')
+  if config.loss == 'sigmoid' and config.num_classes != 2:
+    raise ConfigError(f'config.loss="sigmoid" is a binary head but config.num_classes='
+                      f'{config.num_classes}; use --config.loss=softmax.')
+  for field in ('batch_size', 'num_epochs', 'image_size', 'num_classes', 'log_every_steps'):
+    if config[field] <= 0:
+      raise ConfigError(f'config.{field} must be positive, got {config[field]}.')
+  if config.checkpoint.keep < 1:
+    raise ConfigError(f'config.checkpoint.keep must be at least 1, got {config.checkpoint.keep}.')
+  try:
+    create_model(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  if config.batch_size % num_devices:
+    raise ConfigError(f'config.batch_size={config.batch_size} is not divisible by the '
+                      f'{num_devices} devices; use a multiple of {num_devices}.')
+
+
+def _fits(model, size: int, channels: int) -> bool:
+  """Whether the model runs on size x size inputs with no empty feature map."""
+  try:
+    variables = jax.eval_shape(lambda rng: init_variables(model, rng, (size, size, channels)),
+                               jax.random.PRNGKey(0))
+  except Exception:  # conv/pool shape errors surface as several exception types
+    return False
+  return all(np.prod(leaf.shape) > 0 for leaf in jax.tree.leaves(variables))
+
+
+def check_image_size(config, model):
+  """Fails when config.image_size is too small for the architecture, naming the minimum."""
+  if _fits(model, config.image_size, config.channels):
+    return
+  low, high = config.image_size, max(2 * config.image_size, 8)
+  while not _fits(model, high, config.channels):
+    low, high = high, high * 2
+    if high > 4096:
+      raise ConfigError(f'Model {config.model.name!r} does not accept '
+                        f'{config.image_size}x{config.image_size} images.')
+  while high - low > 1:  # binary search for the smallest size that fits
+    mid = (low + high) // 2
+    low, high = (low, mid) if _fits(model, mid, config.channels) else (mid, high)
+  raise ConfigError(
+      f'config.image_size={config.image_size} is too small for model {config.model.name!r}: '
+      f'its feature maps shrink to nothing. Use --config.image_size={high} or more.')
+
+
+def check_dataset(config, info, steps_per_epoch: int):
+  """The dataset and the config agree on classes, and an epoch has at least one step."""
+  if len(info.class_names) != config.num_classes:
+    raise ConfigError(
+        f'The dataset has {len(info.class_names)} classes ({", ".join(info.class_names)}) '
+        f'but config.num_classes={config.num_classes}; set --config.num_classes='
+        f'{len(info.class_names)}.')
+  if steps_per_epoch == 0:
+    raise ConfigError(
+        f'config.batch_size={config.batch_size} is larger than the training split '
+        f'({info.num_examples["train"]} images): an epoch would have no step.')

@@ -1,0 +1,84 @@
+"""Every configuration field, with its default. Experiment configs change a few.
+
+The returned ConfigDict is locked: assigning a field that does not exist (a
+typo in an experiment config, or `--config.learning_rat=...` on the command
+line) is an error instead of being silently ignored.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0                      # parameter init, dropout and data order
+
+  # ----- data
+  config.dataset = 'cats_vs_dogs'      # a tfds name, or 'folder:PATH' (PATH/split/label/image)
+  config.data_dir = ml_collections.FieldReference(None, field_type=str)  # tfds data_dir (None: tfds default)
+  config.download = True               # let tfds download and prepare a missing dataset
+  config.train_split = 'train[:80%]'   # tfds split (slicing allowed) or folder sub-folder name
+  config.eval_split = 'train[80%:90%]'  # validation split, evaluated after every epoch
+  config.test_split = 'train[90%:]'    # test split, used by --mode=evaluate
+  config.image_key = 'image'           # tfds feature holding the image
+  config.label_key = 'label'           # tfds feature holding the class label
+  config.image_size = 150              # images are resized to image_size x image_size
+  config.channels = 3                  # 3 for RGB, 1 for grayscale (MNIST)
+  config.resize_method = 'bilinear'    # tf.image.resize method ('bilinear', 'nearest', 'bicubic', 'area')
+  config.cache = False                 # keep decoded, resized images in memory after the first epoch
+  config.shuffle_buffer = 10_000       # tfds datasets: shuffle buffer of encoded images
+  config.preprocess = 'rescale'        # on-device: 'rescale' (1/255), 'caffe', 'torch', 'none'
+  config.num_classes = 2               # must equal the dataset's number of labels
+
+  # ----- model
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'small_cnn'      # small_cnn, mnist_cnn, vgg16, vgg19, resnet18..resnet152
+  config.model.dropout_rate = 0.0      # dropout before the dense layers
+  config.model.kernel_init = 'glorot_uniform'  # glorot_uniform (Keras), he_normal, lecun_normal, normal
+  config.model.init_stddev = 0.01      # stddev of kernel_init='normal' (the VGG paper's N(0, 0.01))
+  config.model.include_top = ml_collections.FieldReference(None, field_type=bool)  # VGG/ResNet: classifier top
+  config.model.pooling = ml_collections.FieldReference(None, field_type=str)  # VGG without top: 'avg', 'max'
+  config.loss = 'sigmoid'              # 'sigmoid' (1 logit, 2 classes) or 'softmax'
+  config.half_precision = False        # bfloat16 compute, float32 parameters
+
+  # ----- optimisation
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = 'rmsprop'    # sgd, rmsprop, adam
+  config.optimizer.learning_rate = 1e-4  # base (peak) learning rate
+  config.optimizer.momentum = 0.0      # sgd / rmsprop momentum (0: none)
+  config.optimizer.nesterov = False    # Nesterov momentum (sgd, rmsprop)
+  config.optimizer.rho = 0.9           # rmsprop decay of the squared-gradient average (Keras rho)
+  config.optimizer.b1 = 0.9            # adam
+  config.optimizer.b2 = 0.999          # adam
+  config.optimizer.eps = 1e-7          # rmsprop / adam epsilon (Keras default)
+  config.optimizer.weight_decay = 0.0  # L2 on kernels, added to the gradient (VGG paper: 5e-4)
+  config.optimizer.grad_clip_norm = 0.0  # clip gradients to this global norm (0: off)
+  config.frozen = ()                   # regexes of parameter paths that get no updates ('block[1-4]_')
+
+  config.schedule = ml_collections.ConfigDict()
+  config.schedule.name = 'constant'    # constant, step, cosine, plateau
+  config.schedule.warmup_epochs = 0.0  # linear warm-up from 0 (any schedule)
+  config.schedule.step_epochs = (30, 60, 90)  # step: epochs at which lr is multiplied by step_factor
+  config.schedule.step_factor = 0.1
+  config.schedule.cosine_alpha = 0.0   # cosine: final lr as a fraction of the peak
+  config.schedule.plateau_monitor = 'val_accuracy'  # plateau: validation metric checked each epoch
+  config.schedule.plateau_factor = 0.1   # plateau: multiply lr by this...
+  config.schedule.plateau_patience = 5   # ...after this many epochs without improvement
+  config.schedule.plateau_min_delta = 1e-4  # smallest change that counts as improvement
+  config.schedule.plateau_cooldown = 0   # epochs to wait after a reduction
+  config.schedule.plateau_min_scale = 0.0  # lower bound of the lr multiplier
+
+  # ----- training loop
+  config.batch_size = 32               # global batch, split over all devices
+  config.num_epochs = 30
+  config.log_every_steps = 50          # progress line and TensorBoard train scalars
+  config.early_stopping = ml_collections.ConfigDict()
+  config.early_stopping.enabled = False
+  config.early_stopping.monitor = 'val_loss'  # val_loss or val_accuracy
+  config.early_stopping.patience = 10  # epochs without improvement before stopping
+  config.early_stopping.min_delta = 0.0
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.keep = 3           # most recent epoch checkpoints kept (plus the best)
+  config.checkpoint.best_monitor = 'val_accuracy'  # metric that picks the best checkpoint
+
+  config.lock()
+  return config

@@ -19,8 +19,8 @@ class ConfigError(ValueError):
 
 def _choice(value, choices, field: str):
   if value not in choices:
-    raise ConfigError(f'Unknown {field.split(".")[-1]} {value!r} (config.{field}); '
-                      f'choose one of: {", ".join(sorted(choices))}.')
+    raise ConfigError(f'Unknown config.{field} {value!r}; '
+                      f'choose one of: {", ".join(sorted(map(str, choices)))}.')
 
 
 def validate_config(config, num_devices: int = None):

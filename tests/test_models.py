@@ -1,0 +1,94 @@
+"""Architectures: exact parameter counts (SPEC.md) by jax.eval_shape, names, and forward passes."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from catsdogs_jax import models, summary
+from catsdogs_jax.train_state import init_variables
+from configs import default
+
+
+def _config(name, num_classes=2, loss='softmax', **model_fields):
+  config = default.get_config()
+  config.model.name, config.num_classes, config.loss = name, num_classes, loss
+  for k, v in model_fields.items():
+    config.model[k] = v
+  return config
+
+
+def _abstract_variables(config, size, channels=3):
+  model = models.create_model(config)
+  return jax.eval_shape(lambda r: init_variables(model, r, (size, size, channels)),
+                        jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize('name, size, num_classes, loss, fields, expected', [
+    ('small_cnn', 150, 2, 'sigmoid', {}, 3_453_121),
+    ('vgg16', 224, 2, 'softmax', {}, 134_268_738),
+    ('vgg16', 224, 2, 'softmax', {'include_top': False}, 14_714_688),
+    ('vgg16', 50, 2, 'softmax', {}, 33_605_442),
+    ('vgg19', 224, 1000, 'softmax', {}, 143_667_240),
+    ('resnet50', 224, 1000, 'softmax', {}, 25_557_032),
+])
+def test_parameter_counts_match_spec(name, size, num_classes, loss, fields, expected):
+  variables = _abstract_variables(_config(name, num_classes, loss, **fields), size)
+  assert summary.count_parameters(variables['params']) == expected
+
+
+def test_resnet_batchnorm_statistics_are_not_parameters():
+  variables = _abstract_variables(_config('resnet50', 1000), 224)
+  stats = summary.count_parameters(variables['batch_stats'])
+  # Every BatchNorm has a mean and a variance per channel: half of its 2 params per channel.
+  bn_params = sum(x.size for p, x in jax.tree_util.tree_flatten_with_path(variables['params'])[0]
+                  if 'bn' in jax.tree_util.keystr(p))
+  assert stats == bn_params == 2 * 26_560
+
+
+def test_vgg_layer_names_follow_keras():
+  params = _abstract_variables(_config('vgg16', include_top=False), 64)['params']
+  expected = {f'block{b}_conv{c}' for b, n in enumerate((2, 2, 3, 3, 3), 1)
+              for c in range(1, n + 1)}
+  assert set(params) == expected
+
+
+def test_vgg_no_top_pooling_returns_feature_vector():
+  config = _config('vgg16', include_top=False, pooling='avg')
+  model = models.create_model(config)
+  variables = init_variables(model, jax.random.PRNGKey(0), (32, 32, 3))
+  assert model.apply(variables, jnp.zeros((2, 32, 32, 3))).shape == (2, 512)
+
+
+def test_resnet18_forward_updates_batch_stats():
+  config = _config('resnet18', num_classes=3)
+  model = models.create_model(config)
+  variables = init_variables(model, jax.random.PRNGKey(0), (32, 32, 3))
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
+  logits, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  assert logits.shape == (4, 3)
+  before = variables['batch_stats']['bn1']['mean']
+  assert not jnp.allclose(updates['batch_stats']['bn1']['mean'], before)
+
+
+def test_sigmoid_head_has_one_output_softmax_has_one_per_class():
+  assert models.num_outputs(_config('small_cnn', 2, 'sigmoid')) == 1
+  assert models.num_outputs(_config('small_cnn', 2, 'softmax')) == 2
+
+
+def test_unknown_model_lists_choices():
+  with pytest.raises(ValueError, match=r"Unknown model 'vgg17'.*resnet50.*small_cnn.*vgg16"):
+    models.create_model(_config('vgg17'))
+
+
+def test_option_the_model_lacks_is_an_error():
+  with pytest.raises(ValueError, match="no option 'include_top'"):
+    models.create_model(_config('small_cnn', include_top=False))
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+  config = _config('small_cnn', loss='sigmoid')
+  config.half_precision = True
+  model = models.create_model(config)
+  variables = init_variables(model, jax.random.PRNGKey(0), (48, 48, 3))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
+  assert model.apply(variables, jnp.ones((1, 48, 48, 3))).dtype == jnp.float32

@@ -1,0 +1,88 @@
+"""Training loop: bit-for-bit resume, finished runs, and the checks that guard a workdir."""
+
+import jax
+import numpy as np
+import pytest
+
+from catsdogs_jax import callbacks, checkpointing, experiment, train
+
+
+def _final_state(config, workdir):
+  exp = experiment.build(config, str(workdir), read_only=True)
+  state, history = exp.checkpoints.restore(exp.checkpoints.latest_step(), exp.abstract_state())
+  return jax.device_get(state), history
+
+
+def _rows_without_timing(workdir):
+  rows = callbacks.read_csv(str(workdir / train.LOG_CSV))
+  return [{k: v for k, v in r.items() if k not in callbacks.TIMING_COLUMNS} for r in rows]
+
+
+def test_resume_gives_the_same_parameters_and_log(make_config, tmp_path):
+  config = make_config(num_epochs=2, **{'model.dropout_rate': 0.5})
+  straight = tmp_path / 'straight'
+  train.train_and_evaluate(config, str(straight))
+
+  resumed = tmp_path / 'resumed'
+  train.train_and_evaluate(make_config(num_epochs=1, **{'model.dropout_rate': 0.5}), str(resumed))
+  assert len(_rows_without_timing(resumed)) == 1
+  train.train_and_evaluate(config, str(resumed))
+
+  a, history_a = _final_state(config, straight)
+  b, history_b = _final_state(config, resumed)
+  assert int(a.step) == int(b.step) == 6
+  jax.tree.map(np.testing.assert_array_equal, a, b)   # bit for bit
+  assert _rows_without_timing(straight) == _rows_without_timing(resumed)
+  assert len(history_a['epochs']) == len(history_b['epochs']) == 2
+
+
+def test_finished_run_is_not_retrained(make_config, tmp_path, caplog):
+  config = make_config()
+  train.train_and_evaluate(config, str(tmp_path))
+  step = checkpointing.Checkpoints(str(tmp_path), config).latest_step()
+  with caplog.at_level('INFO'):
+    history = train.train_and_evaluate(config, str(tmp_path))
+  assert 'already finished' in caplog.text
+  assert len(history['epochs']) == 1
+  assert checkpointing.Checkpoints(str(tmp_path), config).latest_step() == step
+
+
+def test_early_stopping_ends_training_and_is_remembered(make_config, tmp_path):
+  # An impossible min_delta: no epoch ever improves, so patience 1 stops after epoch 2.
+  config = make_config(num_epochs=5, **{'early_stopping.enabled': True,
+                                        'early_stopping.patience': 1,
+                                        'early_stopping.min_delta': 100.0})
+  history = train.train_and_evaluate(config, str(tmp_path))
+  assert len(history['epochs']) == 2 and 'early stopping' in history['stop_reason']
+  assert len(train.train_and_evaluate(config, str(tmp_path))['epochs']) == 2
+
+
+def test_plateau_divides_the_learning_rate(make_config, tmp_path):
+  config = make_config(num_epochs=3, **{'schedule.name': 'plateau',
+                                        'schedule.plateau_patience': 1,
+                                        'schedule.plateau_min_delta': 100.0})
+  history = train.train_and_evaluate(config, str(tmp_path))
+  rates = [row['learning_rate'] for row in history['epochs']]
+  # Epoch 1 sets the best value; epoch 2 does not improve on it (patience 1), so
+  # epoch 3 trains at a tenth, as Keras' ReduceLROnPlateau would.
+  np.testing.assert_allclose(rates, [1e-4, 1e-4, 1e-5], rtol=1e-5)
+
+
+def test_workdir_of_another_model_is_refused_before_training(make_config, tmp_path):
+  train.train_and_evaluate(make_config(), str(tmp_path))
+  other = make_config(**{'model.name': 'vgg16', 'loss': 'softmax'})
+  with pytest.raises(checkpointing.WorkdirError,
+                     match=r"different model \('small_cnn', now 'vgg16'.*new --workdir"):
+    experiment.build(other, str(tmp_path))
+
+
+def test_checkpoints_keep_the_last_n_and_the_best(make_config, tmp_path):
+  config = make_config(**{'checkpoint.keep': 1, 'checkpoint.best_monitor': 'val_accuracy'})
+  ckpts = checkpointing.Checkpoints(str(tmp_path), config)
+  state = {'w': np.zeros(3, np.float32)}
+  for step, accuracy in zip((1, 2, 3, 4), (0.5, 0.9, 0.6, 0.7)):
+    ckpts.save(step, state, checkpointing.new_history(),
+               metrics={'val_accuracy': accuracy, 'val_loss': 1 - accuracy})
+  ckpts.wait()
+  assert sorted(ckpts.manager.all_steps()) == [2, 4]   # the best and the latest
+  assert ckpts.best_step() == 2 and ckpts.latest_step() == 4

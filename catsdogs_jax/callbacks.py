@@ -12,6 +12,11 @@ CSV_COLUMNS = ('epoch', 'step', 'loss', 'accuracy', 'val_loss', 'val_accuracy',
 TIMING_COLUMNS = ('seconds', 'images_per_second')
 
 
+def monitor_mode(metric: str) -> str:
+  """'max' for accuracies, 'min' for losses."""
+  return 'max' if 'accuracy' in metric else 'min'
+
+
 def _improved(value: float, best: float, mode: str, min_delta: float) -> bool:
   return value > best + min_delta if mode == 'max' else value < best - min_delta
 
@@ -19,7 +24,7 @@ def _improved(value: float, best: float, mode: str, min_delta: float) -> bool:
 def early_stopping_reason(rows: List[Dict[str, Any]], monitor: str, patience: int,
                           min_delta: float) -> Optional[str]:
   """Why to stop after the last row, or None: `patience` epochs without improvement."""
-  mode = 'max' if 'accuracy' in monitor else 'min'
+  mode = monitor_mode(monitor)
   best_epoch, best = None, None
   for row in rows:
     if best is None or _improved(row[monitor], best, mode, min_delta):

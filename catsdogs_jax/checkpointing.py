@@ -13,16 +13,14 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from catsdogs_jax.callbacks import monitor_mode
+
 STATE, HISTORY = 'state', 'history'
 MODEL_FILE = 'model.json'
 
 
 class WorkdirError(ValueError):
   """The workdir cannot be used for this config; the message says why."""
-
-
-def monitor_mode(metric: str) -> str:
-  return 'max' if 'accuracy' in metric else 'min'
 
 
 def new_history() -> Dict[str, Any]:

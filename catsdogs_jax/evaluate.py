@@ -37,8 +37,8 @@ def format_result(result: Dict[str, Any], class_names) -> str:
 def evaluate_checkpoint(config, workdir: str, split: str = 'test',
                         step: Optional[int] = None) -> Dict[str, Any]:
   """Evaluates the best checkpoint of `workdir` (or `step`) on a split; writes eval_<split>.json."""
-  splits = {'train': config.train_split, 'validation': config.eval_split,
-            'test': config.test_split}
+  from catsdogs_jax.input_pipeline import config_splits
+  splits = config_splits(config)
   if split not in splits:
     raise ValueError(f'Unknown split {split!r}; choose one of {", ".join(splits)}.')
   exp = experiment.build(config, workdir, read_only=True)

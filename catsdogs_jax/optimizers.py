@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from catsdogs_jax.callbacks import monitor_mode
+
 OPTIMIZERS = ('sgd', 'rmsprop', 'adam')
 SCHEDULES = ('constant', 'step', 'cosine', 'plateau')
 
@@ -100,7 +102,7 @@ def plateau_value(config, metrics) -> float:
   """reduce_on_plateau minimises; flip metrics where higher is better."""
   monitor = config.schedule.plateau_monitor
   value = metrics[monitor]
-  return -value if 'accuracy' in monitor else value
+  return -value if monitor_mode(monitor) == 'max' else value
 
 
 def learning_rate(schedule, step, plateau_state) -> jnp.ndarray:

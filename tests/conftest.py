@@ -38,6 +38,17 @@ def image_folder(tmp_path_factory):
   return make_image_folder(tmp_path_factory.mktemp('images'))
 
 
+def override(config, **fields):
+  """Sets config fields named by dotted paths: override(c, **{'optimizer.name': 'sgd'})."""
+  for key, value in fields.items():
+    target = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
 def tiny_config(folder, **overrides):
   """The small CNN on a generated folder at 48 px: seconds per epoch."""
   config = small_cnn.get_config()
@@ -48,13 +59,7 @@ def tiny_config(folder, **overrides):
   config.num_epochs = 1
   config.log_every_steps = 2
   config.cache = True
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return config
+  return override(config, **overrides)
 
 
 @pytest.fixture

@@ -8,17 +8,11 @@ import pytest
 
 from catsdogs_jax import optimizers
 from configs import default
+from conftest import override
 
 
 def _config(**fields):
-  config = default.get_config()
-  for key, value in fields.items():
-    *parents, leaf = key.split('.')
-    target = config
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return config
+  return override(default.get_config(), **fields)
 
 
 def test_step_schedule_multiplies_at_epoch_boundaries():

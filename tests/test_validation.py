@@ -4,6 +4,7 @@ import pytest
 
 from catsdogs_jax import experiment, models, validation
 from configs import default
+from conftest import override
 
 
 @pytest.mark.parametrize('field, value, message', [
@@ -18,12 +19,7 @@ from configs import default
     ('num_epochs', 0, 'config.num_epochs must be positive'),
 ])
 def test_invalid_values_are_named(field, value, message):
-  config = default.get_config()
-  *parents, leaf = field.split('.')
-  target = config
-  for p in parents:
-    target = target[p]
-  target[leaf] = value
+  config = override(default.get_config(), **{field: value})
   with pytest.raises(validation.ConfigError) as error:
     validation.validate_config(config, num_devices=4)
   assert message in str(error.value)

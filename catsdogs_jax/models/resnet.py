@@ -12,56 +12,55 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 
+def _conv(block, features: int, kernel: int, strides: int, name: str):
+  """Bias-free convolution with torchvision's "same" padding (kernel // 2)."""
+  return nn.Conv(features, (kernel, kernel), (strides, strides),
+                 padding=[(kernel // 2, kernel // 2)] * 2, use_bias=False,
+                 kernel_init=block.kernel_init, dtype=block.dtype, name=name)
+
+
+def _shortcut(block, x, y, features: int, train: bool):
+  """Identity, or a 1x1 projection where the shape changes."""
+  if x.shape == y.shape:
+    return x
+  residual = _conv(block, features, 1, block.strides, 'downsample_conv')(x)
+  return _batch_norm(train, block.dtype, 'downsample_bn')(residual)
+
+
 def _batch_norm(train: bool, dtype, name: str):
   # torchvision: momentum 0.1 (flax counts the other way), eps 1e-5.
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                       dtype=dtype, name=name)
 
 
-class BasicBlock(nn.Module):
+class _Block(nn.Module):
+  """Fields shared by both residual blocks; `features` is the block's inner width."""
   features: int
   strides: int = 1
   kernel_init: Callable = nn.initializers.he_normal()
   dtype: Any = jnp.float32
-  expansion = 1
+
+
+class BasicBlock(_Block):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = lambda f, k, s, name: nn.Conv(
-        f, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2, use_bias=False,
-        kernel_init=self.kernel_init, dtype=self.dtype, name=name)
-    residual = x
-    y = conv(self.features, 3, self.strides, 'conv1')(x)
+    y = _conv(self, self.features, 3, self.strides, 'conv1')(x)
     y = nn.relu(_batch_norm(train, self.dtype, 'bn1')(y))
-    y = conv(self.features, 3, 1, 'conv2')(y)
-    y = _batch_norm(train, self.dtype, 'bn2')(y)
-    if residual.shape != y.shape:
-      residual = conv(self.features, 1, self.strides, 'downsample_conv')(x)
-      residual = _batch_norm(train, self.dtype, 'downsample_bn')(residual)
-    return nn.relu(y + residual)
+    y = _batch_norm(train, self.dtype, 'bn2')(_conv(self, self.features, 3, 1, 'conv2')(y))
+    return nn.relu(y + _shortcut(self, x, y, self.features, train))
 
 
-class Bottleneck(nn.Module):
-  features: int
-  strides: int = 1
-  kernel_init: Callable = nn.initializers.he_normal()
-  dtype: Any = jnp.float32
-  expansion = 4
+class Bottleneck(_Block):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = lambda f, k, s, name: nn.Conv(
-        f, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2, use_bias=False,
-        kernel_init=self.kernel_init, dtype=self.dtype, name=name)
-    residual = x
-    y = nn.relu(_batch_norm(train, self.dtype, 'bn1')(conv(self.features, 1, 1, 'conv1')(x)))
-    y = nn.relu(_batch_norm(train, self.dtype, 'bn2')(
-        conv(self.features, 3, self.strides, 'conv2')(y)))
-    y = _batch_norm(train, self.dtype, 'bn3')(conv(self.features * 4, 1, 1, 'conv3')(y))
-    if residual.shape != y.shape:
-      residual = conv(self.features * 4, 1, self.strides, 'downsample_conv')(x)
-      residual = _batch_norm(train, self.dtype, 'downsample_bn')(residual)
-    return nn.relu(y + residual)
+    y = _conv(self, self.features, 1, 1, 'conv1')(x)
+    y = nn.relu(_batch_norm(train, self.dtype, 'bn1')(y))
+    y = _conv(self, self.features, 3, self.strides, 'conv2')(y)
+    y = nn.relu(_batch_norm(train, self.dtype, 'bn2')(y))
+    y = _batch_norm(train, self.dtype, 'bn3')(_conv(self, self.features * 4, 1, 1, 'conv3')(y))
+    return nn.relu(y + _shortcut(self, x, y, self.features * 4, train))
 
 
 class ResNet(nn.Module):

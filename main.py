@@ -17,7 +17,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and TensorBoard events.')
-flags.DEFINE_enum('mode', 'train', ['train', 'evaluate'], 'What to do.')
+flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'preview_augment'], 'What to do.')
 flags.DEFINE_enum('split', 'test', ['train', 'validation', 'test'], '--mode=evaluate: the split.')
 flags.DEFINE_integer('step', None, '--mode=evaluate: checkpoint step (default: the best).')
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -34,10 +34,13 @@ def main(argv):
   logging.get_absl_handler().addFilter(_quiet_orbax)
   logging.info('%s', summary.environment())
   logging.info('config:\n%s', FLAGS.config)
-  from catsdogs_jax import checkpointing, evaluate, input_pipeline, train, validation
+  from catsdogs_jax import checkpointing, evaluate, input_pipeline, preview, train, validation
   try:
     if FLAGS.mode == 'train':
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    elif FLAGS.mode == 'preview_augment':
+      validation.validate_config(FLAGS.config)
+      preview.write_preview(FLAGS.config, FLAGS.workdir)
     else:
       evaluate.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.split, FLAGS.step)
   except (validation.ConfigError, input_pipeline.DataError, checkpointing.WorkdirError,

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from catsdogs_jax import losses
+from catsdogs_jax import augment, losses
 from catsdogs_jax.metrics import EvalMetrics, TrainMetrics
 from catsdogs_jax.preprocessing import get_preprocessor
 
@@ -27,8 +27,9 @@ def make_train_step(model, tx: optax.GradientTransformation, config):
   compute_dtype = jnp.bfloat16 if config.half_precision else jnp.float32
 
   def train_step(state, batch):
-    dropout_rng = jax.random.fold_in(state.rng, state.step)
-    images = preprocess(batch['image']).astype(compute_dtype)
+    dropout_rng, augment_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
+    images = augment.augment_batch(augment_rng, batch['image'], config.augment)
+    images = preprocess(images).astype(compute_dtype)
     labels = batch['label']
 
     def loss_fn(params):

@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from catsdogs_jax import losses, optimizers
+from catsdogs_jax import augment, losses, optimizers
 from catsdogs_jax.models import MODELS, create_model
 from catsdogs_jax.models.initializers import INITIALIZERS
 from catsdogs_jax.preprocessing import PREPROCESSORS
@@ -36,6 +36,14 @@ def validate_config(config, num_devices: int = None):
   _choice(config.early_stopping.monitor, MONITORS, 'early_stopping.monitor')
   _choice(config.checkpoint.best_monitor, MONITORS, 'checkpoint.best_monitor')
   _choice(config.channels, (1, 3), 'channels')
+  _choice(config.augment.fill_mode, augment.FILL_MODES, 'augment.fill_mode')
+  _choice(config.augment.interpolation, augment.INTERPOLATIONS, 'augment.interpolation')
+  for field in augment.RANDOM_FIELDS:
+    if config.augment[field] < 0:
+      raise ConfigError(f'config.augment.{field} must be >= 0, got {config.augment[field]}.')
+  if config.augment.zoom_range >= 1:
+    raise ConfigError(f'config.augment.zoom_range={config.augment.zoom_range} would allow a '
+                      'scale of 0 or less; use a value below 1 (the tutorials use 0.2).')
   if config.loss == 'sigmoid' and config.num_classes != 2:
     raise ConfigError(f'config.loss="sigmoid" is a binary head but config.num_classes='
                       f'{config.num_classes}; use --config.loss=softmax.')

@@ -29,6 +29,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.preprocess = 'rescale'        # on-device: 'rescale' (1/255), 'caffe', 'torch', 'none'
   config.num_classes = 2               # must equal the dataset's number of labels
 
+  # ----- augmentation (training only; on the device, Keras ImageDataGenerator semantics)
+  config.augment = ml_collections.ConfigDict()
+  config.augment.rotation_range = 0.0      # degrees: rotation drawn from [-r, r]
+  config.augment.width_shift_range = 0.0   # fraction of the width (< 1) or pixels (>= 1)
+  config.augment.height_shift_range = 0.0  # fraction of the height (< 1) or pixels (>= 1)
+  config.augment.shear_range = 0.0         # degrees (as Keras reads shear_range)
+  config.augment.zoom_range = 0.0          # x and y scale each drawn from [1 - z, 1 + z]
+  config.augment.horizontal_flip = False   # flip left-right with probability 0.5
+  config.augment.vertical_flip = False     # flip upside-down with probability 0.5
+  config.augment.fill_mode = 'nearest'     # outside the image: nearest, constant, reflect, wrap
+  config.augment.cval = 0.0                # fill value of fill_mode='constant' (0-255 scale)
+  config.augment.interpolation = 'bilinear'  # resampling: bilinear (Keras' order 1) or nearest
+
   # ----- model
   config.model = ml_collections.ConfigDict()
   config.model.name = 'small_cnn'      # small_cnn, mnist_cnn, vgg16, vgg19, resnet18..resnet152

@@ -12,23 +12,21 @@ process yields the same number of batches, so every image counts once.
 
 import dataclasses
 import os
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from catsdogs_jax import folders
+from catsdogs_jax.folders import DataError
+
 # JAX owns the accelerators; tf.data only needs the CPU.
 tf.config.set_visible_devices([], 'GPU')
 
 FOLDER_PREFIX = 'folder:'
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
 CATS_VS_DOGS_ZIP = 'kagglecatsanddogs_5340.zip'
-
-
-class DataError(ValueError):
-  """The dataset named by the config cannot be used; the message says why and what to do."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,47 +55,6 @@ def _folder_root(config) -> str:
         'Expected a folder laid out as split/label/image, e.g. '
         'PATH/train/cats/cat.1.jpg; pass --config.dataset=folder:PATH.')
   return root
-
-
-def _is_image(name: str) -> bool:
-  return not name.startswith('.') and name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _list_images(directory: str) -> List[str]:
-  """Image files under `directory`, sub-folders included, in a fixed order."""
-  found = []
-  for dirpath, dirnames, filenames in os.walk(directory):
-    dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
-    found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f))
-  return found
-
-
-def _folder_class_names(root: str, split: str) -> Tuple[str, ...]:
-  split_dir = os.path.join(root, split)
-  if not os.path.isdir(split_dir):
-    present = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    raise DataError(
-        f'Dataset folder {root!r} has no split folder {split!r} (found: '
-        f'{", ".join(present) or "nothing"}). Expected split/label/image, or set '
-        'config.train_split / eval_split / test_split to the folder names you have.')
-  return tuple(sorted(d for d in os.listdir(split_dir)
-                      if os.path.isdir(os.path.join(split_dir, d)) and not d.startswith('.')))
-
-
-def _folder_examples(root: str, split: str, class_names: Sequence[str]):
-  """(paths, labels) of one split, labels indexed by `class_names`."""
-  paths, labels = [], []
-  split_dir = os.path.join(root, split)
-  for label, name in enumerate(class_names):
-    class_dir = os.path.join(split_dir, name)
-    files = _list_images(class_dir) if os.path.isdir(class_dir) else []
-    paths.extend(files)
-    labels.extend([label] * len(files))
-  if not paths:
-    raise DataError(
-        f'Split {split!r} of {root!r} holds no images (looked for '
-        f'{", ".join(IMAGE_EXTENSIONS)} under {split_dir}/<label>/).')
-  return np.asarray(paths), np.asarray(labels, np.int32)
 
 
 # --------------------------------------------------------------------------- tfds
@@ -150,17 +107,16 @@ def describe(config) -> DatasetInfo:
   splits = config_splits(config)
   if is_folder(config.dataset):
     root = _folder_root(config)
-    class_names = _folder_class_names(root, config.train_split)
+    class_names = folders.class_names(root, config.train_split)
     if not class_names:
       raise DataError(f'Split {config.train_split!r} of {root!r} has no label folders.')
     counts = {}
     for role, split in splits.items():
-      names = _folder_class_names(root, split)
-      extra = sorted(set(names) - set(class_names))
+      extra = sorted(set(folders.class_names(root, split)) - set(class_names))
       if extra:
-        raise DataError(f'Split {split!r} of {root!r} has label folders {extra} that the '
+        raise DataError(f'Split {split!r} of {root!r} has labels {extra} that the '
                         f'training split {config.train_split!r} lacks ({list(class_names)}).')
-      counts[role] = len(_folder_examples(root, split, class_names)[0])
+      counts[role] = len(_folder_split(config, split, class_names).paths)
     return DatasetInfo(class_names, counts)
   builder = _tfds_builder(config)
   label = builder.info.features[config.label_key]
@@ -172,6 +128,11 @@ def describe(config) -> DatasetInfo:
 
 
 # --------------------------------------------------------------------------- pipeline
+
+
+def _folder_split(config, split: str, class_names) -> folders.FolderSplit:
+  return folders.read_split(_folder_root(config), split, tuple(class_names),
+                            config.verify_images, tuple(config.flat_split_fractions))
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -193,25 +154,29 @@ class ImagePipeline:
     self.local_batch = config.batch_size // count
     self._from_path = is_folder(config.dataset)
     if self._from_path:
-      paths, labels = _folder_examples(_folder_root(config), split, class_names)
-      self.examples_per_process = [len(paths[i::count]) for i in range(count)]
-      self._source = tf.data.Dataset.from_tensor_slices((paths[index::count], labels[index::count]))
+      found = _folder_split(config, split, class_names)
+      self.examples_per_process = [len(found.paths[i::count]) for i in range(count)]
+      part = slice(index, None, count)
+      self._source = tf.data.Dataset.from_tensor_slices(
+          (found.paths[part], found.inline[part], found.labels[part]))
     else:
       builder = _tfds_builder(config)
       subsplits = [_tfds_process_split(split, i, count) for i in range(count)]
       self.examples_per_process = [_tfds_num_examples(builder, s) for s in subsplits]
       ds = builder.as_dataset(split=subsplits[index], shuffle_files=False,
                               decoders={config.image_key: tfds.decode.SkipDecoding()})
-      self._source = ds.map(lambda d: (d[config.image_key], tf.cast(d[config.label_key], tf.int32)))
+      self._source = ds.map(lambda d: ('', d[config.image_key],
+                                       tf.cast(d[config.label_key], tf.int32)))
     self.num_examples = self.examples_per_process[index]
     self._decoded = self._source.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE)
     if config.cache:
       self._decoded = self._decoded.cache()
 
-  def _decode(self, data, label):
+  def _decode(self, path, contents, label):
+    """`contents` holds the encoded image, or is empty and the image is read from `path`."""
     c = self.config
-    if self._from_path:
-      data = tf.io.read_file(data)
+    data = tf.cond(tf.strings.length(contents) > 0, lambda: contents,
+                   lambda: tf.io.read_file(path))
     image = tf.io.decode_image(data, channels=c.channels, expand_animations=False)
     image = tf.image.resize(image, (c.image_size, c.image_size), method=c.resize_method,
                             antialias=True)

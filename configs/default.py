@@ -19,6 +19,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.train_split = 'train[:80%]'   # tfds split (slicing allowed) or folder sub-folder name
   config.eval_split = 'train[80%:90%]'  # validation split, evaluated after every epoch
   config.test_split = 'train[90%:]'    # test split, used by --mode=evaluate
+  config.verify_images = True          # folders: decode every file once at start, skip unreadable ones
+  config.flat_split_fractions = (0.8, 0.1, 0.1)  # flat folders (cat.1.jpg...): train/validation/test
   config.image_key = 'image'           # tfds feature holding the image
   config.label_key = 'label'           # tfds feature holding the class label
   config.image_size = 150              # images are resized to image_size x image_size

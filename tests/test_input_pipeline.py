@@ -93,7 +93,7 @@ def test_empty_split_is_an_error(tmp_path):
   for name in ('cats', 'dogs'):
     for f in os.listdir(os.path.join(root, 'test', name)):
       os.remove(os.path.join(root, 'test', name, f))
-  with pytest.raises(input_pipeline.DataError, match=r"Split 'test' .* holds no images"):
+  with pytest.raises(input_pipeline.DataError, match=r"Split 'test' .* holds no usable image"):
     input_pipeline.describe(tiny_config(root))
 
 

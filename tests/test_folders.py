@@ -1,0 +1,124 @@
+"""Messy real-world folders: every kind of bad or odd file is handled on purpose."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from catsdogs_jax import folders, input_pipeline
+from conftest import make_image_folder, tiny_config
+
+
+def _save(path, mode='RGB', fmt=None, size=(30, 40), seed=0):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  pixels = np.random.default_rng(seed).integers(0, 256, (*size, 4), dtype=np.uint8)
+  image = Image.fromarray(pixels, 'RGBA').convert(mode)
+  image.save(path, format=fmt)
+  return path
+
+
+@pytest.fixture
+def messy_folder(tmp_path):
+  root = make_image_folder(tmp_path, counts=(('train', 8), ('validation', 4), ('test', 4)))
+  cats = os.path.join(root, 'train', 'cats')
+  good = [_save(f'{cats}/gray.jpg', 'L'), _save(f'{cats}/cmyk.jpg', 'CMYK'),
+          _save(f'{cats}/rgba.png', 'RGBA'), _save(f'{cats}/still.gif', 'P'),
+          _save(f'{cats}/pillow_only.tiff', 'RGB', 'TIFF'),
+          _save(f'{cats}/nested/deeper/UPPER.JPG', 'RGB', 'JPEG')]
+  data = open(os.path.join(cats, 'cats.0.jpg'), 'rb').read()
+  with open(os.path.join(cats, 'truncated.jpg'), 'wb') as f:
+    f.write(data[:len(data) // 2])
+  with open(os.path.join(cats, 'garbage.png'), 'wb') as f:
+    f.write(b'this is not a png at all')
+  open(os.path.join(cats, 'zero.jpg'), 'wb').close()
+  for name in ('notes.txt', 'Thumbs.db', '.DS_Store', '._cats.1.jpg'):
+    with open(os.path.join(cats, name), 'wb') as f:
+      f.write(b'x')
+  for f in os.listdir(os.path.join(root, 'test', 'dogs')):   # an empty class folder
+    os.remove(os.path.join(root, 'test', 'dogs', f))
+  return root, good
+
+
+def test_messy_split_keeps_every_decodable_image_and_skips_the_rest(messy_folder, caplog):
+  root, good = messy_folder
+  with caplog.at_level('WARNING'):
+    found = folders.read_split(root, 'train', ('cats', 'dogs'))
+  assert len(found.paths) == 8 + len(good)
+  assert set(good) <= set(found.paths)
+  counts = {kind: len(paths) for kind, paths in found.skipped.items()}
+  assert counts == {'corrupt or truncated image': 2, 'empty file': 1, 'not an image file': 2,
+                    'hidden file': 2}
+  assert 'skipped 7 files' in caplog.text and 'garbage.png' in caplog.text
+  assert 'corrupt or truncated image: 2, empty file: 1' in caplog.text
+  # Only Pillow reads TIFF: it is carried as PNG bytes, everything else as a path.
+  inline = {p for p, b in zip(found.paths, found.inline) if b}
+  assert inline == {good[4]}
+
+
+def test_every_kept_image_reaches_the_model_as_rgb(messy_folder):
+  root, good = messy_folder
+  config = tiny_config(root, batch_size=4, cache=False)
+  pipe = input_pipeline.ImagePipeline(config, 'train', ('cats', 'dogs'))
+  batches = list(pipe.eval_batches())
+  images = np.concatenate([b['image'][b['mask'] == 1] for b in batches])
+  assert images.shape == (14, 48, 48, 3)
+  paths = list(folders.read_split(root, 'train', ('cats', 'dogs')).paths)
+  gray = images[paths.index(good[0])].astype(int)
+  assert np.abs(gray[..., 0] - gray[..., 1]).max() <= 1    # grayscale became R = G = B
+  # A whole epoch of training batches reads without error.
+  assert sum(1 for _ in pipe.train_epoch(0)) == pipe.steps_per_epoch == 3
+
+
+def test_empty_class_folder_is_a_warning_not_an_error(messy_folder, caplog):
+  root, _ = messy_folder
+  with caplog.at_level('WARNING'):
+    info = input_pipeline.describe(tiny_config(root))
+  assert info.num_examples['test'] == 2
+  assert "class 'dogs' has no usable image" in caplog.text
+
+
+def test_split_with_only_unreadable_files_is_an_error(tmp_path):
+  root = make_image_folder(tmp_path, counts=(('train', 4), ('validation', 2), ('test', 2)))
+  for name in ('cats', 'dogs'):
+    directory = os.path.join(root, 'validation', name)
+    for f in os.listdir(directory):
+      with open(os.path.join(directory, f), 'wb') as out:
+        out.write(b'\xff\xd8\xff broken')
+  with pytest.raises(folders.DataError,
+                     match=r"Split 'validation' .* no usable image .*corrupt or truncated image: 2"):
+    input_pipeline.describe(tiny_config(root))
+
+
+@pytest.fixture
+def flat_folder(tmp_path):
+  for i in range(20):
+    for name, seed in (('cat', i), ('dog', 100 + i)):
+      _save(str(tmp_path / f'{name}.{i}.jpg'), seed=seed)
+  (tmp_path / 'readme.txt').write_text('Kaggle dogs vs cats')
+  _save(str(tmp_path / '7.jpg'))                  # Kaggle's unlabelled test images look so
+  return str(tmp_path)
+
+
+def test_flat_kaggle_layout_labels_from_names_and_a_fixed_split(flat_folder):
+  config = tiny_config(flat_folder)
+  info = input_pipeline.describe(config)
+  assert info.class_names == ('cat', 'dog')
+  assert info.num_examples == {'train': 32, 'validation': 4, 'test': 4}
+  names = ('cat', 'dog')
+  splits = {s: folders.read_split(flat_folder, s, names) for s in folders.FLAT_SPLITS}
+  everything = [p for s in splits.values() for p in s.paths]
+  assert len(set(everything)) == 40                      # disjoint and complete
+  for split in splits.values():
+    for path, label in zip(split.paths, split.labels):
+      assert os.path.basename(path).startswith(names[label])
+  assert 'no label in file name' in splits['train'].skipped
+  folders.read_split.cache_clear()
+  again = folders.read_split(flat_folder, 'test', names)
+  assert list(again.paths) == list(splits['test'].paths)  # deterministic
+
+
+def test_flat_layout_with_an_unknown_split_name(flat_folder):
+  config = tiny_config(flat_folder, test_split='holdout')
+  with pytest.raises(folders.DataError, match="flat folder .* not 'holdout'"):
+    input_pipeline.describe(config)

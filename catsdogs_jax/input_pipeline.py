@@ -1,6 +1,6 @@
 """Input pipeline: tfds datasets by name, or image folders (`folder:PATH`), to numpy batches.
 
-The only module that needs TensorFlow. Images are decoded and resized by
+With `folders`, the only module that needs TensorFlow. Images are decoded and resized by
 tf.data in parallel and shipped as uint8; preprocessing runs on the device
 (`catsdogs_jax.preprocessing`).
 

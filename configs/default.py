@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_split = 'train[80%:90%]'  # validation split, evaluated after every epoch
   config.test_split = 'train[90%:]'    # test split, used by --mode=evaluate
   config.verify_images = True          # folders: decode every file once at start, skip unreadable ones
+                                       # (False: name and size checks only; a corrupt file then fails mid-epoch)
   config.flat_split_fractions = (0.8, 0.1, 0.1)  # flat folders (cat.1.jpg...): train/validation/test
   config.image_key = 'image'           # tfds feature holding the image
   config.label_key = 'label'           # tfds feature holding the class label

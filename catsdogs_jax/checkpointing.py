@@ -10,6 +10,7 @@ import os
 from typing import Any, Dict, Optional, Tuple
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -17,6 +18,7 @@ from catsdogs_jax.callbacks import monitor_mode
 
 STATE, HISTORY = 'state', 'history'
 MODEL_FILE = 'model.json'
+CONFIG_FILE = 'config.json'
 
 
 class WorkdirError(ValueError):
@@ -69,6 +71,23 @@ class Checkpoints:
 
   def close(self):
     self.manager.close()
+
+
+def write_run_config(workdir: str, config):
+  """The resolved config of the run, for reproducing it and for `init_from`."""
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
+      f.write(config.to_json_best_effort(indent=1))
+
+
+def read_run_config(workdir: str):
+  """The config a workdir was trained with, as a ConfigDict."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise WorkdirError(f'{workdir!r} has no {CONFIG_FILE}: it was not written by this code.')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
 
 
 def model_signature(config, abstract_params) -> Dict[str, Any]:

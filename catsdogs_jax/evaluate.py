@@ -42,6 +42,7 @@ def evaluate_checkpoint(config, workdir: str, split: str = 'test',
   if split not in splits:
     raise ValueError(f'Unknown split {split!r}; choose one of {", ".join(splits)}.')
   exp = experiment.build(config, workdir, read_only=True)
+  config = exp.config
   step = exp.checkpoints.best_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'No checkpoint in {workdir!r}: train first '

@@ -58,11 +58,21 @@ def matches_any(path: Tuple[str, ...], patterns: Sequence[str]) -> bool:
   return any(re.search(p, name) for p in patterns)
 
 
-def frozen_labels(params, frozen: Sequence[str]):
-  """'frozen' / 'trainable' label per parameter leaf, from path regexes."""
+def is_frozen(path: Tuple[str, ...], config) -> bool:
+  """Frozen: matches config.frozen, or config.trainable is set and does not match it."""
+  if matches_any(path, config.frozen):
+    return True
+  return bool(config.trainable) and not matches_any(path, config.trainable)
+
+
+def frozen_mask(params, config):
+  """True per frozen parameter leaf (computed from paths only: works on tracers too)."""
   flat = traverse_util.flatten_dict(params)
-  labels = {k: 'frozen' if matches_any(k, frozen) else 'trainable' for k in flat}
-  return traverse_util.unflatten_dict(labels)
+  return traverse_util.unflatten_dict({k: is_frozen(k, config) for k in flat})
+
+
+def frozen_labels(params, config):
+  return jax.tree.map(lambda f: 'frozen' if f else 'trainable', frozen_mask(params, config))
 
 
 def _kernel_mask(params):
@@ -81,11 +91,11 @@ def create_optimizer(config, steps_per_epoch: int) -> Tuple[optax.GradientTransf
     parts.append(optax.add_decayed_weights(config.optimizer.weight_decay, mask=_kernel_mask))
   parts.append(_base_optimizer(config, schedule))
   tx = optax.chain(*parts)
-  if config.frozen:
+  if config.frozen or config.trainable:
     # Frozen parameters get zero updates and no optimizer state.
     tx = optax.multi_transform(
         {'trainable': tx, 'frozen': optax.set_to_zero()},
-        lambda params: frozen_labels(params, config.frozen))
+        lambda params: frozen_labels(params, config))
   return tx, schedule
 
 

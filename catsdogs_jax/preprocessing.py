@@ -33,7 +33,17 @@ def identity(images):
   return images.astype(jnp.float32)
 
 
-PREPROCESSORS = {'rescale': rescale, 'caffe': caffe, 'torch': torch, 'none': identity}
+# 'auto' is resolved by `experiment.build` to the preprocessing of the init_from
+# weights; without init_from (or outside build) it means 1/255.
+PREPROCESSORS = {'auto': rescale, 'rescale': rescale, 'caffe': caffe, 'torch': torch,
+                 'none': identity}
+
+
+def resolve(name: str, weights_metadata) -> str:
+  """'auto' becomes the weights' own preprocessing (or 'rescale'); others stay."""
+  if name != 'auto':
+    return name
+  return (weights_metadata or {}).get('preprocess', 'rescale')
 
 
 def get_preprocessor(name: str):

@@ -6,6 +6,7 @@ import optax
 
 from catsdogs_jax import augment, losses
 from catsdogs_jax.metrics import EvalMetrics, TrainMetrics
+from catsdogs_jax.optimizers import frozen_mask
 from catsdogs_jax.preprocessing import get_preprocessor
 
 
@@ -33,6 +34,10 @@ def make_train_step(model, tx: optax.GradientTransformation, config):
     labels = batch['label']
 
     def loss_fn(params):
+      # Frozen parameters are constants here: no gradient flows into them, and
+      # JAX does not differentiate the frozen part of the network at all.
+      params = jax.tree.map(lambda p, frozen: jax.lax.stop_gradient(p) if frozen else p,
+                            params, frozen_mask(params, config))
       logits, new_vars = model.apply(
           _variables(state, params), images, train=True,
           rngs={'dropout': dropout_rng}, mutable=['batch_stats'])

@@ -1,13 +1,12 @@
 """What a run prints at start: devices, library versions, and the parameter table."""
 
 import importlib.metadata
-from typing import Sequence
 
 import jax
 import numpy as np
 from flax import traverse_util
 
-from catsdogs_jax.optimizers import matches_any
+from catsdogs_jax.optimizers import is_frozen
 
 LIBRARIES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'clu', 'ml-collections',
              'numpy', 'tensorflow-cpu', 'tensorflow', 'tensorflow-datasets')
@@ -25,7 +24,7 @@ def environment() -> str:
           f'devices: {jax.device_count()} [{devices}]\nversions: {", ".join(versions)}')
 
 
-def parameter_table(params, batch_stats=None, frozen: Sequence[str] = ()) -> str:
+def parameter_table(params, batch_stats=None, config=None) -> str:
   """Parameters per layer (module path), with trainable / frozen / statistics totals."""
   rows, totals = {}, {'trainable': 0, 'frozen': 0}
   for path, leaf in traverse_util.flatten_dict(params).items():
@@ -33,7 +32,7 @@ def parameter_table(params, batch_stats=None, frozen: Sequence[str] = ()) -> str
     count = int(np.prod(leaf.shape))
     shapes, n = rows.get(layer, ([], 0))
     rows[layer] = (shapes + [f'{path[-1]}{tuple(leaf.shape)}'], n + count)
-    totals['frozen' if matches_any(path, frozen) else 'trainable'] += count
+    totals['frozen' if config is not None and is_frozen(path, config) else 'trainable'] += count
   stats = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(batch_stats or {}))
   width = max([len(k) for k in rows] + [5])
   lines = [f'{"layer":<{width}}  {"parameters":>12}  shapes', '-' * (width + 40)]

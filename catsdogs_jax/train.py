@@ -44,6 +44,7 @@ def _check_finite(finite, step: int, epoch: int, learning_rate: float):
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   """Trains (or resumes) in `workdir`; returns the history of finished epochs."""
   exp = experiment.build(config, workdir)
+  config = exp.config   # resolved: e.g. preprocess 'auto' -> the init_from weights' own
   state, history = _restore_or_init(exp)
   if _finished(history, config.num_epochs):
     logging.info('Training in %s is already finished (%d epochs%s); nothing to do. Use '

@@ -29,7 +29,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.resize_method = 'bilinear'    # tf.image.resize method ('bilinear', 'nearest', 'bicubic', 'area')
   config.cache = False                 # keep decoded, resized images in memory after the first epoch
   config.shuffle_buffer = 10_000       # tfds datasets: shuffle buffer of encoded images
-  config.preprocess = 'rescale'        # on-device: 'rescale' (1/255), 'caffe', 'torch', 'none'
+  config.preprocess = 'auto'           # on-device: 'auto' (the init_from weights' own, else 1/255),
+                                       # 'rescale' (1/255), 'caffe' (Keras VGG), 'torch' (torchvision), 'none'
   config.num_classes = 2               # must equal the dataset's number of labels
 
   # ----- augmentation (training only; on the device, Keras ImageDataGenerator semantics)
@@ -69,6 +70,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.weight_decay = 0.0  # L2 on kernels, added to the gradient (VGG paper: 5e-4)
   config.optimizer.grad_clip_norm = 0.0  # clip gradients to this global norm (0: off)
   config.frozen = ()                   # regexes of parameter paths that get no updates ('block[1-4]_')
+  config.trainable = ()                # if set: only matching parameter paths train, all others are frozen
+  config.init_from = ml_collections.FieldReference(None, field_type=str)  # converted weights dir or a workdir
+  config.dont_load = ()                # regexes of parameter paths that init_from leaves freshly initialised
 
   config.schedule = ml_collections.ConfigDict()
   config.schedule.name = 'constant'    # constant, step, cosine, plateau

@@ -1,0 +1,81 @@
+"""Starting a model from converted weights or from another run (`config.init_from`).
+
+The contract (after big_vision's `load(init_params, file, dont_load=...)`):
+every parameter of the model is taken from the file, except those whose path
+matches a `dont_load` pattern (they keep their fresh initialisation, e.g. a new
+head); anything missing from the file, left over in it, or of another shape is
+an error that lists it. Nothing is silently skipped.
+"""
+
+import json
+import os
+from typing import Any, Dict, Sequence, Tuple
+
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+from catsdogs_jax.convert import PARAMS_DIR, WEIGHTS_FILE
+from catsdogs_jax.optimizers import matches_any, path_string
+
+
+class WeightsError(ValueError):
+  """Weights that cannot initialise this model; the message lists what differs."""
+
+
+def read(directory: str) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]]:
+  """(params, batch_stats, metadata) of a converted-weights directory or a training workdir."""
+  directory = os.path.abspath(os.path.expanduser(directory))
+  if os.path.exists(os.path.join(directory, WEIGHTS_FILE)):
+    with open(os.path.join(directory, WEIGHTS_FILE)) as f:
+      metadata = json.load(f)
+    tree = ocp.StandardCheckpointer().restore(os.path.join(directory, PARAMS_DIR))
+    return tree['params'], tree.get('batch_stats', {}), metadata
+  if os.path.isdir(os.path.join(directory, 'checkpoints')):
+    from catsdogs_jax import checkpointing   # a workdir of ours: its best checkpoint
+    run_config = checkpointing.read_run_config(directory)
+    step = checkpointing.Checkpoints(directory, run_config, read_only=True).best_step()
+    if step is None:
+      raise WeightsError(f'config.init_from={directory!r} holds no checkpoint yet.')
+    state = ocp.PyTreeCheckpointer().restore(
+        os.path.join(directory, 'checkpoints', str(step), checkpointing.STATE))
+    metadata = {'model': run_config.model.name, 'preprocess': run_config.preprocess,
+                'source': 'workdir', 'file': directory, 'step': int(step)}
+    return state['params'], state.get('batch_stats', {}), metadata
+  raise WeightsError(
+      f'config.init_from={directory!r} is neither converted weights (no {WEIGHTS_FILE}; '
+      'see python -m catsdogs_jax.convert) nor a training workdir (no checkpoints/).')
+
+
+def merge(init_tree, loaded_tree, dont_load: Sequence[str] = (), what: str = 'parameters'):
+  """`init_tree` with every leaf taken from `loaded_tree`, except `dont_load` matches."""
+  init, loaded = traverse_util.flatten_dict(init_tree), traverse_util.flatten_dict(loaded_tree)
+  missing = [k for k in init if k not in loaded and not matches_any(k, dont_load)]
+  extra = [k for k in loaded if k not in init and not matches_any(k, dont_load)]
+  wrong = [k for k in init if k in loaded and not matches_any(k, dont_load)
+           and tuple(np.shape(loaded[k])) != tuple(init[k].shape)]
+  if missing or extra or wrong:
+    lines = [f'The {what} to load do not match the model (dont_load: {list(dont_load)}):']
+    if missing:
+      lines.append(f'  missing in the file: {", ".join(map(path_string, missing))}')
+    if extra:
+      lines.append(f'  in the file but not in the model: {", ".join(map(path_string, extra))}')
+    if wrong:
+      lines.append('  different shapes: ' + '; '.join(
+          f'{path_string(k)} file {tuple(np.shape(loaded[k]))} model {tuple(init[k].shape)}'
+          for k in wrong))
+    lines.append('  Add the differing layers to config.dont_load to keep them freshly '
+                 'initialised, or use a config whose model matches the weights.')
+    raise WeightsError('\n'.join(lines))
+  merged = {k: (v if matches_any(k, dont_load) else np.asarray(loaded[k], v.dtype))
+            for k, v in init.items()}
+  return traverse_util.unflatten_dict(merged)
+
+
+def load(params, batch_stats, directory: str, dont_load: Sequence[str] = ()):
+  """(params, batch_stats, metadata): the model's trees initialised from `directory`."""
+  loaded_params, loaded_stats, metadata = read(directory)
+  params = merge(params, loaded_params, dont_load)
+  if batch_stats:
+    batch_stats = merge(batch_stats, loaded_stats, dont_load, what='BatchNorm statistics')
+  return params, batch_stats, metadata

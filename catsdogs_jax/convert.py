@@ -21,7 +21,8 @@ order, exactly as Flax does: the arrays copy unchanged.
 import hashlib
 import json
 import os
-from typing import Dict, List
+import re
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import h5py
 import jax
@@ -36,7 +37,7 @@ from catsdogs_jax.train_state import init_variables
 WEIGHTS_FILE = 'weights.json'
 PARAMS_DIR = 'params'
 # The preprocessing each source's ImageNet weights were trained with.
-PREPROCESSING = {'keras_h5': 'caffe'}
+PREPROCESSING = {'keras_h5': 'caffe', 'torch': 'torch'}
 KERAS_MODELS = ('vgg16', 'vgg19')
 
 
@@ -76,30 +77,163 @@ def _vgg_shape(layers: Dict[str, List[np.ndarray]]):
   return True, int(layers['predictions'][0].shape[1]), 32 * side
 
 
-def keras_to_params(layers: Dict[str, List[np.ndarray]], abstract_params):
-  """Our parameter tree filled from Keras layers; fails listing missing, extra and misshapen."""
-  expected = {name: sub for name, sub in abstract_params.items()}
-  missing = sorted(set(expected) - set(layers))
-  extra = sorted(set(layers) - set(expected))
-  wrong = []
-  params = {}
-  for name, sub in expected.items():
-    if name not in layers:
-      continue
-    arrays = layers[name]
-    ours = [sub['kernel'], sub['bias']]
-    if len(arrays) != 2 or any(a.shape != o.shape for a, o in zip(arrays, ours)):
-      wrong.append(f'{name}: file {[a.shape for a in arrays]}, model '
-                   f'{[tuple(o.shape) for o in ours]}')
-      continue
-    params[name] = {'kernel': arrays[0].astype(np.float32), 'bias': arrays[1].astype(np.float32)}
-  if missing or extra or wrong:
+Mapping = Dict[Tuple[str, ...], Tuple[str, Callable]]   # our path -> (source key, transform)
+
+
+def fill(abstract_variables, tensors: Dict[str, np.ndarray], mapping: Mapping,
+         ignore: Sequence[str] = ()):
+  """Our variables filled from a flat source dict; fails listing missing, extra, misshapen."""
+  ours = traverse_util.flatten_dict(abstract_variables)
+  unmapped = sorted('/'.join(p) for p in set(ours) - set(mapping))
+  missing = sorted({src for src, _ in mapping.values() if src not in tensors})
+  used = {src for src, _ in mapping.values()}
+  extra = sorted(k for k in tensors if k not in used and not any(re.search(i, k) for i in ignore))
+  out, wrong = {}, []
+  for path, (src, transform) in mapping.items():
+    if src in tensors:
+      value = np.asarray(transform(tensors[src]), np.float32)
+      if value.shape != tuple(ours[path].shape):
+        wrong.append(f'{src} -> {"/".join(path)}: file {tuple(tensors[src].shape)}, '
+                     f'model {tuple(ours[path].shape)}')
+      out[path] = value
+  if unmapped or missing or extra or wrong:
     raise ConversionError(
         'The weight file does not match the model:'
-        + (f'\n  missing in the file: {", ".join(missing)}' if missing else '')
-        + (f'\n  in the file but not in the model: {", ".join(extra)}' if extra else '')
-        + (f'\n  different shapes: ' + '; '.join(wrong) if wrong else ''))
-  return params
+        + (f'\n  missing in the file: {_listing(missing)}' if missing else '')
+        + (f'\n  in the file but not in the model: {_listing(extra)}' if extra else '')
+        + (f'\n  model parameters with no source: {_listing(unmapped)}' if unmapped else '')
+        + (f'\n  different shapes: {_listing(wrong, "; ")}' if wrong else ''))
+  return traverse_util.unflatten_dict(out)
+
+
+def _listing(items: Sequence[str], sep: str = ', ', most: int = 12) -> str:
+  shown = sep.join(items[:most])
+  return shown + (f'{sep}... ({len(items)} in all)' if len(items) > most else '')
+
+
+def _same(x):
+  return x
+
+
+def keras_mapping(abstract_variables) -> Mapping:
+  """Keras layers keep our names; arrays are flattened here as 'layer/0', 'layer/1'."""
+  return {path: (f'{path[1]}/{("kernel", "bias").index(path[2])}', _same)
+          for path in traverse_util.flatten_dict(abstract_variables)}
+
+
+def keras_tensors(layers: Dict[str, List[np.ndarray]]) -> Dict[str, np.ndarray]:
+  return {f'{name}/{i}': a for name, arrays in layers.items() for i, a in enumerate(arrays)}
+
+
+def _conv_kernel(w):
+  return np.transpose(w, (2, 3, 1, 0))   # torch OIHW -> flax HWIO
+
+
+def _dense_kernel(w):
+  return np.transpose(w)                 # torch (out, in) -> flax (in, out)
+
+
+def _fc1_kernel(w):
+  """torchvision flattens (C, H, W) after its 7x7 pool, we flatten (H, W, C): permute rows."""
+  out_features, in_features = w.shape
+  side = int(round((in_features // 512) ** 0.5))
+  return w.reshape(out_features, 512, side, side).transpose(2, 3, 1, 0).reshape(in_features,
+                                                                                 out_features)
+
+
+def torch_vgg_mapping(abstract_variables) -> Mapping:
+  """torchvision VGG keys: features.<i> for convs (relu and pool between), classifier.0/3/6."""
+  mapping, index = {}, 0
+  names = [n for n in abstract_variables['params'] if n.startswith('block')]
+  for block in sorted({n.split('_')[0] for n in names}):
+    convs = sorted(n for n in names if n.startswith(block + '_'))
+    for name in convs:
+      mapping[('params', name, 'kernel')] = (f'features.{index}.weight', _conv_kernel)
+      mapping[('params', name, 'bias')] = (f'features.{index}.bias', _same)
+      index += 2            # conv, relu
+    index += 1              # max-pool
+  for name, i, kernel in (('fc1', 0, _fc1_kernel), ('fc2', 3, _dense_kernel),
+                          ('predictions', 6, _dense_kernel)):
+    if name in abstract_variables['params']:
+      mapping[('params', name, 'kernel')] = (f'classifier.{i}.weight', kernel)
+      mapping[('params', name, 'bias')] = (f'classifier.{i}.bias', _same)
+  return mapping
+
+
+def _torch_module_key(path: Tuple[str, ...]) -> str:
+  """Our module path -> torchvision's: layer1_0/downsample_conv -> layer1.0.downsample.0."""
+  parts = []
+  for p in path:
+    if re.fullmatch(r'layer\d+_\d+', p):
+      parts.extend(p.split('_'))
+    else:
+      parts.append({'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1'}.get(p, p))
+  return '.'.join(parts)
+
+
+def torch_resnet_mapping(abstract_variables) -> Mapping:
+  """torchvision / timm ResNet keys; BatchNorm scale/bias/mean/var from weight/bias/running_*."""
+  names = {('params', 'kernel'): 'weight', ('params', 'bias'): 'bias',
+           ('params', 'scale'): 'weight', ('batch_stats', 'mean'): 'running_mean',
+           ('batch_stats', 'var'): 'running_var'}
+  mapping = {}
+  for path, leaf in traverse_util.flatten_dict(abstract_variables).items():
+    key = f'{_torch_module_key(path[1:-1])}.{names[(path[0], path[-1])]}'
+    transform = _same
+    if path[-1] == 'kernel':
+      transform = _conv_kernel if len(leaf.shape) == 4 else _dense_kernel
+    mapping[path] = (key, transform)
+  return mapping
+
+
+def read_torch(path: str) -> Dict[str, np.ndarray]:
+  """A state dict from .safetensors, or from .pth/.pt loaded as data only (never unpickling code)."""
+  if path.endswith('.safetensors'):
+    from safetensors.numpy import load_file
+    return load_file(path)
+  try:
+    import torch
+  except ImportError as e:
+    raise ConversionError('Reading .pth files needs PyTorch: pip install torch '
+                          '(or convert the file to .safetensors elsewhere).') from e
+  try:
+    state = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:   # UnpicklingError for code in the pickle, others for broken files
+    raise ConversionError(
+        f'Refused to load {path!r}: it is not a plain tensor file that torch.load(..., '
+        f'weights_only=True) accepts ({type(e).__name__}: {str(e)[:200]}).') from e
+  for wrapper in ('state_dict', 'model'):
+    if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+      state = state[wrapper]
+  return {k: v.float().numpy() for k, v in state.items() if hasattr(v, 'numpy')}
+
+
+TORCH_MODELS = {'vgg16': torch_vgg_mapping, 'vgg19': torch_vgg_mapping,
+                'resnet18': torch_resnet_mapping, 'resnet34': torch_resnet_mapping,
+                'resnet50': torch_resnet_mapping, 'resnet101': torch_resnet_mapping,
+                'resnet152': torch_resnet_mapping}
+
+
+def convert_torch(path: str, model: str, output: str) -> Dict:
+  """Converts a torchvision / timm state dict (.pth or .safetensors) into `output`."""
+  if model not in TORCH_MODELS:
+    raise ConversionError(f'No PyTorch converter for {model!r}; choose one of '
+                          f'{", ".join(TORCH_MODELS)}.')
+  tensors = read_torch(path)
+  top_key = 'classifier.6.weight' if model.startswith('vgg') else 'fc.weight'
+  include_top = top_key in tensors
+  num_classes = int(tensors[top_key].shape[0]) if include_top else None
+  flax_model = models.MODELS[model](num_outputs=num_classes or 1, include_top=include_top)
+  abstract = jax.eval_shape(lambda r: init_variables(flax_model, r, (224, 224, 3)),
+                            jax.random.PRNGKey(0))
+  variables = fill(abstract, tensors, TORCH_MODELS[model](abstract),
+                   ignore=(r'num_batches_tracked$',))
+  metadata = {'model': model, 'include_top': include_top, 'num_classes': num_classes,
+              'image_size': 224 if include_top and model.startswith('vgg') else None,
+              'preprocess': PREPROCESSING['torch'], 'source': 'torch',
+              'file': os.path.basename(path), 'sha256': _sha256(path)}
+  save(output, variables, metadata)
+  return metadata
 
 
 def _sha256(path: str) -> str:
@@ -119,34 +253,34 @@ def convert_keras_h5(path: str, model: str, output: str) -> Dict:
   flax_model = models.MODELS[model](num_outputs=num_classes or 1, include_top=include_top)
   size = (image_size or 224, image_size or 224, 3)
   abstract = jax.eval_shape(lambda r: init_variables(flax_model, r, size), jax.random.PRNGKey(0))
-  params = keras_to_params(layers, abstract['params'])
+  variables = fill(abstract, keras_tensors(layers), keras_mapping(abstract))
   metadata = {'model': model, 'include_top': include_top, 'num_classes': num_classes,
               'image_size': image_size, 'preprocess': PREPROCESSING['keras_h5'],
               'source': 'keras_h5',
               'file': os.path.basename(path), 'sha256': _sha256(path)}
-  save(output, params, metadata)
+  save(output, variables, metadata)
   return metadata
 
 
-def save(output: str, params, metadata: Dict):
+def save(output: str, variables, metadata: Dict):
+  """Writes `output/params` ({'params', 'batch_stats'}) and `output/weights.json`."""
   output = os.path.abspath(output)
   os.makedirs(output, exist_ok=True)
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(output, PARAMS_DIR), {'params': params}, force=True)
+  checkpointer.save(os.path.join(output, PARAMS_DIR), dict(variables), force=True)
   checkpointer.wait_until_finished()
   with open(os.path.join(output, WEIGHTS_FILE), 'w') as f:
     json.dump(metadata, f, indent=1)
-  count = sum(x.size for x in jax.tree.leaves(params))
-  logging.info('wrote %s: %s, %d parameters in %d arrays, preprocessing %r', output,
-               metadata['model'], count, len(traverse_util.flatten_dict(params)),
-               metadata['preprocess'])
+  count = sum(x.size for x in jax.tree.leaves(variables['params']))
+  logging.info('wrote %s: %s, %d parameters, preprocessing %r', output, metadata['model'],
+               count, metadata['preprocess'])
 
 
-CONVERTERS = {'keras_h5': convert_keras_h5}
+CONVERTERS = {'keras_h5': convert_keras_h5, 'torch': convert_torch}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum('format', 'keras_h5', list(CONVERTERS), 'Format of the weight file.')
-flags.DEFINE_string('model', 'vgg16', 'Our model name (vgg16, vgg19).')
+flags.DEFINE_string('model', 'vgg16', 'Our model name (vgg16, vgg19; resnet18..152 for torch).')
 flags.DEFINE_string('input', None, 'The weight file.')
 flags.DEFINE_string('output', None, 'Directory to write the converted weights to.')
 

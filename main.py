@@ -34,7 +34,8 @@ def main(argv):
   logging.get_absl_handler().addFilter(_quiet_orbax)
   logging.info('%s', summary.environment())
   logging.info('config:\n%s', FLAGS.config)
-  from catsdogs_jax import checkpointing, evaluate, input_pipeline, preview, train, validation
+  from catsdogs_jax import (checkpointing, convert, evaluate, input_pipeline, preview, train,
+                            validation, weights)
   try:
     if FLAGS.mode == 'train':
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
@@ -44,7 +45,7 @@ def main(argv):
     else:
       evaluate.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.split, FLAGS.step)
   except (validation.ConfigError, input_pipeline.DataError, checkpointing.WorkdirError,
-          FileNotFoundError) as e:
+          weights.WeightsError, convert.ConversionError, FileNotFoundError) as e:
     # Mistakes in the command or the data: the message, not a traceback.
     logging.error('%s', e)
     sys.exit(f'error: {e}')

@@ -43,8 +43,38 @@ class FolderSplit:
   skipped: Dict[str, Tuple[str, ...]]   # kind -> paths
 
 
+SLICE = re.compile(r'^(?P<split>[^\[\]]+)\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\]$')
+
+
+def parse_split(split: str) -> Tuple[str, str, str]:
+  """'train[:10%]' -> ('train', '', '10%'): a folder split with a tfds-style slice."""
+  match = SLICE.match(split)
+  if not match:
+    return split, '', ''
+  return match['split'], match['start'] or '', match['stop'] or ''
+
+
+def _bound(text: str, n: int):
+  if not text:
+    return None
+  return int(round(float(text[:-1]) / 100 * n)) if text.endswith('%') else int(text)
+
+
+def _slice_per_class(pairs, start: str, stop: str):
+  """The slice applies within each class, so that '[:32]' keeps 32 of each, in file order."""
+  by_label = collections.defaultdict(list)
+  for path, label in pairs:
+    by_label[label].append((path, label))
+  out = []
+  for label in sorted(by_label):
+    items = by_label[label]
+    out.extend(items[_bound(start, len(items)):_bound(stop, len(items))])
+  return out
+
+
 def is_flat(root: str, split: str) -> bool:
   """No `split` sub-folder but images named label.N.ext at the top: Kaggle's layout."""
+  split = parse_split(split)[0]
   if os.path.isdir(os.path.join(root, split)):
     return False
   return any(FLAT_NAME.match(f) for f in os.listdir(root))
@@ -73,6 +103,7 @@ def _kind(path: str) -> str:
 
 def class_names(root: str, split: str) -> Tuple[str, ...]:
   """Label names, sorted (cats=0, dogs=1, as Keras numbers them)."""
+  split = parse_split(split)[0]
   if is_flat(root, split):
     names = {FLAT_NAME.match(f).group(1).lower() for f in os.listdir(root) if FLAT_NAME.match(f)}
     return tuple(sorted(names))
@@ -153,8 +184,11 @@ def _pillow_png(path: str) -> bytes:
 @functools.lru_cache(maxsize=None)
 def read_split(root: str, split: str, names: Tuple[str, ...], verify: bool = True,
                fractions: Tuple[float, ...] = (0.8, 0.1, 0.1)) -> FolderSplit:
-  """The usable images of one split; warns once about what it skips."""
-  pairs, skipped = _candidates(root, split, names, fractions)
+  """The usable images of one split (`train`, or sliced per class: `train[:10%]`)."""
+  base, start, stop = parse_split(split)
+  pairs, skipped = _candidates(root, base, names, fractions)
+  if start or stop:
+    pairs = _slice_per_class(pairs, start, stop)
   paths = [p for p, _ in pairs]
   inline = [b''] * len(paths)
   keep = np.ones(len(paths), bool)

@@ -11,6 +11,7 @@ import json
 import os
 from typing import Any, Dict, Sequence, Tuple
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
@@ -23,13 +24,27 @@ class WeightsError(ValueError):
   """Weights that cannot initialise this model; the message lists what differs."""
 
 
+def _restore_numpy(path: str):
+  """A saved pytree as host numpy arrays, whatever devices it was saved from."""
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(path).item_metadata.tree
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+
+
 def read(directory: str) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]]:
   """(params, batch_stats, metadata) of a converted-weights directory or a training workdir."""
   directory = os.path.abspath(os.path.expanduser(directory))
+  if not os.path.exists(directory):
+    raise WeightsError(
+        f'config.init_from={directory!r} does not exist. Convert published weights first, '
+        'e.g. python -m catsdogs_jax.convert --format=keras_h5 --model=vgg16 '
+        '--input=vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 '
+        '--output=weights/vgg16_keras_notop (README, "Transfer learning").')
   if os.path.exists(os.path.join(directory, WEIGHTS_FILE)):
     with open(os.path.join(directory, WEIGHTS_FILE)) as f:
       metadata = json.load(f)
-    tree = ocp.StandardCheckpointer().restore(os.path.join(directory, PARAMS_DIR))
+    tree = _restore_numpy(os.path.join(directory, PARAMS_DIR))
     return tree['params'], tree.get('batch_stats', {}), metadata
   if os.path.isdir(os.path.join(directory, 'checkpoints')):
     from catsdogs_jax import checkpointing   # a workdir of ours: its best checkpoint
@@ -37,8 +52,7 @@ def read(directory: str) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]
     step = checkpointing.Checkpoints(directory, run_config, read_only=True).best_step()
     if step is None:
       raise WeightsError(f'config.init_from={directory!r} holds no checkpoint yet.')
-    state = ocp.PyTreeCheckpointer().restore(
-        os.path.join(directory, 'checkpoints', str(step), checkpointing.STATE))
+    state = _restore_numpy(os.path.join(directory, 'checkpoints', str(step), checkpointing.STATE))
     metadata = {'model': run_config.model.name, 'preprocess': run_config.preprocess,
                 'source': 'workdir', 'file': directory, 'step': int(step)}
     return state['params'], state.get('batch_stats', {}), metadata

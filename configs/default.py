@@ -54,6 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.init_stddev = 0.01      # stddev of kernel_init='normal' (the VGG paper's N(0, 0.01))
   config.model.include_top = ml_collections.FieldReference(None, field_type=bool)  # VGG/ResNet: classifier top
   config.model.pooling = ml_collections.FieldReference(None, field_type=str)  # VGG without top: 'avg', 'max'
+  config.model.head = ml_collections.FieldReference(None, field_type=str)  # new head on the base (include_top=False):
+                                       # flatten_dense, flatten_mlp (Dense(head_units)-Dropout-Dense), gmp_dense
+  config.model.head_units = ml_collections.FieldReference(None, field_type=int)  # flatten_mlp's hidden units
   config.loss = 'sigmoid'              # 'sigmoid' (1 logit, 2 classes) or 'softmax'
   config.half_precision = False        # bfloat16 compute, float32 parameters
 

@@ -122,3 +122,13 @@ def test_flat_layout_with_an_unknown_split_name(flat_folder):
   config = tiny_config(flat_folder, test_split='holdout')
   with pytest.raises(folders.DataError, match="flat folder .* not 'holdout'"):
     input_pipeline.describe(config)
+
+
+def test_folder_splits_take_tfds_style_slices_per_class(image_folder):
+  names = ('cats', 'dogs')
+  whole = folders.read_split(image_folder, 'train', names)
+  first = folders.read_split(image_folder, 'train[:3]', names)
+  rest = folders.read_split(image_folder, 'train[25%:]', names)
+  assert np.bincount(first.labels).tolist() == [3, 3]      # 3 of each class
+  assert np.bincount(rest.labels).tolist() == [9, 9]       # 12 per class, minus the first 3
+  assert set(first.paths) <= set(whole.paths) and not set(first.paths) & set(rest.paths)

@@ -34,7 +34,7 @@ MODELS: Dict[str, Any] = {
 
 # Config fields that only some architectures have; None in the config means
 # "the architecture's default".
-_OPTIONAL_FIELDS = ('include_top', 'pooling')
+_OPTIONAL_FIELDS = ('include_top', 'pooling', 'head', 'head_units')
 
 
 def _module_class(factory):

@@ -9,6 +9,8 @@ from typing import Any, Callable, Optional, Sequence
 import jax.numpy as jnp
 from flax import linen as nn
 
+from catsdogs_jax.models.heads import apply_head
+
 WIDTHS = (64, 128, 256, 512, 512)
 
 
@@ -16,12 +18,15 @@ class VGG(nn.Module):
   """VGG convolutional base, optionally with the classifier top.
 
   With `include_top=False` the module returns the last block's feature map, or
-  a pooled vector when `pooling` is 'avg' or 'max' (as Keras' `pooling=`).
+  a pooled vector when `pooling` is 'avg' or 'max' (as Keras' `pooling=`), or
+  the logits of a new `head` (see `heads.py`) on the base.
   """
   stage_sizes: Sequence[int]
   num_outputs: int = 1000
   include_top: bool = True
   pooling: Optional[str] = None
+  head: Optional[str] = None
+  head_units: int = 256
   fc_units: int = 4096
   dropout_rate: float = 0.5
   kernel_init: Callable = nn.initializers.glorot_uniform()
@@ -35,6 +40,9 @@ class VGG(nn.Module):
                     dtype=self.dtype, name=f'block{block}_conv{conv}')(x)
         x = nn.relu(x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    if not self.include_top and self.head:
+      return apply_head(x, self.head, self.num_outputs, self.head_units, self.dropout_rate,
+                        train, self.kernel_init, self.dtype)
     if not self.include_top:
       if self.pooling == 'avg':
         x = jnp.mean(x, axis=(1, 2))

@@ -1,0 +1,32 @@
+"""New classifier heads on a convolutional base, as the transfer-learning tutorials build them.
+
+Called inside a model's compact `__call__`, so the head's layers sit beside the
+base's (`head_dense`, `head_logits`) and converted base weights load unchanged.
+"""
+
+import jax.numpy as jnp
+from flax import linen as nn
+
+HEADS = ('flatten_dense', 'flatten_mlp', 'gmp_dense')
+
+
+def apply_head(x, head: str, num_outputs: int, units: int, dropout_rate: float, train: bool,
+               kernel_init, dtype):
+  """x: the base's [B, H, W, C] feature map -> logits.
+
+  flatten_dense: Flatten - Dense(outputs)                    (VGG16 transfer, Flatten-Dense(2))
+  flatten_mlp:   Flatten - Dense(units, relu) - Dropout - Dense(outputs)   (Dense(256)-Dropout-Dense(1))
+  gmp_dense:     GlobalMaxPool - Dropout - Dense(outputs)     (EfficientNet's tutorial head)
+  """
+  dense = lambda n, name: nn.Dense(n, kernel_init=kernel_init, dtype=dtype, name=name)
+  if head == 'gmp_dense':
+    x = jnp.max(x, axis=(1, 2))
+  elif head in ('flatten_dense', 'flatten_mlp'):
+    x = x.reshape((x.shape[0], -1))
+  else:
+    raise ValueError(f'Unknown head {head!r} (config.model.head); choose one of {HEADS}.')
+  if head == 'flatten_mlp':
+    x = nn.relu(dense(units, 'head_dense')(x))
+  if head != 'flatten_dense':
+    x = nn.Dropout(dropout_rate, deterministic=not train)(x)
+  return dense(num_outputs, 'head_logits')(x).astype(jnp.float32)

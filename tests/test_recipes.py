@@ -1,0 +1,62 @@
+"""The transfer-learning recipes end to end on real photos, with random 'pretrained' weights."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from catsdogs_jax import convert, evaluate, train
+from configs import vgg16_finetune, vgg16_frozen_aug, vgg16_transfer
+from conftest import SHARED_DATA, override
+
+pytestmark = pytest.mark.skipif(not os.path.isdir(SHARED_DATA),
+                                reason='cats_and_dogs_small is absent')
+
+
+@pytest.fixture(scope='module')
+def keras_notop(tmp_path_factory):
+  """A randomly initialised Keras VGG16 base, written and converted as the real file would be."""
+  keras = pytest.importorskip('keras')
+  import h5py
+  from keras.src.legacy.saving import legacy_h5_format
+  directory = tmp_path_factory.mktemp('weights')
+  keras.utils.set_random_seed(0)
+  model = keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
+  path = str(directory / 'vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5')
+  with h5py.File(path, 'w') as f:
+    legacy_h5_format.save_weights_to_hdf5_group(f, model)
+  convert.convert_keras_h5(path, 'vgg16', str(directory / 'vgg16_keras_notop'))
+  return str(directory / 'vgg16_keras_notop')
+
+
+def _small(config, init_from):
+  """The recipe on 16 + 8 + 8 photos per class at 32 px: a few steps."""
+  return override(config, dataset=f'folder:{os.path.abspath(SHARED_DATA)}',
+                  train_split='train[:16]', eval_split='validation[:8]',
+                  test_split='test[:8]', image_size=32, batch_size=8, num_epochs=1,
+                  init_from=init_from, log_every_steps=2)
+
+
+def test_transfer_recipes_run_end_to_end(keras_notop, tmp_path):
+  transfer = _small(vgg16_transfer.get_config(), keras_notop)
+  history = train.train_and_evaluate(transfer, str(tmp_path / 'transfer'))
+  assert len(history['epochs']) == 1 and np.isfinite(history['epochs'][0]['loss'])
+  result = evaluate.evaluate_checkpoint(transfer, str(tmp_path / 'transfer'))
+  assert result['num_images'] == 16
+
+  frozen = _small(vgg16_frozen_aug.get_config(), keras_notop)
+  train.train_and_evaluate(frozen, str(tmp_path / 'frozen_aug'))
+
+  finetune = _small(vgg16_finetune.get_config(), str(tmp_path / 'frozen_aug'))
+  history = train.train_and_evaluate(finetune, str(tmp_path / 'finetune'))
+  assert len(history['epochs']) == 1
+
+  # Fine-tuning started from the frozen run: block1 still equals the converted weights.
+  from catsdogs_jax import weights
+  converted, _, _ = weights.read(keras_notop)
+  tuned, _, metadata = weights.read(str(tmp_path / 'finetune'))
+  np.testing.assert_array_equal(tuned['block1_conv1']['kernel'],
+                                converted['block1_conv1']['kernel'])
+  assert not np.array_equal(tuned['block5_conv3']['kernel'], converted['block5_conv3']['kernel'])
+  assert metadata['preprocess'] == 'caffe'   # carried from the converted Keras weights

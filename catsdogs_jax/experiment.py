@@ -4,12 +4,13 @@ import dataclasses
 from typing import Any, Callable, Optional
 
 import jax
+import numpy as np
 import optax
 from absl import logging
 from jax.sharding import Mesh
 
-from catsdogs_jax import (checkpointing, models, optimizers, parallel, preprocessing, summary,
-                          validation, weights)
+from catsdogs_jax import (augment, checkpointing, models, optimizers, parallel, preprocessing,
+                          summary, validation, weights)
 from catsdogs_jax.train_state import make_init_fn
 
 
@@ -27,6 +28,7 @@ class Experiment:
   init_fn: Callable
   checkpoints: checkpointing.Checkpoints
   loaded: Optional[tuple] = None   # (params, batch_stats, metadata) of config.init_from
+  make_pipeline: Optional[Callable] = None   # split -> batches; default: ImagePipeline
 
   @property
   def image_shape(self):
@@ -53,8 +55,49 @@ class Experiment:
         if state.batch_stats else state.batch_stats)
 
   def pipeline(self, split: str):
+    if self.make_pipeline is not None:
+      return self.make_pipeline(split)
     from catsdogs_jax import input_pipeline  # TensorFlow only where data is read
     return input_pipeline.ImagePipeline(self.config, split, self.info.class_names)
+
+
+def _feature_extraction(config, loaded, info, mesh):
+  """(head model, feature shape, pipeline factory, head config) for config.features."""
+  from catsdogs_jax import features, input_pipeline
+  from catsdogs_jax.models.initializers import get_initializer
+  from catsdogs_jax.train_state import init_variables
+  if loaded is None or not config.model.head:
+    raise validation.ConfigError('config.features.enabled needs config.init_from (the '
+                                 'pretrained base) and config.model.head (what to train).')
+  if augment.is_enabled(config.augment):
+    raise validation.ConfigError(
+        'config.features.enabled computes each image\'s features once, so it cannot augment; '
+        'turn config.augment off, or train end to end (configs/vgg16_frozen_aug.py).')
+  base_config = config.copy_and_resolve_references()
+  base_config.model.head, base_config.model.head_units = None, None
+  base = models.create_model(base_config)
+  size = (config.image_size, config.image_size, config.channels)
+  abstract = jax.eval_shape(lambda r: init_variables(base, r, size), jax.random.PRNGKey(0))
+  variables = {'params': weights.merge(abstract['params'], loaded[0])}  # exact, or it says why
+  if 'batch_stats' in abstract:
+    variables['batch_stats'] = weights.merge(abstract['batch_stats'], loaded[1])
+  feature_shape = jax.eval_shape(base.apply, abstract, jax.ShapeDtypeStruct((1, *size),
+                                                                            np.float32)).shape[1:]
+  head = features.HeadModel(
+      head=config.model.head, num_outputs=models.num_outputs(config),
+      head_units=config.model.head_units or 256, dropout_rate=config.model.dropout_rate,
+      kernel_init=get_initializer(config.model.kernel_init, config.model.init_stddev))
+  head_config = config.copy_and_resolve_references()
+  head_config.preprocess = 'none'   # the base already preprocessed and ran
+
+  def make_pipeline(split):
+    images = input_pipeline.ImagePipeline(config, split, info.class_names)
+    feats, labels = features.cached_features(config, split, base, variables, images, mesh,
+                                             loaded[2])
+    return features.FeaturePipeline(head_config, feats, labels, images.examples_per_process,
+                                    images.local_batch)
+
+  return head, tuple(feature_shape), make_pipeline, head_config
 
 
 def build(config, workdir: str, read_only: bool = False,
@@ -76,11 +119,16 @@ def build(config, workdir: str, read_only: bool = False,
   steps_per_epoch = (info.num_examples['train'] // jax.process_count()) // (
       config.batch_size // jax.process_count())
   validation.check_dataset(config, info, steps_per_epoch)
+  input_shape = (config.image_size, config.image_size, config.channels)
+  make_pipeline = None
+  if config.features.enabled:
+    model, input_shape, make_pipeline, config = _feature_extraction(config, loaded, info, mesh)
+    loaded = None   # the weights went into the base; the head starts fresh
   tx, schedule = optimizers.create_optimizer(config, steps_per_epoch)
   plateau = optimizers.create_plateau(config)
-  init_fn = make_init_fn(model, tx, plateau, (config.image_size, config.image_size, config.channels))
+  init_fn = make_init_fn(model, tx, plateau, input_shape)
   exp = Experiment(config, workdir, info, model, mesh, steps_per_epoch, tx, schedule, plateau,
-                   init_fn, checkpoints=None, loaded=loaded)
+                   init_fn, checkpoints=None, loaded=loaded, make_pipeline=make_pipeline)
   abstract = exp.abstract_state()
   if loaded is not None:   # fails listing what differs, before any training
     weights.merge(abstract.params, loaded[0], config.dont_load)

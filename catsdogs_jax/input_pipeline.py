@@ -11,6 +11,7 @@ process yields the same number of batches, so every image counts once.
 """
 
 import dataclasses
+import hashlib
 import os
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
@@ -135,7 +136,7 @@ def _folder_split(config, split: str, class_names) -> folders.FolderSplit:
                             config.verify_images, tuple(config.flat_split_fractions))
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
+def epoch_seed(seed: int, epoch: int) -> int:
   return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
@@ -156,6 +157,7 @@ class ImagePipeline:
     if self._from_path:
       found = _folder_split(config, split, class_names)
       self.examples_per_process = [len(found.paths[i::count]) for i in range(count)]
+      self.fingerprint = hashlib.sha256('\n'.join(found.paths).encode()).hexdigest()
       part = slice(index, None, count)
       self._source = tf.data.Dataset.from_tensor_slices(
           (found.paths[part], found.inline[part], found.labels[part]))
@@ -163,6 +165,7 @@ class ImagePipeline:
       builder = _tfds_builder(config)
       subsplits = [_tfds_process_split(split, i, count) for i in range(count)]
       self.examples_per_process = [_tfds_num_examples(builder, s) for s in subsplits]
+      self.fingerprint = f'{builder.name}:{builder.version}:{split}'  # tfds data is versioned
       ds = builder.as_dataset(split=subsplits[index], shuffle_files=False,
                               decoders={config.image_key: tfds.decode.SkipDecoding()})
       self._source = ds.map(lambda d: ('', d[config.image_key],
@@ -195,7 +198,7 @@ class ImagePipeline:
 
   def train_epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[dict]:
     """Shuffled full batches of epoch `epoch`, starting after `skip_batches`."""
-    seed = _epoch_seed(self.config.seed, epoch)
+    seed = epoch_seed(self.config.seed, epoch)
     if self.config.cache:
       ds = self._decoded.shuffle(self.num_examples, seed=seed, reshuffle_each_iteration=False)
     else:
@@ -212,16 +215,17 @@ class ImagePipeline:
     ds = self._decoded.batch(self.local_batch).prefetch(tf.data.AUTOTUNE)
     yielded = 0
     for batch in ds.as_numpy_iterator():
-      yield _pad(batch, self.local_batch)
+      yield pad_batch(batch, self.local_batch)
       yielded += 1
     empty = {'image': np.zeros((0, self.config.image_size, self.config.image_size,
                                  self.config.channels), np.uint8),
              'label': np.zeros((0,), np.int32)}
     for _ in range(self.num_eval_batches - yielded):
-      yield _pad(empty, self.local_batch)
+      yield pad_batch(empty, self.local_batch)
 
 
-def _pad(batch: dict, size: int) -> dict:
+def pad_batch(batch: dict, size: int) -> dict:
+  """`batch` padded with zeros to `size` rows, with `mask` 1 on the real ones."""
   n = len(batch['label'])
   mask = np.zeros((size,), np.float32)
   mask[:n] = 1.0

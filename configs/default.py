@@ -90,6 +90,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.schedule.plateau_cooldown = 0   # epochs to wait after a reduction
   config.schedule.plateau_min_scale = 0.0  # lower bound of the lr multiplier
 
+  # ----- fast feature extraction (train a head on cached features of a frozen, pretrained base)
+  config.features = ml_collections.ConfigDict()
+  config.features.enabled = False
+  config.features.cache_dir = '~/.cache/catsdogs_jax/features'  # keyed by weights, data, split, size
+
   # ----- training loop
   config.batch_size = 32               # global batch, split over all devices
   config.num_epochs = 30

@@ -60,3 +60,21 @@ def test_transfer_recipes_run_end_to_end(keras_notop, tmp_path):
                                 converted['block1_conv1']['kernel'])
   assert not np.array_equal(tuned['block5_conv3']['kernel'], converted['block5_conv3']['kernel'])
   assert metadata['preprocess'] == 'caffe'   # carried from the converted Keras weights
+
+
+def test_feature_extraction_caches_and_reuses_features(keras_notop, tmp_path):
+  from catsdogs_jax import features
+  from configs import vgg16_features
+  config = _small(vgg16_features.get_config(), keras_notop)
+  config.features.cache_dir = str(tmp_path / 'cache')
+  before = features.extractions
+  first = train.train_and_evaluate(config, str(tmp_path / 'first'))
+  assert features.extractions - before == 2           # train and validation, once each
+  assert len(os.listdir(tmp_path / 'cache')) == 2
+  second = train.train_and_evaluate(config, str(tmp_path / 'second'))
+  assert features.extractions - before == 2           # read back, not recomputed
+  strip = lambda h: [{k: v for k, v in r.items() if k not in ('seconds', 'images_per_second')}
+                     for r in h['epochs']]
+  assert strip(first) == strip(second)                # the same head training
+  result = evaluate.evaluate_checkpoint(config, str(tmp_path / 'second'))
+  assert result['num_images'] == 16

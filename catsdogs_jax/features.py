@@ -20,6 +20,7 @@ from absl import logging
 from flax import linen as nn
 
 from catsdogs_jax import parallel
+from catsdogs_jax.batching import Batching, epoch_seed, pad_batch
 from catsdogs_jax.models.heads import apply_head
 from catsdogs_jax.preprocessing import get_preprocessor
 
@@ -91,7 +92,7 @@ def cached_features(config, split, base_model, variables, image_pipeline, mesh,
   return features, labels
 
 
-class FeaturePipeline:
+class FeaturePipeline(Batching):
   """Cached features served like images: per-epoch shuffles, padded evaluation batches."""
 
   def __init__(self, config, features: np.ndarray, labels: np.ndarray,
@@ -100,16 +101,7 @@ class FeaturePipeline:
     self.examples_per_process, self.local_batch = examples_per_process, local_batch
     self.num_examples = len(labels)
 
-  @property
-  def steps_per_epoch(self) -> int:
-    return min(self.examples_per_process) // self.local_batch
-
-  @property
-  def num_eval_batches(self) -> int:
-    return -(-max(self.examples_per_process) // self.local_batch)
-
   def train_epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[dict]:
-    from catsdogs_jax.input_pipeline import epoch_seed
     order = np.random.default_rng(epoch_seed(self.config.seed, epoch)).permutation(
         self.num_examples)
     for step in range(skip_batches, self.steps_per_epoch):
@@ -117,7 +109,6 @@ class FeaturePipeline:
       yield {'image': self.features[rows], 'label': self.labels[rows]}
 
   def eval_batches(self) -> Iterator[dict]:
-    from catsdogs_jax.input_pipeline import pad_batch
     for i in range(self.num_eval_batches):
       rows = slice(i * self.local_batch, (i + 1) * self.local_batch)
       yield pad_batch({'image': self.features[rows], 'label': self.labels[rows]},

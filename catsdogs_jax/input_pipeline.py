@@ -4,10 +4,9 @@ With `folders`, the only module that needs TensorFlow. Images are decoded and re
 tf.data in parallel and shipped as uint8; preprocessing runs on the device
 (`catsdogs_jax.preprocessing`).
 
-Determinism: epoch `e`'s order is a function of (config.seed, e) only, so a
-resumed run sees exactly the batches an uninterrupted one would.
-Exact evaluation: the last partial batch is padded and masked, and every
-process yields the same number of batches, so every image counts once.
+Batch counts, order and padding follow `catsdogs_jax.batching`: a resumed run
+sees exactly the batches an uninterrupted one would, and evaluation counts
+every image once.
 """
 
 import dataclasses
@@ -21,6 +20,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from catsdogs_jax import folders
+from catsdogs_jax.batching import Batching, epoch_seed, pad_batch
 from catsdogs_jax.folders import DataError
 
 # JAX owns the accelerators; tf.data only needs the CPU.
@@ -136,11 +136,7 @@ def _folder_split(config, split: str, class_names) -> folders.FolderSplit:
                             config.verify_images, tuple(config.flat_split_fractions))
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-  return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-
-
-class ImagePipeline:
+class ImagePipeline(Batching):
   """One split of a dataset, this process's part of it, as numpy batches."""
 
   def __init__(self, config, split: str, class_names: Sequence[str],
@@ -187,15 +183,6 @@ class ImagePipeline:
     return {'image': tf.ensure_shape(image, (c.image_size, c.image_size, c.channels)),
             'label': label}
 
-  @property
-  def steps_per_epoch(self) -> int:
-    """Full training batches per epoch (the same on every process)."""
-    return min(self.examples_per_process) // self.local_batch
-
-  @property
-  def num_eval_batches(self) -> int:
-    return -(-max(self.examples_per_process) // self.local_batch)
-
   def train_epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[dict]:
     """Shuffled full batches of epoch `epoch`, starting after `skip_batches`."""
     seed = epoch_seed(self.config.seed, epoch)
@@ -222,14 +209,3 @@ class ImagePipeline:
              'label': np.zeros((0,), np.int32)}
     for _ in range(self.num_eval_batches - yielded):
       yield pad_batch(empty, self.local_batch)
-
-
-def pad_batch(batch: dict, size: int) -> dict:
-  """`batch` padded with zeros to `size` rows, with `mask` 1 on the real ones."""
-  n = len(batch['label'])
-  mask = np.zeros((size,), np.float32)
-  mask[:n] = 1.0
-  padded = {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)])
-            for k, v in batch.items()}
-  padded['mask'] = mask
-  return padded

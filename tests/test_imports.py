@@ -4,7 +4,8 @@ import subprocess
 import sys
 
 TF_FREE = ('models', 'steps', 'train_state', 'parallel', 'optimizers', 'checkpointing',
-           'validation', 'summary', 'experiment', 'evaluate', 'preprocessing', 'losses', 'metrics')
+           'validation', 'summary', 'experiment', 'evaluate', 'preprocessing', 'losses', 'metrics',
+           'augment', 'batching', 'features', 'convert', 'weights')
 
 
 def test_core_modules_do_not_import_tensorflow():

@@ -30,10 +30,6 @@ class Experiment:
   loaded: Optional[tuple] = None   # (params, batch_stats, metadata) of config.init_from
   make_pipeline: Optional[Callable] = None   # split -> batches; default: ImagePipeline
 
-  @property
-  def image_shape(self):
-    return (self.config.image_size, self.config.image_size, self.config.channels)
-
   def abstract_state(self):
     """Shapes, dtypes and shardings of the TrainState, without computing it."""
     rep = parallel.replicated(self.mesh)

@@ -104,3 +104,35 @@ def test_frozen_base_stays_bit_identical_and_has_no_optimizer_state(
     assert same == (name != 'predictions'), name
   momentum = [x for x in jax.tree.leaves(state.opt_state) if np.ndim(x) > 0]
   assert sum(np.size(x) for x in momentum) == 4096 * 2 + 2   # the head's trace only
+
+
+def test_keras_1_weight_names_and_the_command_line(tmp_path):
+  """The published VGG16 files name arrays 'block1_conv1_W_1:0' (Keras 1): only order counts."""
+  import subprocess
+  import sys
+  h5py = pytest.importorskip('h5py')
+  _, path = _keras_vgg16(tmp_path, include_top=False)
+  layers = convert.read_keras_h5(path)
+  old_style = str(tmp_path / 'vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5')
+  with h5py.File(old_style, 'w') as f:
+    f.attrs['layer_names'] = [b'input_1'] + [n.encode() for n in layers]
+    f.create_group('input_1').attrs['weight_names'] = []
+    for name, (kernel, bias) in layers.items():
+      group = f.create_group(name)
+      group.attrs['weight_names'] = [f'{name}_W_1:0'.encode(), f'{name}_b_1:0'.encode()]
+      group.create_dataset(f'{name}_W_1:0', data=kernel)
+      group.create_dataset(f'{name}_b_1:0', data=bias)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run(
+      [sys.executable, '-m', 'catsdogs_jax.convert', '--format=keras_h5', '--model=vgg16',
+       f'--input={old_style}', f'--output={tmp_path / "cli"}'],
+      cwd=root, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  params, _, metadata = weights.read(str(tmp_path / 'cli'))
+  assert metadata['file'] == os.path.basename(old_style) and len(metadata['sha256']) == 64
+  np.testing.assert_array_equal(params['block5_conv3']['kernel'], layers['block5_conv3'][0])
+  bad = subprocess.run(
+      [sys.executable, '-m', 'catsdogs_jax.convert', '--format=keras_h5', '--model=vgg19',
+       f'--input={old_style}', f'--output={tmp_path / "bad"}'],
+      cwd=root, capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and 'missing in the file: block3_conv4/0' in bad.stderr

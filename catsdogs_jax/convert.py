@@ -32,7 +32,7 @@ from absl import app, flags, logging
 from flax import traverse_util
 
 from catsdogs_jax import models
-from catsdogs_jax.train_state import init_variables
+from catsdogs_jax.train_state import abstract_variables
 
 WEIGHTS_FILE = 'weights.json'
 PARAMS_DIR = 'params'
@@ -97,13 +97,18 @@ def fill(abstract_variables, tensors: Dict[str, np.ndarray], mapping: Mapping,
                      f'model {tuple(ours[path].shape)}')
       out[path] = value
   if unmapped or missing or extra or wrong:
-    raise ConversionError(
-        'The weight file does not match the model:'
-        + (f'\n  missing in the file: {_listing(missing)}' if missing else '')
-        + (f'\n  in the file but not in the model: {_listing(extra)}' if extra else '')
-        + (f'\n  model parameters with no source: {_listing(unmapped)}' if unmapped else '')
-        + (f'\n  different shapes: {_listing(wrong, "; ")}' if wrong else ''))
+    raise ConversionError('\n'.join(['The weight file does not match the model:'] +
+                                     mismatch_lines(missing, extra, wrong, unmapped)))
   return traverse_util.unflatten_dict(out)
+
+
+def mismatch_lines(missing: Sequence[str], extra: Sequence[str], wrong: Sequence[str],
+                   unmapped: Sequence[str] = ()) -> List[str]:
+  """The lines of a "does not match" message: what is missing, extra, unmapped, misshapen."""
+  return ([f'  missing in the file: {_listing(missing)}'] if missing else []) + (
+      [f'  in the file but not in the model: {_listing(extra)}'] if extra else []) + (
+      [f'  model parameters with no source: {_listing(unmapped)}'] if unmapped else []) + (
+      [f'  different shapes: {_listing(wrong, "; ")}'] if wrong else [])
 
 
 def _listing(items: Sequence[str], sep: str = ', ', most: int = 12) -> str:
@@ -223,14 +228,19 @@ def convert_torch(path: str, model: str, output: str) -> Dict:
   top_key = 'classifier.6.weight' if model.startswith('vgg') else 'fc.weight'
   include_top = top_key in tensors
   num_classes = int(tensors[top_key].shape[0]) if include_top else None
+  image_size = 224 if include_top and model.startswith('vgg') else None
+  return _convert(path, output, 'torch', model, include_top, num_classes, image_size, tensors,
+                  TORCH_MODELS[model], ignore=(r'num_batches_tracked$',))
+
+
+def _convert(path, output, source, model, include_top, num_classes, image_size, tensors,
+             mapping_fn, ignore=()) -> Dict:
+  """Fills `model`'s variables from `tensors` through `mapping_fn`, saves them with metadata."""
   flax_model = models.MODELS[model](num_outputs=num_classes or 1, include_top=include_top)
-  abstract = jax.eval_shape(lambda r: init_variables(flax_model, r, (224, 224, 3)),
-                            jax.random.PRNGKey(0))
-  variables = fill(abstract, tensors, TORCH_MODELS[model](abstract),
-                   ignore=(r'num_batches_tracked$',))
+  abstract = abstract_variables(flax_model, (image_size or 224, image_size or 224, 3))
+  variables = fill(abstract, tensors, mapping_fn(abstract), ignore)
   metadata = {'model': model, 'include_top': include_top, 'num_classes': num_classes,
-              'image_size': 224 if include_top and model.startswith('vgg') else None,
-              'preprocess': PREPROCESSING['torch'], 'source': 'torch',
+              'image_size': image_size, 'preprocess': PREPROCESSING[source], 'source': source,
               'file': os.path.basename(path), 'sha256': _sha256(path)}
   save(output, variables, metadata)
   return metadata
@@ -250,16 +260,8 @@ def convert_keras_h5(path: str, model: str, output: str) -> Dict:
     raise ConversionError(f'No Keras converter for {model!r}; choose one of {KERAS_MODELS}.')
   layers = read_keras_h5(path)
   include_top, num_classes, image_size = _vgg_shape(layers)
-  flax_model = models.MODELS[model](num_outputs=num_classes or 1, include_top=include_top)
-  size = (image_size or 224, image_size or 224, 3)
-  abstract = jax.eval_shape(lambda r: init_variables(flax_model, r, size), jax.random.PRNGKey(0))
-  variables = fill(abstract, keras_tensors(layers), keras_mapping(abstract))
-  metadata = {'model': model, 'include_top': include_top, 'num_classes': num_classes,
-              'image_size': image_size, 'preprocess': PREPROCESSING['keras_h5'],
-              'source': 'keras_h5',
-              'file': os.path.basename(path), 'sha256': _sha256(path)}
-  save(output, variables, metadata)
-  return metadata
+  return _convert(path, output, 'keras_h5', model, include_top, num_classes, image_size,
+                  keras_tensors(layers), keras_mapping)
 
 
 def save(output: str, variables, metadata: Dict):

@@ -11,7 +11,7 @@ from jax.sharding import Mesh
 
 from catsdogs_jax import (augment, checkpointing, models, optimizers, parallel, preprocessing,
                           summary, validation, weights)
-from catsdogs_jax.train_state import make_init_fn
+from catsdogs_jax.train_state import abstract_variables, make_init_fn
 
 
 @dataclasses.dataclass
@@ -61,7 +61,6 @@ def _feature_extraction(config, loaded, info, mesh):
   """(head model, feature shape, pipeline factory, head config) for config.features."""
   from catsdogs_jax import features, input_pipeline
   from catsdogs_jax.models.initializers import get_initializer
-  from catsdogs_jax.train_state import init_variables
   if loaded is None or not config.model.head:
     raise validation.ConfigError('config.features.enabled needs config.init_from (the '
                                  'pretrained base) and config.model.head (what to train).')
@@ -73,7 +72,7 @@ def _feature_extraction(config, loaded, info, mesh):
   base_config.model.head, base_config.model.head_units = None, None
   base = models.create_model(base_config)
   size = (config.image_size, config.image_size, config.channels)
-  abstract = jax.eval_shape(lambda r: init_variables(base, r, size), jax.random.PRNGKey(0))
+  abstract = abstract_variables(base, size)
   variables = {'params': weights.merge(abstract['params'], loaded[0])}  # exact, or it says why
   if 'batch_stats' in abstract:
     variables['batch_stats'] = weights.merge(abstract['batch_stats'], loaded[1])

@@ -25,6 +25,12 @@ def init_variables(model, rng, image_shape):
   return model.init({'params': params_rng, 'dropout': dropout_rng}, dummy, train=False)
 
 
+def abstract_variables(model, image_shape):
+  """Shapes and dtypes of a model's variables, computed without running it."""
+  return jax.eval_shape(lambda rng: init_variables(model, rng, image_shape),
+                        jax.random.PRNGKey(0))
+
+
 def make_init_fn(model, tx: optax.GradientTransformation, plateau, image_shape):
   """Returns `init(rng) -> TrainState`, pure, to jit or `jax.eval_shape`."""
 

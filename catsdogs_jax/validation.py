@@ -7,7 +7,7 @@ from catsdogs_jax import augment, losses, optimizers
 from catsdogs_jax.models import MODELS, create_model
 from catsdogs_jax.models.initializers import INITIALIZERS
 from catsdogs_jax.preprocessing import PREPROCESSORS
-from catsdogs_jax.train_state import init_variables
+from catsdogs_jax.train_state import abstract_variables
 
 MONITORS = ('val_loss', 'val_accuracy')
 RESIZE_METHODS = ('bilinear', 'nearest', 'bicubic', 'area', 'lanczos3', 'mitchellcubic')
@@ -65,8 +65,7 @@ def validate_config(config, num_devices: int = None):
 def _fits(model, size: int, channels: int) -> bool:
   """Whether the model runs on size x size inputs with no empty feature map."""
   try:
-    variables = jax.eval_shape(lambda rng: init_variables(model, rng, (size, size, channels)),
-                               jax.random.PRNGKey(0))
+    variables = abstract_variables(model, (size, size, channels))
   except Exception:  # conv/pool shape errors surface as several exception types
     return False
   return all(np.prod(leaf.shape) > 0 for leaf in jax.tree.leaves(variables))

@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from catsdogs_jax.convert import PARAMS_DIR, WEIGHTS_FILE
+from catsdogs_jax.convert import PARAMS_DIR, WEIGHTS_FILE, mismatch_lines
 from catsdogs_jax.optimizers import matches_any, path_string
 
 
@@ -70,14 +70,10 @@ def merge(init_tree, loaded_tree, dont_load: Sequence[str] = (), what: str = 'pa
            and tuple(np.shape(loaded[k])) != tuple(init[k].shape)]
   if missing or extra or wrong:
     lines = [f'The {what} to load do not match the model (dont_load: {list(dont_load)}):']
-    if missing:
-      lines.append(f'  missing in the file: {", ".join(map(path_string, missing))}')
-    if extra:
-      lines.append(f'  in the file but not in the model: {", ".join(map(path_string, extra))}')
-    if wrong:
-      lines.append('  different shapes: ' + '; '.join(
-          f'{path_string(k)} file {tuple(np.shape(loaded[k]))} model {tuple(init[k].shape)}'
-          for k in wrong))
+    lines += mismatch_lines(
+        [path_string(k) for k in missing], [path_string(k) for k in extra],
+        [f'{path_string(k)} file {tuple(np.shape(loaded[k]))} model {tuple(init[k].shape)}'
+         for k in wrong])
     lines.append('  Add the differing layers to config.dont_load to keep them freshly '
                  'initialised, or use a config whose model matches the weights.')
     raise WeightsError('\n'.join(lines))

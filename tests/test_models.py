@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 from catsdogs_jax import models, summary
-from catsdogs_jax.train_state import init_variables
+from catsdogs_jax.train_state import abstract_variables, init_variables
 from configs import default
 
 
@@ -19,8 +19,7 @@ def _config(name, num_classes=2, loss='softmax', **model_fields):
 
 def _abstract_variables(config, size, channels=3):
   model = models.create_model(config)
-  return jax.eval_shape(lambda r: init_variables(model, r, (size, size, channels)),
-                        jax.random.PRNGKey(0))
+  return abstract_variables(model, (size, size, channels))
 
 
 @pytest.mark.parametrize('name, size, num_classes, loss, fields, expected', [

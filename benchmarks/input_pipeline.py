@@ -20,7 +20,6 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from catsdogs_jax import augment, experiment, parallel  # noqa: E402
 from catsdogs_jax.steps import make_train_step  # noqa: E402

@@ -5,7 +5,6 @@ import time
 from typing import Any, Dict
 
 import jax
-import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 

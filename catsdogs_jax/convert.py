@@ -15,7 +15,15 @@ layer is an HDF5 group named like the layer, its arrays listed in the group's
 files written by Keras 1 (`block1_conv1_W_1:0`), 2 (`block1_conv1/kernel:0`)
 and 3 (`block1_conv1/kernel`) all read. Keras stores convolution kernels as
 HWIO and dense kernels as (in, out), and flattens NHWC feature maps in (H, W, C)
-order, exactly as Flax does: the arrays copy unchanged.
+order, exactly as Flax does: the arrays copy unchanged, except depthwise
+kernels ((k, k, C, 1) in Keras, (k, k, 1, C) as a grouped Flax convolution).
+
+EfficientNet's Keras model carries its preprocessing inside: Rescaling(1/255)
+and a Normalization layer whose statistics are in the file. The published
+ImageNet files hold mean (0.485, 0.456, 0.406) and, by a known slip, the
+standard deviations as "variance", which Keras compensates with one more
+Rescaling: in effect torchvision's normalisation, recorded here as 'torch'.
+A file of an untrained model (mean 0, variance 1) records 'rescale'.
 """
 
 import hashlib
@@ -31,14 +39,13 @@ import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from flax import traverse_util
 
-from catsdogs_jax import models
+from catsdogs_jax import models, preprocessing
 from catsdogs_jax.train_state import abstract_variables
 
 WEIGHTS_FILE = 'weights.json'
 PARAMS_DIR = 'params'
 # The preprocessing each source's ImageNet weights were trained with.
 PREPROCESSING = {'keras_h5': 'caffe', 'torch': 'torch'}
-KERAS_MODELS = ('vgg16', 'vgg19')
 
 
 class ConversionError(ValueError):
@@ -67,14 +74,42 @@ def read_keras_h5(path: str) -> Dict[str, List[np.ndarray]]:
 
 
 def _vgg_shape(layers: Dict[str, List[np.ndarray]]):
-  """(include_top, classes, image size the top was built for), read from the arrays."""
+  """(include_top, classes, image size the top was built for, preprocessing), from the arrays."""
   if 'predictions' not in layers:
-    return False, None, None
+    return False, None, None, 'caffe'
   fc1_inputs = layers['fc1'][0].shape[0]
   side = int(round((fc1_inputs // 512) ** 0.5))
   if side * side * 512 != fc1_inputs:
     raise ConversionError(f'fc1 has {fc1_inputs} inputs, not 512 x a square feature map.')
-  return True, int(layers['predictions'][0].shape[1]), 32 * side
+  return True, int(layers['predictions'][0].shape[1]), 32 * side, 'caffe'
+
+
+def _efficientnet_shape(layers: Dict[str, List[np.ndarray]]):
+  """Like `_vgg_shape`; the top is global-pooled (any image size), preprocessing from the file."""
+  include_top = 'predictions' in layers
+  classes = int(layers['predictions'][0].shape[1]) if include_top else None
+  return include_top, classes, None, _keras_normalization(layers)
+
+
+def _keras_normalization(layers: Dict[str, List[np.ndarray]]) -> str:
+  """The preprocessing that the file's Normalization layer (after Rescaling(1/255)) amounts to."""
+  names = [n for n in layers if n.startswith('normalization')]
+  if len(names) != 1:
+    raise ConversionError(f'Expected one Normalization layer in the file, found {names}: '
+                          'is this a keras.applications EfficientNet file?')
+  mean, variance = (np.asarray(a, np.float64).reshape(-1) for a in layers[names[0]][:2])
+  if np.allclose(mean, 0) and np.allclose(variance, 1):
+    return 'rescale'
+  if np.allclose(mean, preprocessing.TORCH_MEAN, atol=1e-4) and (
+      np.allclose(variance, preprocessing.TORCH_STD, atol=1e-4) or
+      np.allclose(variance, np.square(preprocessing.TORCH_STD), atol=1e-4)):
+    return 'torch'
+  raise ConversionError(f'The Normalization layer {names[0]!r} has mean {mean.tolist()} and '
+                        f'variance {variance.tolist()}, neither ImageNet\'s nor an untrained '
+                        'model\'s: no preprocessing of ours matches it.')
+
+
+KERAS_MODELS = {'vgg16': _vgg_shape, 'vgg19': _vgg_shape, 'efficientnet_b0': _efficientnet_shape}
 
 
 Mapping = Dict[Tuple[str, ...], Tuple[str, Callable]]   # our path -> (source key, transform)
@@ -120,10 +155,23 @@ def _same(x):
   return x
 
 
+# Position of each of our leaves among its Keras layer's arrays: kernel, bias for
+# convolutions and dense layers; gamma, beta, moving mean, moving variance for BatchNorm.
+_KERAS_ORDER = {'kernel': 0, 'scale': 0, 'bias': 1, 'mean': 2, 'var': 3}
+
+
+def _depthwise_kernel(w):
+  return np.transpose(w, (0, 1, 3, 2))   # Keras (k, k, C, 1) -> grouped Flax (k, k, 1, C)
+
+
 def keras_mapping(abstract_variables) -> Mapping:
-  """Keras layers keep our names; arrays are flattened here as 'layer/0', 'layer/1'."""
-  return {path: (f'{path[1]}/{("kernel", "bias").index(path[2])}', _same)
-          for path in traverse_util.flatten_dict(abstract_variables)}
+  """Keras layers keep our names; arrays are flattened here as 'layer/0', 'layer/1'..."""
+  mapping = {}
+  for path in traverse_util.flatten_dict(abstract_variables):
+    _, layer, leaf = path
+    depthwise = leaf == 'kernel' and layer.endswith('dwconv')
+    mapping[path] = (f'{layer}/{_KERAS_ORDER[leaf]}', _depthwise_kernel if depthwise else _same)
+  return mapping
 
 
 def keras_tensors(layers: Dict[str, List[np.ndarray]]) -> Dict[str, np.ndarray]:
@@ -234,13 +282,14 @@ def convert_torch(path: str, model: str, output: str) -> Dict:
 
 
 def _convert(path, output, source, model, include_top, num_classes, image_size, tensors,
-             mapping_fn, ignore=()) -> Dict:
+             mapping_fn, ignore=(), preprocess=None) -> Dict:
   """Fills `model`'s variables from `tensors` through `mapping_fn`, saves them with metadata."""
   flax_model = models.MODELS[model](num_outputs=num_classes or 1, include_top=include_top)
   abstract = abstract_variables(flax_model, (image_size or 224, image_size or 224, 3))
   variables = fill(abstract, tensors, mapping_fn(abstract), ignore)
   metadata = {'model': model, 'include_top': include_top, 'num_classes': num_classes,
-              'image_size': image_size, 'preprocess': PREPROCESSING[source], 'source': source,
+              'image_size': image_size, 'preprocess': preprocess or PREPROCESSING[source],
+              'source': source,
               'file': os.path.basename(path), 'sha256': _sha256(path)}
   save(output, variables, metadata)
   return metadata
@@ -255,13 +304,15 @@ def _sha256(path: str) -> str:
 
 
 def convert_keras_h5(path: str, model: str, output: str) -> Dict:
-  """Converts a keras.applications VGG16/VGG19 .h5 file into `output`; returns its metadata."""
+  """Converts a keras.applications VGG16/VGG19/EfficientNetB0 .h5 file into `output`."""
   if model not in KERAS_MODELS:
-    raise ConversionError(f'No Keras converter for {model!r}; choose one of {KERAS_MODELS}.')
+    raise ConversionError(f'No Keras converter for {model!r}; choose one of '
+                          f'{", ".join(KERAS_MODELS)}.')
   layers = read_keras_h5(path)
-  include_top, num_classes, image_size = _vgg_shape(layers)
+  include_top, num_classes, image_size, preprocess = KERAS_MODELS[model](layers)
   return _convert(path, output, 'keras_h5', model, include_top, num_classes, image_size,
-                  keras_tensors(layers), keras_mapping)
+                  keras_tensors(layers), keras_mapping, ignore=('^normalization',),
+                  preprocess=preprocess)
 
 
 def save(output: str, variables, metadata: Dict):
@@ -282,7 +333,8 @@ CONVERTERS = {'keras_h5': convert_keras_h5, 'torch': convert_torch}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum('format', 'keras_h5', list(CONVERTERS), 'Format of the weight file.')
-flags.DEFINE_string('model', 'vgg16', 'Our model name (vgg16, vgg19; resnet18..152 for torch).')
+flags.DEFINE_string('model', 'vgg16', 'Our model name (keras_h5: vgg16, vgg19, efficientnet_b0; '
+                    'torch: vgg16, vgg19, resnet18..152).')
 flags.DEFINE_string('input', None, 'The weight file.')
 flags.DEFINE_string('output', None, 'Directory to write the converted weights to.')
 

@@ -6,7 +6,8 @@ import optax
 
 from catsdogs_jax import augment, losses
 from catsdogs_jax.metrics import EvalMetrics, TrainMetrics
-from catsdogs_jax.optimizers import frozen_mask
+from catsdogs_jax.models import batch_norm
+from catsdogs_jax.optimizers import frozen_mask, is_frozen
 from catsdogs_jax.preprocessing import get_preprocessor
 
 
@@ -36,11 +37,13 @@ def make_train_step(model, tx: optax.GradientTransformation, config):
     def loss_fn(params):
       # Frozen parameters are constants here: no gradient flows into them, and
       # JAX does not differentiate the frozen part of the network at all.
+      # Frozen BatchNorm layers normalise with, and keep, their running statistics.
       params = jax.tree.map(lambda p, frozen: jax.lax.stop_gradient(p) if frozen else p,
                             params, frozen_mask(params, config))
-      logits, new_vars = model.apply(
-          _variables(state, params), images, train=True,
-          rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
+      with batch_norm.inference_where(lambda path: is_frozen(path, config)):
+        logits, new_vars = model.apply(
+            _variables(state, params), images, train=True,
+            rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
       per_example = losses.per_example_loss(logits, labels, config.loss)
       return per_example.mean(), (per_example, logits, new_vars)
 

@@ -71,22 +71,33 @@ def _fits(model, size: int, channels: int) -> bool:
   return all(np.prod(leaf.shape) > 0 for leaf in jax.tree.leaves(variables))
 
 
+def smallest_image_size(model, channels: int, start: int = 1) -> int:
+  """The smallest square input (>= start) on which the model has no empty feature map."""
+  if _fits(model, start, channels):
+    return start
+  low, high = start, max(2 * start, 8)
+  while not _fits(model, high, channels):
+    low, high = high, high * 2
+    if high > 4096:
+      raise ConfigError('The model accepts no image size up to 4096 pixels.')
+  while high - low > 1:  # binary search for the smallest size that fits
+    mid = (low + high) // 2
+    low, high = (low, mid) if _fits(model, mid, channels) else (mid, high)
+  return high
+
+
 def check_image_size(config, model):
   """Fails when config.image_size is too small for the architecture, naming the minimum."""
   if _fits(model, config.image_size, config.channels):
     return
-  low, high = config.image_size, max(2 * config.image_size, 8)
-  while not _fits(model, high, config.channels):
-    low, high = high, high * 2
-    if high > 4096:
-      raise ConfigError(f'Model {config.model.name!r} does not accept '
-                        f'{config.image_size}x{config.image_size} images.')
-  while high - low > 1:  # binary search for the smallest size that fits
-    mid = (low + high) // 2
-    low, high = (low, mid) if _fits(model, mid, config.channels) else (mid, high)
+  try:
+    smallest = smallest_image_size(model, config.channels, config.image_size)
+  except ConfigError:
+    raise ConfigError(f'Model {config.model.name!r} does not accept '
+                      f'{config.image_size}x{config.image_size} images.') from None
   raise ConfigError(
       f'config.image_size={config.image_size} is too small for model {config.model.name!r}: '
-      f'its feature maps shrink to nothing. Use --config.image_size={high} or more.')
+      f'its feature maps shrink to nothing. Use --config.image_size={smallest} or more.')
 
 
 def check_dataset(config, info, steps_per_epoch: int):

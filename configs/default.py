@@ -48,15 +48,18 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ----- model
   config.model = ml_collections.ConfigDict()
-  config.model.name = 'small_cnn'      # small_cnn, mnist_cnn, vgg16, vgg19, resnet18..resnet152
+  config.model.name = 'small_cnn'      # small_cnn, mnist_mlp, mnist_cnn, alexnet, vgg16, vgg19,
+                                       # resnet18..resnet152, efficientnet_b0
   config.model.dropout_rate = 0.0      # dropout before the dense layers
   config.model.kernel_init = 'glorot_uniform'  # glorot_uniform (Keras), he_normal, lecun_normal, normal
   config.model.init_stddev = 0.01      # stddev of kernel_init='normal' (the VGG paper's N(0, 0.01))
-  config.model.include_top = ml_collections.FieldReference(None, field_type=bool)  # VGG/ResNet: classifier top
-  config.model.pooling = ml_collections.FieldReference(None, field_type=str)  # VGG without top: 'avg', 'max'
+  config.model.include_top = ml_collections.FieldReference(None, field_type=bool)  # VGG/ResNet/EfficientNet: classifier top
+  config.model.pooling = ml_collections.FieldReference(None, field_type=str)  # VGG/EfficientNet without top: 'avg', 'max'
   config.model.head = ml_collections.FieldReference(None, field_type=str)  # new head on the base (include_top=False):
                                        # flatten_dense, flatten_mlp (Dense(head_units)-Dropout-Dense), gmp_dense
   config.model.head_units = ml_collections.FieldReference(None, field_type=int)  # flatten_mlp's hidden units
+  # EfficientNet: Keras' drop_connect_rate (None: 0.2); block b of n drops its branch with rate*b/n
+  config.model.stochastic_depth_rate = ml_collections.FieldReference(None, field_type=float)
   config.loss = 'sigmoid'              # 'sigmoid' (1 logit, 2 classes) or 'softmax'
   config.half_precision = False        # bfloat16 compute, float32 parameters
 

@@ -29,6 +29,7 @@ def _abstract_variables(config, size, channels=3):
     ('vgg16', 50, 2, 'softmax', {}, 33_605_442),
     ('vgg19', 224, 1000, 'softmax', {}, 143_667_240),
     ('resnet50', 224, 1000, 'softmax', {}, 25_557_032),
+    ('efficientnet_b0', 224, 1000, 'softmax', {}, 5_288_548),
 ])
 def test_parameter_counts_match_spec(name, size, num_classes, loss, fields, expected):
   variables = _abstract_variables(_config(name, num_classes, loss, **fields), size)
@@ -91,3 +92,62 @@ def test_bfloat16_compute_keeps_float32_parameters():
   variables = init_variables(model, jax.random.PRNGKey(0), (48, 48, 3))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
   assert model.apply(variables, jnp.ones((1, 48, 48, 3))).dtype == jnp.float32
+
+
+def _dense(n_in, n_out):
+  return n_in * n_out + n_out
+
+
+def _conv(k, c_in, c_out):
+  return k * k * c_in * c_out + c_out
+
+
+def test_alexnet_and_mnist_parameter_counts_by_hand():
+  alexnet = (_conv(11, 3, 96) + _conv(5, 96, 256) + _conv(3, 256, 384) + _conv(3, 384, 384)
+             + _conv(3, 384, 256) + _dense(6 * 6 * 256, 4096) + _dense(4096, 4096))
+  variables = _abstract_variables(_config('alexnet', 1000), 227)
+  assert summary.count_parameters(variables['params']) == alexnet + _dense(4096, 1000) == 62_378_344
+  variables = _abstract_variables(_config('alexnet', 2), 227)
+  assert summary.count_parameters(variables['params']) == alexnet + _dense(4096, 2)
+  variables = _abstract_variables(_config('mnist_mlp', 10), 28, channels=1)
+  assert summary.count_parameters(variables['params']) == _dense(784, 1024) + _dense(1024, 10)
+  variables = _abstract_variables(_config('mnist_cnn', 10), 28, channels=1)
+  # 28 - 5 + 1 = 24, pooled to 12.
+  assert summary.count_parameters(variables['params']) == (
+      _conv(5, 1, 64) + _dense(12 * 12 * 64, 100) + _dense(100, 10))
+
+
+def test_efficientnet_layer_names_follow_keras_and_the_no_top_options():
+  config = _config('efficientnet_b0', 1000)
+  variables = _abstract_variables(config, 224)
+  params, stats = variables['params'], variables['batch_stats']
+  assert {'stem_conv', 'stem_bn', 'block1a_dwconv', 'block1a_se_reduce', 'block2a_expand_conv',
+          'block6d_project_bn', 'block7a_project_conv', 'top_conv', 'top_bn',
+          'predictions'} <= set(params)
+  assert len([n for n in params if n.endswith('_project_conv')]) == 16   # MBConv blocks
+  assert params['block2a_dwconv']['kernel'].shape == (3, 3, 1, 96)      # depthwise
+  assert summary.count_parameters(stats) == 2 * 21_008                  # BN mean + var
+  for fields, shape in (({'pooling': 'avg'}, (2, 1280)), ({'pooling': None}, (2, 2, 2, 1280)),
+                        ({'head': 'gmp_dense'}, (2, 2))):
+    model = models.create_model(_config('efficientnet_b0', include_top=False, **fields))
+    v = abstract_variables(model, (64, 64, 3))
+    out = jax.eval_shape(lambda v, x: model.apply(v, x), v, jnp.zeros((2, 64, 64, 3)))
+    assert out.shape == shape, fields
+
+
+def test_stochastic_depth_drops_whole_residual_branches_only_in_training():
+  # A narrow, shallow EfficientNet (3 residual blocks) keeps this quick; dropout is 0.
+  model = models.EfficientNet(width_coefficient=0.25, depth_coefficient=0.5, num_outputs=10,
+                              dropout_rate=0.0, stochastic_depth_rate=0.9)
+  variables = jax.jit(lambda rng: init_variables(model, rng, (32, 32, 3)))(jax.random.PRNGKey(0))
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
+  infer = jax.jit(lambda v, x: model.apply(v, x))
+  assert jnp.array_equal(infer(variables, x), infer(variables, x))
+  train = jax.jit(lambda seed: model.apply(variables, x, train=True, mutable=['batch_stats'],
+                                           rngs={'dropout': jax.random.PRNGKey(seed)})[0])
+  assert not jnp.allclose(train(0), train(1))
+  no_drop = models.EfficientNet(width_coefficient=0.25, depth_coefficient=0.5, num_outputs=10,
+                                dropout_rate=0.0, stochastic_depth_rate=0.0)
+  same = jax.jit(lambda seed: no_drop.apply(variables, x, train=True, mutable=['batch_stats'],
+                                            rngs={'dropout': jax.random.PRNGKey(seed)})[0])
+  assert jnp.array_equal(same(0), same(1))

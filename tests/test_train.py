@@ -86,3 +86,29 @@ def test_checkpoints_keep_the_last_n_and_the_best(make_config, tmp_path):
   ckpts.wait()
   assert sorted(ckpts.manager.all_steps()) == [2, 4]   # the best and the latest
   assert ckpts.best_step() == 2 and ckpts.latest_step() == 4
+
+
+def test_frozen_batchnorm_keeps_its_statistics_trainable_batchnorm_learns(make_config, tmp_path):
+  """As Keras' trainable=False: frozen BatchNorm layers run in inference mode while training."""
+  from catsdogs_jax import parallel
+  from catsdogs_jax.steps import make_train_step
+  config = make_config(image_size=32, loss='softmax', trainable=('^layer4_', '^fc/'),
+                       **{'model.name': 'resnet18', 'model.kernel_init': 'he_normal'})
+  exp = experiment.build(config, str(tmp_path))
+  state = exp.init_state()
+  before = jax.device_get(state.batch_stats)
+  step = parallel.jit_train_step(make_train_step(exp.model, exp.tx, exp.config), exp.mesh)
+  batch = next(exp.pipeline(config.train_split).train_epoch(0))
+  state, _, finite = step(state, parallel.shard_batch(batch, exp.mesh))
+  assert bool(finite)
+  after = jax.device_get(state.batch_stats)
+  unchanged = lambda *path: all(np.array_equal(_at(before, path)[k], _at(after, path)[k])
+                                for k in ('mean', 'var'))
+  assert unchanged('bn1') and unchanged('layer1_0', 'bn2') and unchanged('layer3_1', 'bn1')
+  assert not unchanged('layer4_0', 'bn1') and not unchanged('layer4_1', 'bn2')
+
+
+def _at(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree

@@ -8,7 +8,7 @@ from conftest import override
 
 
 @pytest.mark.parametrize('field, value, message', [
-    ('model.name', 'vgg17', "Unknown config.model.name 'vgg17'; choose one of: mnist_cnn, "),
+    ('model.name', 'vgg17', "Unknown config.model.name 'vgg17'; choose one of: alexnet, efficientnet_b0, mnist_cnn, "),
     ('optimizer.name', 'adamax', "Unknown config.optimizer.name 'adamax'; choose one of: adam, "),
     ('schedule.name', 'linear', "Unknown config.schedule.name 'linear'; choose one of: constant"),
     ('loss', 'hinge', "Unknown config.loss 'hinge'"),

@@ -6,8 +6,10 @@ from typing import Any, Dict
 import jax.numpy as jnp
 from flax import linen as nn
 
+from catsdogs_jax.models.alexnet import AlexNet
+from catsdogs_jax.models.efficientnet import EfficientNet
 from catsdogs_jax.models.initializers import get_initializer
-from catsdogs_jax.models.mnist import MnistCNN
+from catsdogs_jax.models.mnist import MnistCNN, MnistMLP
 from catsdogs_jax.models.resnet import BasicBlock, Bottleneck, ResNet
 from catsdogs_jax.models.small_cnn import SmallCNN
 from catsdogs_jax.models.vgg import VGG
@@ -19,10 +21,13 @@ ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBl
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck)
 ResNet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck)
 ResNet152 = functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block_cls=Bottleneck)
+EfficientNetB0 = functools.partial(EfficientNet, width_coefficient=1.0, depth_coefficient=1.0)
 
 MODELS: Dict[str, Any] = {
     'small_cnn': SmallCNN,
+    'mnist_mlp': MnistMLP,
     'mnist_cnn': MnistCNN,
+    'alexnet': AlexNet,
     'vgg16': VGG16,
     'vgg19': VGG19,
     'resnet18': ResNet18,
@@ -30,11 +35,12 @@ MODELS: Dict[str, Any] = {
     'resnet50': ResNet50,
     'resnet101': ResNet101,
     'resnet152': ResNet152,
+    'efficientnet_b0': EfficientNetB0,
 }
 
 # Config fields that only some architectures have; None in the config means
 # "the architecture's default".
-_OPTIONAL_FIELDS = ('include_top', 'pooling', 'head', 'head_units')
+_OPTIONAL_FIELDS = ('include_top', 'pooling', 'head', 'head_units', 'stochastic_depth_rate')
 
 
 def _module_class(factory):

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 HEADS = ('flatten_dense', 'flatten_mlp', 'gmp_dense')
+POOLINGS = ('avg', 'max')
 
 
 def apply_head(x, head: str, num_outputs: int, units: int, dropout_rate: float, train: bool,
@@ -30,3 +31,23 @@ def apply_head(x, head: str, num_outputs: int, units: int, dropout_rate: float, 
   if head != 'flatten_dense':
     x = nn.Dropout(dropout_rate, deterministic=not train)(x)
   return dense(num_outputs, 'head_logits')(x).astype(jnp.float32)
+
+
+def base_output(module, x, train: bool):
+  """What a base without its own top returns: a new head's logits, a pooled vector, or the map.
+
+  `module` has the fields `head`, `pooling`, `num_outputs`, `head_units`,
+  `dropout_rate`, `kernel_init` and `dtype` (as Keras' `include_top=False,
+  pooling=...` plus our heads).
+  """
+  if module.head:
+    return apply_head(x, module.head, module.num_outputs, module.head_units,
+                      module.dropout_rate, train, module.kernel_init, module.dtype)
+  if module.pooling == 'avg':
+    x = jnp.mean(x, axis=(1, 2))
+  elif module.pooling == 'max':
+    x = jnp.max(x, axis=(1, 2))
+  elif module.pooling is not None:
+    raise ValueError(f'Unknown pooling {module.pooling!r} (config.model.pooling); '
+                     f'choose one of {POOLINGS} or None.')
+  return x.astype(jnp.float32)

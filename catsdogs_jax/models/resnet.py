@@ -11,6 +11,8 @@ from typing import Any, Callable, Sequence, Type
 import jax.numpy as jnp
 from flax import linen as nn
 
+from catsdogs_jax.models.batch_norm import batch_norm
+
 
 def _conv(block, features: int, kernel: int, strides: int, name: str):
   """Bias-free convolution with torchvision's "same" padding (kernel // 2)."""
@@ -29,8 +31,7 @@ def _shortcut(block, x, y, features: int, train: bool):
 
 def _batch_norm(train: bool, dtype, name: str):
   # torchvision: momentum 0.1 (flax counts the other way), eps 1e-5.
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      dtype=dtype, name=name)
+  return lambda x: batch_norm(x, train, name, momentum=0.9, epsilon=1e-5, dtype=dtype)
 
 
 class _Block(nn.Module):

@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional, Sequence
 import jax.numpy as jnp
 from flax import linen as nn
 
-from catsdogs_jax.models.heads import apply_head
+from catsdogs_jax.models.heads import base_output
 
 WIDTHS = (64, 128, 256, 512, 512)
 
@@ -40,15 +40,8 @@ class VGG(nn.Module):
                     dtype=self.dtype, name=f'block{block}_conv{conv}')(x)
         x = nn.relu(x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    if not self.include_top and self.head:
-      return apply_head(x, self.head, self.num_outputs, self.head_units, self.dropout_rate,
-                        train, self.kernel_init, self.dtype)
     if not self.include_top:
-      if self.pooling == 'avg':
-        x = jnp.mean(x, axis=(1, 2))
-      elif self.pooling == 'max':
-        x = jnp.max(x, axis=(1, 2))
-      return x.astype(jnp.float32)
+      return base_output(self, x, train)
     x = x.reshape((x.shape[0], -1))
     for name in ('fc1', 'fc2'):
       x = nn.Dense(self.fc_units, kernel_init=self.kernel_init, dtype=self.dtype,

@@ -1,0 +1,78 @@
+"""Every config in configs/ is checked: it validates, its model initialises at full size
+(shapes only), and one train step of its exact recipe runs at a tiny size."""
+
+import importlib
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from catsdogs_jax import convert, experiment, models, parallel, validation
+from catsdogs_jax.steps import make_train_step
+from catsdogs_jax.train_state import abstract_variables
+from conftest import override
+
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), '..', 'configs')
+CONFIGS = sorted(f[:-3] for f in os.listdir(CONFIG_DIR)
+                 if f.endswith('.py') and f != '__init__.py')
+
+
+def _load(name):
+  return importlib.import_module(f'configs.{name}').get_config()
+
+
+def test_every_config_is_listed():
+  assert {'default', 'alexnet', 'mnist_mlp', 'vgg16_50px', 'efficientnet_b0_transfer',
+          'efficientnet_b0_finetune'} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_config_validates_and_its_model_initialises_at_full_size(name):
+  config = _load(name)
+  validation.validate_config(config, num_devices=1)
+  model = models.create_model(config)
+  validation.check_image_size(config, model)
+  size = (config.image_size, config.image_size, config.channels)
+  variables = abstract_variables(model, size)
+  logits = jax.eval_shape(lambda v, x: model.apply(v, x), variables,
+                          jax.ShapeDtypeStruct((2, *size), np.float32))
+  assert logits.shape == (2, models.num_outputs(config))
+
+
+def _random_weights(config, directory):
+  """Stands in for the converted or trained weights a recipe starts from: the model's own
+  random initialisation, saved as a converted weights directory (a bare base where the
+  recipe extracts features with it)."""
+  if config.features.enabled:
+    config = override(config.copy_and_resolve_references(),
+                      **{'model.head': None, 'model.head_units': None})
+  model = models.create_model(config)
+  abstract = abstract_variables(model, (config.image_size, config.image_size, config.channels))
+  rng = np.random.default_rng(1)   # numpy, not the model's init: nothing to compile
+  variables = jax.tree_util.tree_map_with_path(
+      lambda path, leaf: np.abs(rng.normal(1, 0.1, leaf.shape)).astype(np.float32)
+      if path[-1].key in ('var', 'scale') else rng.normal(0, 0.05, leaf.shape).astype(np.float32),
+      abstract)
+  convert.save(directory, variables,
+               {'model': config.model.name, 'include_top': True, 'num_classes':
+                config.num_classes, 'image_size': config.image_size, 'preprocess': 'torch',
+                'source': 'test'})
+  return directory
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_config_trains_one_step_at_a_tiny_size(name, image_folder, tmp_path):
+  config = override(_load(name), dataset=f'folder:{image_folder}', train_split='train',
+                    eval_split='validation', test_split='test', batch_size=8, num_classes=2,
+                    **{'features.cache_dir': str(tmp_path / 'features')})
+  config.image_size = max(32, validation.smallest_image_size(models.create_model(config),
+                                                             config.channels))
+  if config.init_from:
+    config.init_from = _random_weights(config, str(tmp_path / 'weights'))
+  exp = experiment.build(config, str(tmp_path / 'run'))
+  step = parallel.jit_train_step(make_train_step(exp.model, exp.tx, exp.config), exp.mesh)
+  batch = next(exp.pipeline(config.train_split).train_epoch(0))
+  state, metrics, finite = step(exp.init_state(), parallel.shard_batch(batch, exp.mesh))
+  assert bool(finite) and int(state.step) == 1
+  assert np.isfinite(metrics.compute()['loss'])

@@ -72,7 +72,7 @@ def _tfds_builder(config):
     return builder
   manual = os.path.join(builder.data_dir_root, 'downloads', 'manual')
   advice = (
-      f'To train on an image folder instead, pass --config.dataset=folder:PATH '
+      'To train on an image folder instead, pass --config.dataset=folder:PATH '
       '(PATH/train/<label>/*.jpg, PATH/validation/..., PATH/test/...).')
   if config.dataset == 'cats_vs_dogs':
     advice += (f' Or place the official {CATS_VS_DOGS_ZIP} in {manual}/ and run again: '

@@ -12,6 +12,8 @@ from typing import Any, Callable
 import jax.numpy as jnp
 from flax import linen as nn
 
+from catsdogs_jax.models.layers import Conv, max_pool
+
 # (features, kernel, stride, padding, max-pool after)
 CONVS = ((96, 11, 4, 0, True), (256, 5, 1, 2, True), (384, 3, 1, 1, False),
          (384, 3, 1, 1, False), (256, 3, 1, 1, True))
@@ -27,11 +29,11 @@ class AlexNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     for i, (features, kernel, stride, pad, pool) in enumerate(CONVS, start=1):
-      x = nn.Conv(features, (kernel, kernel), (stride, stride), padding=[(pad, pad)] * 2,
+      x = Conv(features, (kernel, kernel), (stride, stride), padding=[(pad, pad)] * 2,
                   kernel_init=self.kernel_init, dtype=self.dtype, name=f'conv{i}')(x)
       x = nn.relu(x)
       if pool:
-        x = nn.max_pool(x, (3, 3), strides=(2, 2))
+        x = max_pool(x, (3, 3), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     for i in (6, 7):
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

@@ -20,6 +20,7 @@ from flax import linen as nn
 
 from catsdogs_jax.models.batch_norm import batch_norm
 from catsdogs_jax.models.heads import base_output
+from catsdogs_jax.models.layers import Conv
 
 # (kernel, repeats, filters_in, filters_out, expand_ratio, strides) per stage, B0.
 STAGES = (
@@ -64,7 +65,7 @@ class EfficientNet(nn.Module):
   dtype: Any = jnp.float32
 
   def _conv(self, features, kernel, name, strides=1, groups=1, use_bias=False):
-    return nn.Conv(features, (kernel, kernel), (strides, strides), padding='SAME',
+    return Conv(features, (kernel, kernel), (strides, strides), padding='SAME',
                    feature_group_count=groups, use_bias=use_bias,
                    kernel_init=self.kernel_init, dtype=self.dtype, name=name)
 

@@ -5,6 +5,8 @@ from typing import Any, Callable
 import jax.numpy as jnp
 from flax import linen as nn
 
+from catsdogs_jax.models.layers import Conv, max_pool
+
 
 class MnistMLP(nn.Module):
   """Flatten - Dense(1024, relu) - Dense(10): 814,090 parameters on 28 x 28 x 1."""
@@ -34,10 +36,10 @@ class MnistCNN(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = nn.Conv(64, (5, 5), padding='VALID', kernel_init=self.kernel_init,
+    x = Conv(64, (5, 5), padding='VALID', kernel_init=self.kernel_init,
                 dtype=self.dtype, name='conv1')(x)
     x = nn.relu(x)
-    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.Dense(100, kernel_init=self.kernel_init, dtype=self.dtype, name='dense1')(x)

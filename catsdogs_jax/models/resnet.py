@@ -12,11 +12,12 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from catsdogs_jax.models.batch_norm import batch_norm
+from catsdogs_jax.models.layers import Conv, max_pool
 
 
 def _conv(block, features: int, kernel: int, strides: int, name: str):
   """Bias-free convolution with torchvision's "same" padding (kernel // 2)."""
-  return nn.Conv(features, (kernel, kernel), (strides, strides),
+  return Conv(features, (kernel, kernel), (strides, strides),
                  padding=[(kernel // 2, kernel // 2)] * 2, use_bias=False,
                  kernel_init=block.kernel_init, dtype=block.dtype, name=name)
 
@@ -76,10 +77,10 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = nn.Conv(64, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False,
+    x = Conv(64, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False,
                 kernel_init=self.kernel_init, dtype=self.dtype, name='conv1')(x)
     x = nn.relu(_batch_norm(train, self.dtype, 'bn1')(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1

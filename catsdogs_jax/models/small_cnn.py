@@ -5,6 +5,8 @@ from typing import Any, Callable, Sequence
 import jax.numpy as jnp
 from flax import linen as nn
 
+from catsdogs_jax.models.layers import Conv, max_pool
+
 
 class SmallCNN(nn.Module):
   """Four valid 3x3 conv + 2x2 max-pool stages, dropout, Dense(512), Dense(outputs)."""
@@ -18,10 +20,10 @@ class SmallCNN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     for i, features in enumerate(self.features, start=1):
-      x = nn.Conv(features, (3, 3), padding='VALID', kernel_init=self.kernel_init,
+      x = Conv(features, (3, 3), padding='VALID', kernel_init=self.kernel_init,
                   dtype=self.dtype, name=f'conv{i}')(x)
       x = nn.relu(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     # The tutorial puts its dropout between Flatten and the first Dense.
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

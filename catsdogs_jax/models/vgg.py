@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from catsdogs_jax.models.heads import base_output
+from catsdogs_jax.models.layers import Conv, max_pool
 
 WIDTHS = (64, 128, 256, 512, 512)
 
@@ -36,10 +37,10 @@ class VGG(nn.Module):
   def __call__(self, x, train: bool = False):
     for block, (num_convs, width) in enumerate(zip(self.stage_sizes, WIDTHS), start=1):
       for conv in range(1, num_convs + 1):
-        x = nn.Conv(width, (3, 3), padding='SAME', kernel_init=self.kernel_init,
+        x = Conv(width, (3, 3), padding='SAME', kernel_init=self.kernel_init,
                     dtype=self.dtype, name=f'block{block}_conv{conv}')(x)
         x = nn.relu(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool(x, (2, 2), strides=(2, 2))
     if not self.include_top:
       return base_output(self, x, train)
     x = x.reshape((x.shape[0], -1))

@@ -1,0 +1,195 @@
+"""Convolution and max-pooling in the forms XLA:CPU runs fast; the plain lax forms elsewhere.
+
+XLA's CPU backend runs a stride-1 convolution several times faster when the input
+is padded by kernel - 1 on every side ("full" padding) than with 'VALID' or
+'SAME', and its kernel-gradient convolution and `reduce_window` max-pool gradient
+(select-and-scatter) are slow. These layers compute exactly what
+`lax.conv_general_dilated` and `nn.max_pool` compute, but through custom VJPs:
+
+- convolution forward and input gradient: one full-padded convolution, sliced to
+  the requested output;
+- kernel gradient: for each kernel offset, a batched matmul of the shifted input
+  with the output gradient, summed over the batch;
+- non-overlapping max-pool (window == stride): its gradient, a mask of the first
+  maximum of each window (the one XLA's select-and-scatter picks) times the output
+  gradient, elementwise on the windows instead of select-and-scatter.
+
+`implementation('auto')` (the default) uses them when JAX's default backend is the
+CPU and the layer fits: convolutions 2-D, NHWC, stride 1, no dilation, no groups,
+'VALID' (for 'SAME' convolutions, as VGG's, the plain form measured as fast);
+pooling without overlap or padding. GPUs keep the plain forms, which cuDNN runs well.
+`conv2d` itself takes any explicit padding.
+"""
+
+import contextlib
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from jax import lax
+
+_IMPLEMENTATIONS = ('auto', 'fast', 'plain')
+_state = {'implementation': 'auto'}
+
+
+@contextlib.contextmanager
+def implementation(name: str):
+  """Within this context (at trace time) layers use 'auto', 'fast' or 'plain' forms."""
+  if name not in _IMPLEMENTATIONS:
+    raise ValueError(f'Unknown layer implementation {name!r}; choose one of {_IMPLEMENTATIONS}.')
+  previous, _state['implementation'] = _state['implementation'], name
+  try:
+    yield
+  finally:
+    _state['implementation'] = previous
+
+
+def _fast() -> bool:
+  name = _state['implementation']
+  return name == 'fast' or (name == 'auto' and jax.default_backend() == 'cpu')
+
+
+# ----- convolution
+
+def _full_conv(x, w, out_lo, out_size):
+  """Correlation of x with w under full padding (k-1), sliced to rows/cols [lo, lo+size)."""
+  kh, kw = w.shape[:2]
+  y = lax.conv_general_dilated(x, w, (1, 1), ((kh - 1, kh - 1), (kw - 1, kw - 1)),
+                               dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return y[:, out_lo[0]:out_lo[0] + out_size[0], out_lo[1]:out_lo[1] + out_size[1]]
+
+
+def _out_size(size, k, lo, hi):
+  return size + lo + hi - k + 1
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d(x, w, padding):
+  """Stride-1 NHWC x HWIO correlation with explicit padding ((lo, hi), (lo, hi))."""
+  return _conv2d_fwd(x, w, padding)[0]
+
+
+def _conv2d_fwd(x, w, padding):
+  (plo_h, phi_h), (plo_w, phi_w) = padding
+  kh, kw = w.shape[:2]
+  size = (_out_size(x.shape[1], kh, plo_h, phi_h), _out_size(x.shape[2], kw, plo_w, phi_w))
+  # Output row r of the padded conv is row r + (k - 1 - lo) of the full one.
+  y = _full_conv(x, w, (kh - 1 - plo_h, kw - 1 - plo_w), size)
+  return y, (x, w)
+
+
+def _conv2d_bwd(padding, residuals, dy):
+  x, w = residuals
+  (plo_h, phi_h), (plo_w, phi_w) = padding
+  kh, kw = w.shape[:2]
+  # dx: dy correlated with the kernel rotated by 180 degrees, in and out swapped.
+  w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+  dx = _full_conv(dy, w_t, (plo_h, plo_w), x.shape[1:3])
+  # dw[i, j] = sum over batch and positions of x_padded[shifted by (i, j)] (x) dy.
+  xp = jnp.pad(x, ((0, 0), (plo_h, phi_h), (plo_w, phi_w), (0, 0)))
+  batch, out_h, out_w, out_c = dy.shape
+  dy_flat = dy.reshape(batch, out_h * out_w, out_c)
+  taps = []
+  for i in range(kh):
+    for j in range(kw):
+      patch = xp[:, i:i + out_h, j:j + out_w].reshape(batch, out_h * out_w, x.shape[-1])
+      taps.append(jnp.einsum('bnc,bno->bco', patch, dy_flat,
+                             preferred_element_type=jnp.float32).sum(0))
+  dw = jnp.stack(taps).reshape(w.shape).astype(w.dtype)
+  return dx.astype(x.dtype), dw
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def _explicit_padding(padding, x_shape, kernel_shape):
+  if isinstance(padding, str):
+    if padding == 'VALID':
+      return ((0, 0), (0, 0))
+    if padding == 'SAME':
+      return tuple(((k - 1) // 2, k // 2) for k in kernel_shape[:2])   # stride 1
+    return None
+  return tuple(tuple(p) for p in padding)
+
+
+def _is_nhwc(dimension_numbers, lhs_shape, rhs_shape) -> bool:
+  """Whether the dimension numbers (strings or flax's ConvDimensionNumbers) mean NHWC, HWIO."""
+  if dimension_numbers is None:
+    return False
+  nhwc = lax.conv_dimension_numbers(lhs_shape, rhs_shape, ('NHWC', 'HWIO', 'NHWC'))
+  return lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers) == nhwc
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         precision=None, **kwargs):
+  """`lax.conv_general_dilated`, routed through `conv2d` where that is faster (see above)."""
+  plain = functools.partial(lax.conv_general_dilated, lhs, rhs, window_strides, padding,
+                            lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                            dimension_numbers=dimension_numbers,
+                            feature_group_count=feature_group_count, precision=precision,
+                            **kwargs)
+  ones = lambda d: d is None or all(v == 1 for v in d)
+  pads = _explicit_padding(padding, lhs.shape, rhs.shape) if lhs.ndim == 4 else None
+  fits = (lhs.ndim == 4 and feature_group_count == 1 and ones(window_strides) and
+          ones(lhs_dilation) and ones(rhs_dilation) and not kwargs and pads is not None and
+          all(p == (0, 0) for p in pads) and
+          rhs.shape[0] * rhs.shape[1] > 1 and
+          _is_nhwc(dimension_numbers, lhs.shape, rhs.shape))
+  if not (fits and _fast()):
+    return plain()
+  return conv2d(lhs, rhs, pads)
+
+
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+
+
+# ----- max-pooling
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _pool2d(x, window):
+  return _pool2d_fwd(x, window)[0]
+
+
+def _windows(x, window):
+  """[B, H, W, C] -> [B, H/wh, wh, W/ww, ww, C]; rows and columns that fill no window dropped."""
+  wh, ww = window
+  b, h, w, c = x.shape
+  return x[:, :h // wh * wh, :w // ww * ww].reshape(b, h // wh, wh, w // ww, ww, c)
+
+
+def _pool2d_fwd(x, window):
+  # reduce_window is the fast forward form; only its gradient is slow.
+  return nn.max_pool(x, window, strides=window), x
+
+
+def _pool2d_bwd(window, x, dy):
+  wins = _windows(x, window)
+  is_max = wins == wins.max(axis=(2, 4), keepdims=True)
+  # The first maximum of each window (row-major) takes the gradient, as select-and-scatter.
+  taken = jnp.zeros(dy.shape, bool)
+  rows = []
+  for i in range(window[0]):
+    cols = []
+    for j in range(window[1]):
+      first = is_max[:, :, i, :, j] & ~taken
+      taken = taken | first
+      cols.append(jnp.where(first, dy, 0))
+    rows.append(jnp.stack(cols, axis=3))
+  grads = jnp.stack(rows, axis=2).reshape(wins.shape[0], -1, wins.shape[3] * window[1],
+                                          wins.shape[5])
+  h, w = x.shape[1:3]
+  return (jnp.pad(grads, ((0, 0), (0, h - grads.shape[1]), (0, w - grads.shape[2]), (0, 0))),)
+
+
+_pool2d.defvjp(_pool2d_fwd, _pool2d_bwd)
+
+
+def max_pool(x, window_shape: Sequence[int], strides: Sequence[int] = None, padding='VALID'):
+  """`nn.max_pool`; non-overlapping unpadded 2-D pooling takes the fast form on CPU."""
+  strides = tuple(strides or window_shape)
+  if (x.ndim == 4 and tuple(window_shape) == strides and padding == 'VALID' and _fast()):
+    return _pool2d(x, tuple(window_shape))
+  return nn.max_pool(x, tuple(window_shape), strides=strides, padding=padding)

@@ -1,0 +1,96 @@
+"""The CPU layer forms compute what the plain lax forms compute, forward and backward."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+from jax import lax
+
+from catsdogs_jax import models
+from catsdogs_jax.models import layers
+from configs import small_cnn
+
+DN = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _values_and_grads(fn, *args):
+  y, vjp = jax.vjp(fn, *args)
+  dy = jnp.asarray(np.random.default_rng(1).normal(size=y.shape), y.dtype)
+  return (y, *vjp(dy))
+
+
+def _assert_close(fast, plain):
+  for a, b in zip(fast, plain):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                               atol=1e-5 * float(jnp.abs(b).max()))
+
+
+@pytest.mark.parametrize('size, kernel, padding', [
+    ((9, 8), 3, 'VALID'),                 # odd and even sizes, the small CNN's valid convs
+    ((8, 9), 3, 'SAME'),                  # VGG's same-padded convs
+    ((7, 7), 5, 'VALID'),                 # MNIST's 5x5
+    ((10, 7), 3, ((1, 0), (2, 1))),       # explicit, asymmetric padding
+    ((6, 6), 5, 'SAME'),
+])
+def test_fast_convolution_equals_lax_forward_and_backward(size, kernel, padding):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(3, *size, 4)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, 4, 5)), jnp.float32)
+  plain = _values_and_grads(
+      lambda x, w: lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=DN), x, w)
+  pads = layers._explicit_padding(padding, x.shape, w.shape)
+  fast = _values_and_grads(lambda x, w: layers.conv2d(x, w, pads), x, w)
+  _assert_close(fast, plain)
+
+
+@pytest.mark.parametrize('size', [(8, 8), (9, 7), (15, 15)])
+def test_fast_max_pool_equals_reduce_window_including_ties(size):
+  rng = np.random.default_rng(0)
+  # ReLU outputs have many tied zeros: the gradient must go to the first maximum only.
+  x = jax.nn.relu(jnp.asarray(rng.normal(size=(2, *size, 3)), jnp.float32))
+  x = x.at[:, 0, 0].set(x[:, 0, 1])         # a tie between positive values too
+  plain = _values_and_grads(lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)), x)
+  with layers.implementation('fast'):
+    fast = _values_and_grads(lambda x: layers.max_pool(x, (2, 2), (2, 2)), x)
+  _assert_close(fast, plain)
+  np.testing.assert_array_equal(np.asarray(fast[1]) != 0, np.asarray(plain[1]) != 0)
+
+
+def test_layers_the_fast_forms_do_not_cover_fall_back_to_lax():
+  x = jnp.ones((1, 9, 9, 4))
+  w = jnp.ones((3, 3, 4, 4))
+  with layers.implementation('fast'):
+    strided = jax.make_jaxpr(lambda x: layers.conv_general_dilated(
+        x, w, (2, 2), 'SAME', dimension_numbers=DN))(x)
+    grouped = jax.make_jaxpr(lambda x: layers.conv_general_dilated(
+        x, w[:, :, :1], (1, 1), 'VALID', dimension_numbers=DN, feature_group_count=4))(x)
+    same = jax.make_jaxpr(lambda x: layers.conv_general_dilated(
+        x, w, (1, 1), 'SAME', dimension_numbers=DN))(x)
+    full = jax.make_jaxpr(lambda x: layers.conv_general_dilated(
+        x, w, (1, 1), 'VALID', dimension_numbers=DN))(x)
+  assert not any('custom_vjp' in str(j) for j in (strided, grouped, same))
+  assert 'custom_vjp' in str(full)
+  with layers.implementation('plain'):
+    plain = jax.make_jaxpr(lambda x: layers.conv_general_dilated(
+        x, w, (1, 1), 'VALID', dimension_numbers=DN))(x)
+  assert 'custom_vjp' not in str(plain)
+  with pytest.raises(ValueError, match="choose one of"):
+    with layers.implementation('cudnn'):
+      pass
+
+
+def test_small_cnn_gradients_are_the_same_with_either_form():
+  config = small_cnn.get_config()
+  model = models.create_model(config)
+  x = jnp.asarray(np.random.default_rng(0).random((2, 48, 48, 3)), jnp.float32)
+  params = model.init(jax.random.PRNGKey(0), x)['params']
+  loss = lambda p: jnp.sum(model.apply({'params': p}, x) ** 2)
+  grads = {}
+  for name in ('fast', 'plain'):
+    with layers.implementation(name):
+      grads[name] = jax.jit(jax.grad(loss))(params)   # traced inside the context
+  for a, b in zip(jax.tree.leaves(grads['fast']), jax.tree.leaves(grads['plain'])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                               atol=1e-5 * float(jnp.abs(b).max()))

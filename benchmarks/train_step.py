@@ -13,6 +13,8 @@ With Keras and TensorFlow importable, the same model is trained by Keras (Tensor
 train_on_batch) in a subprocess, and the ratio is reported. Prints a table; JSON with --json.
 """
 
+import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -59,7 +61,6 @@ def matmul_gflops(dtype='float32', n: int = 2048) -> float:
 
 
 def _config(name: str):
-  import importlib
   module, size, batch = SETUPS[name]
   config = importlib.import_module(f'configs.{module}').get_config()
   config.image_size, config.batch_size, config.num_classes = size, batch, 2
@@ -139,10 +140,8 @@ def keras_images_per_second(name: str, steps: int) -> float:
 
 
 def _keras_in_subprocess(name: str, steps: int):
-  try:
-    import keras  # noqa: F401
-    import tensorflow  # noqa: F401
-  except ImportError:
+  # Found, not imported: TensorFlow's thread pools stay out of the process that times JAX.
+  if not (importlib.util.find_spec('keras') and importlib.util.find_spec('tensorflow')):
     return None
   out = subprocess.run([sys.executable, __file__, f'--keras_only={name}', f'--steps={steps}'],
                        capture_output=True, text=True, check=True)

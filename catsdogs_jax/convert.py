@@ -289,8 +289,7 @@ def _convert(path, output, source, model, include_top, num_classes, image_size, 
   variables = fill(abstract, tensors, mapping_fn(abstract), ignore)
   metadata = {'model': model, 'include_top': include_top, 'num_classes': num_classes,
               'image_size': image_size, 'preprocess': preprocess or PREPROCESSING[source],
-              'source': source,
-              'file': os.path.basename(path), 'sha256': _sha256(path)}
+              'source': source, 'file': os.path.basename(path), 'sha256': _sha256(path)}
   save(output, variables, metadata)
   return metadata
 

@@ -88,13 +88,13 @@ def smallest_image_size(model, channels: int, start: int = 1) -> int:
 
 def check_image_size(config, model):
   """Fails when config.image_size is too small for the architecture, naming the minimum."""
-  if _fits(model, config.image_size, config.channels):
-    return
   try:
     smallest = smallest_image_size(model, config.channels, config.image_size)
   except ConfigError:
     raise ConfigError(f'Model {config.model.name!r} does not accept '
                       f'{config.image_size}x{config.image_size} images.') from None
+  if smallest == config.image_size:
+    return
   raise ConfigError(
       f'config.image_size={config.image_size} is too small for model {config.model.name!r}: '
       f'its feature maps shrink to nothing. Use --config.image_size={smallest} or more.')

@@ -17,6 +17,15 @@ SHARED_DATA = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'dat
                            'cats_and_dogs_small')
 
 
+def write_keras_h5(model, path) -> str:
+  """Writes a Keras model's weights in the legacy .h5 format that keras.applications publishes."""
+  h5py = pytest.importorskip('h5py')
+  from keras.src.legacy.saving import legacy_h5_format
+  with h5py.File(path, 'w') as f:
+    legacy_h5_format.save_weights_to_hdf5_group(f, model)
+  return str(path)
+
+
 def make_image_folder(root, counts=(('train', 24), ('validation', 10), ('test', 10)),
                       classes=('cats', 'dogs'), size=(40, 48), seed=0):
   """A split/label/image folder of small JPEGs whose class is visible in the colour."""

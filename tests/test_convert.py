@@ -8,7 +8,7 @@ import pytest
 
 from catsdogs_jax import convert, experiment, models, parallel, preprocessing, weights
 from catsdogs_jax.steps import make_train_step
-from conftest import tiny_config
+from conftest import tiny_config, write_keras_h5
 
 SIZE = 64   # 2x2x512 before fc1: the flatten order matters
 
@@ -16,16 +16,11 @@ SIZE = 64   # 2x2x512 before fc1: the flatten order matters
 def _keras_vgg16(tmp_path, include_top, classes=5):
   """A randomly initialised Keras VGG16 and its legacy .h5 weight file, as Keras 2 wrote it."""
   keras = pytest.importorskip('keras')
-  h5py = pytest.importorskip('h5py')
-  from keras.src.legacy.saving import legacy_h5_format
   keras.utils.set_random_seed(0)
   model = keras.applications.VGG16(weights=None, include_top=include_top,
                                    input_shape=(SIZE, SIZE, 3), classes=classes,
                                    classifier_activation=None)
-  path = str(tmp_path / f'vgg16_{"top" if include_top else "notop"}.h5')
-  with h5py.File(path, 'w') as f:
-    legacy_h5_format.save_weights_to_hdf5_group(f, model)
-  return model, path
+  return model, write_keras_h5(model, tmp_path / f'vgg16_{"top" if include_top else "notop"}.h5')
 
 
 @pytest.mark.parametrize('include_top', [True, False])

@@ -4,13 +4,12 @@ import numpy as np
 import pytest
 
 from catsdogs_jax import convert, models, preprocessing, weights
+from conftest import write_keras_h5
 
 
 def _keras_efficientnet(tmp_path, include_top, size, classes=7):
   """A Keras EfficientNetB0 with every array random (BatchNorm statistics too), as legacy .h5."""
   keras = pytest.importorskip('keras')
-  h5py = pytest.importorskip('h5py')
-  from keras.src.legacy.saving import legacy_h5_format
   keras.utils.set_random_seed(0)
   model = keras.applications.EfficientNetB0(weights=None, include_top=include_top,
                                             input_shape=(size, size, 3), classes=classes,
@@ -24,10 +23,8 @@ def _keras_efficientnet(tmp_path, include_top, size, classes=7):
     elif layer.name.endswith(('se_reduce', 'se_expand')) or layer.name == 'predictions':
       kernel, bias = layer.get_weights()
       layer.set_weights([kernel, rng.normal(0, 0.2, bias.shape)])
-  path = str(tmp_path / f'efficientnetb0{"" if include_top else "_notop"}.h5')
-  with h5py.File(path, 'w') as f:
-    legacy_h5_format.save_weights_to_hdf5_group(f, model)
-  return model, path
+  return model, write_keras_h5(model,
+                               tmp_path / f'efficientnetb0{"" if include_top else "_notop"}.h5')
 
 
 @pytest.mark.parametrize('include_top, size', [(True, 64), (False, 71)])
@@ -65,11 +62,7 @@ def test_efficientnet_preprocessing_is_read_from_the_normalization_layer():
 def test_a_vgg_file_is_not_taken_for_efficientnet(tmp_path):
   """Converting with the wrong --model fails naming the missing layers."""
   keras = pytest.importorskip('keras')
-  h5py = pytest.importorskip('h5py')
-  from keras.src.legacy.saving import legacy_h5_format
   model = keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
-  path = str(tmp_path / 'vgg16.h5')
-  with h5py.File(path, 'w') as f:
-    legacy_h5_format.save_weights_to_hdf5_group(f, model)
+  path = write_keras_h5(model, tmp_path / 'vgg16.h5')
   with pytest.raises(convert.ConversionError, match='Expected one Normalization layer'):
     convert.convert_keras_h5(path, 'efficientnet_b0', str(tmp_path / 'out'))

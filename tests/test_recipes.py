@@ -7,7 +7,7 @@ import pytest
 
 from catsdogs_jax import convert, evaluate, train
 from configs import vgg16_finetune, vgg16_frozen_aug, vgg16_transfer
-from conftest import SHARED_DATA, override
+from conftest import SHARED_DATA, override, write_keras_h5
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(SHARED_DATA),
                                 reason='cats_and_dogs_small is absent')
@@ -17,14 +17,10 @@ pytestmark = pytest.mark.skipif(not os.path.isdir(SHARED_DATA),
 def keras_notop(tmp_path_factory):
   """A randomly initialised Keras VGG16 base, written and converted as the real file would be."""
   keras = pytest.importorskip('keras')
-  import h5py
-  from keras.src.legacy.saving import legacy_h5_format
   directory = tmp_path_factory.mktemp('weights')
   keras.utils.set_random_seed(0)
   model = keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
-  path = str(directory / 'vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5')
-  with h5py.File(path, 'w') as f:
-    legacy_h5_format.save_weights_to_hdf5_group(f, model)
+  path = write_keras_h5(model, directory / 'vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5')
   convert.convert_keras_h5(path, 'vgg16', str(directory / 'vgg16_keras_notop'))
   return str(directory / 'vgg16_keras_notop')
 

@@ -30,7 +30,7 @@ class AlexNet(nn.Module):
   def __call__(self, x, train: bool = False):
     for i, (features, kernel, stride, pad, pool) in enumerate(CONVS, start=1):
       x = Conv(features, (kernel, kernel), (stride, stride), padding=[(pad, pad)] * 2,
-                  kernel_init=self.kernel_init, dtype=self.dtype, name=f'conv{i}')(x)
+               kernel_init=self.kernel_init, dtype=self.dtype, name=f'conv{i}')(x)
       x = nn.relu(x)
       if pool:
         x = max_pool(x, (3, 3), strides=(2, 2))

@@ -13,10 +13,10 @@ from typing import Callable, Tuple
 from flax import linen as nn
 
 
-def batch_norm(x, train: bool, name: str, momentum: float, epsilon: float, dtype):
-  """BatchNorm on x; training mode when `train`, unless `inference_where` says otherwise."""
-  return nn.BatchNorm(momentum=momentum, epsilon=epsilon, dtype=dtype, name=name)(
-      x, use_running_average=not train)
+def batch_norm(train: bool, name: str, momentum: float, epsilon: float, dtype):
+  """BatchNorm as a function of x: training mode when `train`, unless `inference_where` says not."""
+  layer = nn.BatchNorm(momentum=momentum, epsilon=epsilon, dtype=dtype, name=name)
+  return lambda x: layer(x, use_running_average=not train)
 
 
 @contextlib.contextmanager

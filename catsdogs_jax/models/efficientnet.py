@@ -66,11 +66,11 @@ class EfficientNet(nn.Module):
 
   def _conv(self, features, kernel, name, strides=1, groups=1, use_bias=False):
     return Conv(features, (kernel, kernel), (strides, strides), padding='SAME',
-                   feature_group_count=groups, use_bias=use_bias,
-                   kernel_init=self.kernel_init, dtype=self.dtype, name=name)
+                feature_group_count=groups, use_bias=use_bias,
+                kernel_init=self.kernel_init, dtype=self.dtype, name=name)
 
   def _bn(self, train, name):
-    return lambda x: batch_norm(x, train, name, momentum=0.99, epsilon=1e-3, dtype=self.dtype)
+    return batch_norm(train, name, momentum=0.99, epsilon=1e-3, dtype=self.dtype)
 
   def _block(self, inputs, train, name, kernel, filters_in, filters_out, expand_ratio,
              strides, drop_rate):

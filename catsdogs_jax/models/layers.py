@@ -104,14 +104,11 @@ def _conv2d_bwd(padding, residuals, dy):
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
-def _explicit_padding(padding, x_shape, kernel_shape):
+def _is_valid(padding) -> bool:
+  """'VALID', or explicit padding that is zero everywhere."""
   if isinstance(padding, str):
-    if padding == 'VALID':
-      return ((0, 0), (0, 0))
-    if padding == 'SAME':
-      return tuple(((k - 1) // 2, k // 2) for k in kernel_shape[:2])   # stride 1
-    return None
-  return tuple(tuple(p) for p in padding)
+    return padding == 'VALID'
+  return all(tuple(p) == (0, 0) for p in padding)
 
 
 def _is_nhwc(dimension_numbers, lhs_shape, rhs_shape) -> bool:
@@ -132,15 +129,13 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                             feature_group_count=feature_group_count, precision=precision,
                             **kwargs)
   ones = lambda d: d is None or all(v == 1 for v in d)
-  pads = _explicit_padding(padding, lhs.shape, rhs.shape) if lhs.ndim == 4 else None
   fits = (lhs.ndim == 4 and feature_group_count == 1 and ones(window_strides) and
-          ones(lhs_dilation) and ones(rhs_dilation) and not kwargs and pads is not None and
-          all(p == (0, 0) for p in pads) and
+          ones(lhs_dilation) and ones(rhs_dilation) and not kwargs and _is_valid(padding) and
           rhs.shape[0] * rhs.shape[1] > 1 and
           _is_nhwc(dimension_numbers, lhs.shape, rhs.shape))
   if not (fits and _fast()):
     return plain()
-  return conv2d(lhs, rhs, pads)
+  return conv2d(lhs, rhs, ((0, 0), (0, 0)))
 
 
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)

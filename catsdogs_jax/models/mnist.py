@@ -37,7 +37,7 @@ class MnistCNN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = Conv(64, (5, 5), padding='VALID', kernel_init=self.kernel_init,
-                dtype=self.dtype, name='conv1')(x)
+             dtype=self.dtype, name='conv1')(x)
     x = nn.relu(x)
     x = max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))

@@ -18,8 +18,8 @@ from catsdogs_jax.models.layers import Conv, max_pool
 def _conv(block, features: int, kernel: int, strides: int, name: str):
   """Bias-free convolution with torchvision's "same" padding (kernel // 2)."""
   return Conv(features, (kernel, kernel), (strides, strides),
-                 padding=[(kernel // 2, kernel // 2)] * 2, use_bias=False,
-                 kernel_init=block.kernel_init, dtype=block.dtype, name=name)
+              padding=[(kernel // 2, kernel // 2)] * 2, use_bias=False,
+              kernel_init=block.kernel_init, dtype=block.dtype, name=name)
 
 
 def _shortcut(block, x, y, features: int, train: bool):
@@ -32,7 +32,7 @@ def _shortcut(block, x, y, features: int, train: bool):
 
 def _batch_norm(train: bool, dtype, name: str):
   # torchvision: momentum 0.1 (flax counts the other way), eps 1e-5.
-  return lambda x: batch_norm(x, train, name, momentum=0.9, epsilon=1e-5, dtype=dtype)
+  return batch_norm(train, name, momentum=0.9, epsilon=1e-5, dtype=dtype)
 
 
 class _Block(nn.Module):
@@ -78,7 +78,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = Conv(64, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False,
-                kernel_init=self.kernel_init, dtype=self.dtype, name='conv1')(x)
+             kernel_init=self.kernel_init, dtype=self.dtype, name='conv1')(x)
     x = nn.relu(_batch_norm(train, self.dtype, 'bn1')(x))
     x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for i, num_blocks in enumerate(self.stage_sizes):

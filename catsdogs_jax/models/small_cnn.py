@@ -21,7 +21,7 @@ class SmallCNN(nn.Module):
   def __call__(self, x, train: bool = False):
     for i, features in enumerate(self.features, start=1):
       x = Conv(features, (3, 3), padding='VALID', kernel_init=self.kernel_init,
-                  dtype=self.dtype, name=f'conv{i}')(x)
+               dtype=self.dtype, name=f'conv{i}')(x)
       x = nn.relu(x)
       x = max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))

@@ -38,7 +38,7 @@ class VGG(nn.Module):
     for block, (num_convs, width) in enumerate(zip(self.stage_sizes, WIDTHS), start=1):
       for conv in range(1, num_convs + 1):
         x = Conv(width, (3, 3), padding='SAME', kernel_init=self.kernel_init,
-                    dtype=self.dtype, name=f'block{block}_conv{conv}')(x)
+                 dtype=self.dtype, name=f'block{block}_conv{conv}')(x)
         x = nn.relu(x)
       x = max_pool(x, (2, 2), strides=(2, 2))
     if not self.include_top:

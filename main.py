@@ -1,8 +1,16 @@
-"""Command line: train a config, or evaluate a workdir's best checkpoint.
+"""Command line: train a config, evaluate it, predict with it, and look at it.
 
   python main.py --config=configs/small_cnn.py --workdir=runs/small_cnn
-  python main.py --config=configs/small_cnn.py --workdir=runs/small_cnn --mode=evaluate
   python main.py --config=configs/small_cnn.py --config.optimizer.learning_rate=1e-3 ...
+  python main.py --config=configs/small_cnn.py --workdir=runs/small_cnn --mode=evaluate --top_losses=16
+  python main.py --config=configs/small_cnn.py --workdir=runs/small_cnn --mode=predict \
+      --images=photos/ --images='more/*.jpg' --kaggle --plots
+  python main.py --config=configs/small_cnn.py --workdir=runs/small_cnn --mode=curves
+  python main.py --config=configs/vgg16_transfer.py --mode=summary
+  python main.py --config=configs/small_cnn.py --workdir=runs/small_cnn --mode=feature_maps \
+      --layer=conv1 --images=cat.jpg
+  python main.py --config=configs/small_cnn.py --workdir=runs/small_cnn --mode=filters
+  python main.py --config=configs/small_cnn.py --workdir=runs/lr_find --mode=lr_find
 """
 
 import logging as std_logging
@@ -13,14 +21,30 @@ from ml_collections import config_flags
 
 from catsdogs_jax import summary
 
+MODES = ('train', 'evaluate', 'predict', 'curves', 'summary', 'feature_maps', 'filters',
+         'lr_find', 'preview_augment')
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).',
                                 lock_config=True)
-flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and TensorBoard events.')
-flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'preview_augment'], 'What to do.')
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, TensorBoard events and '
+                    'pictures (every mode but summary).')
+flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
 flags.DEFINE_enum('split', 'test', ['train', 'validation', 'test'], '--mode=evaluate: the split.')
-flags.DEFINE_integer('step', None, '--mode=evaluate: checkpoint step (default: the best).')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate, predict with or look inside '
+                     '(default: the best).')
+flags.DEFINE_integer('top_losses', 0, '--mode=evaluate: also draw the N images with the '
+                     'largest loss (top_losses_<split>.png).')
+flags.DEFINE_multi_string('images', [], '--mode=predict/feature_maps: image files, globs or '
+                          'folders (repeat the flag for several).')
+flags.DEFINE_bool('kaggle', False, '--mode=predict: also write submission.csv (id, dog '
+                  'probability).')
+flags.DEFINE_bool('plots', False, '--mode=predict: also write predictions.png (a grid of up to '
+                  '100 images) and, for one image, prediction.png (its class probabilities).')
+flags.DEFINE_list('layer', [], '--mode=feature_maps: layer name(s), e.g. block1_conv2.')
+flags.DEFINE_enum('activation', 'relu', ['relu', 'none'], '--mode=feature_maps: apply ReLU '
+                  'to the layer output (as Keras layers with activation="relu" return).')
+flags.mark_flags_as_required(['config'])
 
 
 def _quiet_orbax(record) -> bool:
@@ -28,22 +52,42 @@ def _quiet_orbax(record) -> bool:
   return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
 
 
+def run(config, workdir, mode):
+  from catsdogs_jax import (curves, evaluate, layer_views, lr_find, predict, preview, train,
+                            validation)
+  if mode == 'summary':
+    print(summary.config_summary(config))
+  elif mode == 'train':
+    train.train_and_evaluate(config, workdir)
+  elif mode == 'evaluate':
+    evaluate.evaluate_checkpoint(config, workdir, FLAGS.split, FLAGS.step, FLAGS.top_losses)
+  elif mode == 'predict':
+    predict.predict_images(config, workdir, FLAGS.images, FLAGS.step, FLAGS.kaggle, FLAGS.plots)
+  elif mode == 'curves':
+    logging.info('wrote %s', curves.write_curves(workdir))
+  elif mode == 'feature_maps':
+    layer_views.write_feature_maps(config, workdir, FLAGS.layer, FLAGS.images, FLAGS.step,
+                                   FLAGS.activation)
+  elif mode == 'filters':
+    layer_views.write_filters(config, workdir, FLAGS.step)
+  elif mode == 'lr_find':
+    lr_find.range_test(config, workdir)
+  elif mode == 'preview_augment':
+    validation.validate_config(config)
+    preview.write_preview(config, workdir)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  if FLAGS.mode != 'summary' and not FLAGS.workdir:
+    raise app.UsageError(f'--mode={FLAGS.mode} needs --workdir=DIR.')
   logging.get_absl_handler().addFilter(_quiet_orbax)
   logging.info('%s', summary.environment())
   logging.info('config:\n%s', FLAGS.config)
-  from catsdogs_jax import (checkpointing, convert, evaluate, input_pipeline, preview, train,
-                            validation, weights)
+  from catsdogs_jax import checkpointing, convert, input_pipeline, validation, weights
   try:
-    if FLAGS.mode == 'train':
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    elif FLAGS.mode == 'preview_augment':
-      validation.validate_config(FLAGS.config)
-      preview.write_preview(FLAGS.config, FLAGS.workdir)
-    else:
-      evaluate.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.split, FLAGS.step)
+    run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except (validation.ConfigError, input_pipeline.DataError, checkpointing.WorkdirError,
           weights.WeightsError, convert.ConversionError, FileNotFoundError) as e:
     # Mistakes in the command or the data: the message, not a traceback.

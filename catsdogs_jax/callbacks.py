@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional
 
 from absl import logging
 
+LOG_CSV = 'log.csv'
 CSV_COLUMNS = ('epoch', 'step', 'loss', 'accuracy', 'val_loss', 'val_accuracy',
                'learning_rate', 'seconds', 'images_per_second')
 TIMING_COLUMNS = ('seconds', 'images_per_second')

@@ -7,7 +7,7 @@ early stopping and "already finished" are all restored with the weights.
 
 import json
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import ml_collections
@@ -54,6 +54,9 @@ class Checkpoints:
 
   def best_step(self) -> Optional[int]:
     return self.manager.best_step()
+
+  def all_steps(self) -> List[int]:
+    return sorted(self.manager.all_steps())
 
   def save(self, step: int, state, history: Dict[str, Any], metrics: Dict[str, float]):
     self.manager.save(step, args=ocp.args.Composite(**{

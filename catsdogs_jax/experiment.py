@@ -26,6 +26,7 @@ class Experiment:
   schedule: Callable
   plateau: optax.GradientTransformationExtraArgs
   init_fn: Callable
+  input_shape: tuple            # (H, W, C) of the model's input (features when extracting)
   checkpoints: checkpointing.Checkpoints
   loaded: Optional[tuple] = None   # (params, batch_stats, metadata) of config.init_from
   make_pipeline: Optional[Callable] = None   # split -> batches; default: ImagePipeline
@@ -123,7 +124,7 @@ def build(config, workdir: str, read_only: bool = False,
   plateau = optimizers.create_plateau(config)
   init_fn = make_init_fn(model, tx, plateau, input_shape)
   exp = Experiment(config, workdir, info, model, mesh, steps_per_epoch, tx, schedule, plateau,
-                   init_fn, checkpoints=None, loaded=loaded, make_pipeline=make_pipeline)
+                   init_fn, tuple(input_shape), checkpoints=None, loaded=loaded, make_pipeline=make_pipeline)
   abstract = exp.abstract_state()
   if loaded is not None:   # fails listing what differs, before any training
     weights.merge(abstract.params, loaded[0], config.dont_load)
@@ -134,6 +135,7 @@ def build(config, workdir: str, read_only: bool = False,
     checkpointing.write_run_config(workdir, config)
   logging.info('dataset %s: classes %s, images %s', config.dataset, info.class_names,
                info.num_examples)
-  logging.info('model %s\n%s', config.model.name, summary.parameter_table(
-      abstract.params, abstract.batch_stats, config))
+  logging.info('model %s\n%s', config.model.name, summary.model_summary(
+      model, {'params': abstract.params, 'batch_stats': abstract.batch_stats}, input_shape,
+      config))
   return exp

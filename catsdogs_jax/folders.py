@@ -15,6 +15,7 @@ image is an error.
 import collections
 import dataclasses
 import functools
+import glob
 import io
 import os
 import re
@@ -181,6 +182,23 @@ def _pillow_png(path: str) -> bytes:
     return b''
 
 
+def _usable(paths: List[str], labels: List[int], skipped) -> FolderSplit:
+  """The paths TensorFlow or Pillow can decode; the others go to `skipped`."""
+  inline = [b''] * len(paths)
+  keep = np.ones(len(paths), bool)
+  if paths:
+    for i in np.flatnonzero(~_tensorflow_decodable(paths)):
+      inline[i] = _pillow_png(paths[i])
+      if not inline[i]:
+        keep[i] = False
+        skipped['corrupt or truncated image'].append(paths[i])
+  return FolderSplit(
+      paths=np.asarray(paths, dtype=object)[keep],
+      labels=np.asarray(labels, np.int32)[keep],
+      inline=np.asarray(inline, dtype=object)[keep],   # object: no padding to the longest
+      skipped={k: tuple(v) for k, v in skipped.items()})
+
+
 @functools.lru_cache(maxsize=None)
 def read_split(root: str, split: str, names: Tuple[str, ...], verify: bool = True,
                fractions: Tuple[float, ...] = (0.8, 0.1, 0.1)) -> FolderSplit:
@@ -189,25 +207,51 @@ def read_split(root: str, split: str, names: Tuple[str, ...], verify: bool = Tru
   pairs, skipped = _candidates(root, base, names, fractions)
   if start or stop:
     pairs = _slice_per_class(pairs, start, stop)
-  paths = [p for p, _ in pairs]
-  inline = [b''] * len(paths)
-  keep = np.ones(len(paths), bool)
-  if verify and paths:
-    for i in np.flatnonzero(~_tensorflow_decodable(paths)):
-      inline[i] = _pillow_png(paths[i])
-      if not inline[i]:
-        keep[i] = False
-        skipped['corrupt or truncated image'].append(paths[i])
-  result = FolderSplit(
-      paths=np.asarray(paths, dtype=object)[keep],
-      labels=np.asarray([label for _, label in pairs], np.int32)[keep],
-      inline=np.asarray(inline, dtype=object)[keep],   # object: no padding to the longest
-      skipped={k: tuple(v) for k, v in skipped.items()})
-  _report(root, split, names, result, sum(1 for b in inline if b))
+  paths, labels = [p for p, _ in pairs], [label for _, label in pairs]
+  if verify:
+    result = _usable(paths, labels, skipped)
+  else:
+    result = FolderSplit(np.asarray(paths, dtype=object), np.asarray(labels, np.int32),
+                         np.asarray([b''] * len(paths), dtype=object),
+                         {k: tuple(v) for k, v in skipped.items()})
+  _report(root, split, names, result, sum(1 for b in result.inline if b))
   if not len(result.paths):
     raise DataError(
         f'Split {split!r} of {root!r} holds no usable image (looked for '
         f'{", ".join(IMAGE_EXTENSIONS)}; skipped: {_summary(result.skipped) or "nothing"}).')
+  return result
+
+
+def read_files(specs: Sequence[str]) -> FolderSplit:
+  """Images named by files, globs or folders (searched recursively), unlabelled (label 0).
+
+  Each spec must match something; files that are not images, or that nothing
+  decodes, are skipped with a warning.
+  """
+  paths, skipped = [], collections.defaultdict(list)
+  for spec in specs:
+    spec = os.path.expanduser(spec)
+    if os.path.isdir(spec):
+      found = _walk(spec)
+    elif os.path.isfile(spec):
+      found = [spec]
+    else:
+      found = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+    if not found:
+      raise DataError(f'{spec!r} is not an image file, a folder or a glob that matches files.')
+    for path in found:
+      kind = _kind(path)
+      if kind:
+        skipped[kind].append(path)
+      elif path not in paths:
+        paths.append(path)
+  result = _usable(paths, [0] * len(paths), skipped)
+  if result.skipped:
+    logging.warning('skipped %d files (%s), e.g. %s', sum(map(len, result.skipped.values())),
+                    _summary(result.skipped), ', '.join(v[0] for v in result.skipped.values()))
+  if not len(result.paths):
+    raise DataError(f'No usable image in {", ".join(specs)} (looked for '
+                    f'{", ".join(IMAGE_EXTENSIONS)}; skipped: {_summary(result.skipped)}).')
   return result
 
 

@@ -140,7 +140,9 @@ class ImagePipeline(Batching):
   """One split of a dataset, this process's part of it, as numpy batches."""
 
   def __init__(self, config, split: str, class_names: Sequence[str],
-               process_index: Optional[int] = None, process_count: Optional[int] = None):
+               process_index: Optional[int] = None, process_count: Optional[int] = None,
+               files: Optional[folders.FolderSplit] = None):
+    """`files` (from `folders.read_files`) replaces the split: images to predict on."""
     self.config = config
     self.split = split
     index = jax.process_index() if process_index is None else process_index
@@ -149,9 +151,9 @@ class ImagePipeline(Batching):
       raise DataError(f'config.batch_size={config.batch_size} is not divisible by the '
                       f'{count} processes.')
     self.local_batch = config.batch_size // count
-    self._from_path = is_folder(config.dataset)
+    self._from_path = is_folder(config.dataset) or files is not None
     if self._from_path:
-      found = _folder_split(config, split, class_names)
+      found = files if files is not None else _folder_split(config, split, class_names)
       self.examples_per_process = [len(found.paths[i::count]) for i in range(count)]
       self.fingerprint = hashlib.sha256('\n'.join(found.paths).encode()).hexdigest()
       part = slice(index, None, count)

@@ -1,5 +1,6 @@
 """Per-example losses and correctness for 1-logit sigmoid and softmax heads."""
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -21,3 +22,12 @@ def predictions(logits, loss: str):
   if loss == 'sigmoid':
     return (logits[:, 0] > 0).astype(jnp.int32)
   return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+def probabilities(logits, loss: str):
+  """[B, num_classes] class probabilities; a sigmoid head's 1 logit gives [1 - p, p]."""
+  logits = logits.astype(jnp.float32)
+  if loss == 'sigmoid':
+    p = jax.nn.sigmoid(logits[:, 0])
+    return jnp.stack([1.0 - p, p], axis=-1)
+  return jax.nn.softmax(logits, axis=-1)

@@ -1,7 +1,7 @@
 """One optax chain for every optimiser, schedule, weight decay and frozen subtree."""
 
 import re
-from typing import Callable, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -80,9 +80,10 @@ def _kernel_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def create_optimizer(config, steps_per_epoch: int) -> Tuple[optax.GradientTransformation, Callable]:
-  """Returns the optax transformation and its learning-rate schedule."""
-  schedule = create_schedule(config, steps_per_epoch)
+def create_optimizer(config, steps_per_epoch: int, schedule: Optional[optax.Schedule] = None
+                     ) -> Tuple[optax.GradientTransformation, Callable]:
+  """Returns the optax transformation and its learning-rate schedule (config's, or `schedule`)."""
+  schedule = create_schedule(config, steps_per_epoch) if schedule is None else schedule
   parts = []
   if config.optimizer.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(config.optimizer.grad_clip_norm))

@@ -65,14 +65,23 @@ def make_train_step(model, tx: optax.GradientTransformation, config):
   return train_step
 
 
-def make_eval_step(model, config):
-  """Returns `eval_step(state, batch) -> EvalMetrics`; `batch['mask']` marks real images."""
+def _inference_logits(model, config):
   preprocess = get_preprocessor(config.preprocess)
   compute_dtype = jnp.bfloat16 if config.half_precision else jnp.float32
 
+  def logits_fn(state, images):
+    images = preprocess(images).astype(compute_dtype)
+    return model.apply(_variables(state, state.params), images, train=False)
+
+  return logits_fn
+
+
+def make_eval_step(model, config):
+  """Returns `eval_step(state, batch) -> EvalMetrics`; `batch['mask']` marks real images."""
+  logits_fn = _inference_logits(model, config)
+
   def eval_step(state, batch):
-    images = preprocess(batch['image']).astype(compute_dtype)
-    logits = model.apply(_variables(state, state.params), images, train=False)
+    logits = logits_fn(state, batch['image'])
     labels = batch['label']
     predictions = losses.predictions(logits, config.loss)
     return EvalMetrics.single_from_model_output(
@@ -82,3 +91,18 @@ def make_eval_step(model, config):
         mask=batch['mask'])
 
   return eval_step
+
+
+def make_predict_step(model, config):
+  """Returns `predict_step(state, batch) -> {'probabilities': [B, C], 'loss': [B]}` per image.
+
+  The loss is against `batch['label']` (meaningless where labels are unknown).
+  """
+  logits_fn = _inference_logits(model, config)
+
+  def predict_step(state, batch):
+    logits = logits_fn(state, batch['image'])
+    return {'probabilities': losses.probabilities(logits, config.loss),
+            'loss': losses.per_example_loss(logits, batch['label'], config.loss)}
+
+  return predict_step

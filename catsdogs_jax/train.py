@@ -8,12 +8,9 @@ import jax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from catsdogs_jax import callbacks, checkpointing, experiment, optimizers, parallel
+from catsdogs_jax import callbacks, checkpointing, curves, experiment, optimizers, parallel
 from catsdogs_jax.evaluate import run_eval
 from catsdogs_jax.steps import make_eval_step, make_train_step
-
-LOG_CSV = 'log.csv'
-
 
 class NonFiniteLossError(FloatingPointError):
   pass
@@ -109,7 +106,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     exp.checkpoints.save(step, state, history, metrics={
         'val_loss': row['val_loss'], 'val_accuracy': row['val_accuracy']})
     if jax.process_index() == 0:
-      callbacks.write_csv(os.path.join(workdir, LOG_CSV), history['epochs'])
+      callbacks.write_csv(os.path.join(workdir, callbacks.LOG_CSV), history['epochs'])
     writer.write_scalars(step, {k: row[k] for k in ('loss', 'accuracy', 'val_loss',
                                                     'val_accuracy', 'learning_rate')})
     writer.flush()
@@ -120,6 +117,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   exp.checkpoints.wait()
   exp.checkpoints.close()
   writer.close()
+  if jax.process_index() == 0 and history['epochs']:
+    logging.info('wrote %s', curves.write_curves(workdir))
   best = exp.checkpoints.best_step()
   logging.info('training finished: %d epochs, best checkpoint at step %s (by %s)',
                len(history['epochs']), best, config.checkpoint.best_monitor)

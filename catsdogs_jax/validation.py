@@ -50,6 +50,11 @@ def validate_config(config, num_devices: int = None):
   for field in ('batch_size', 'num_epochs', 'image_size', 'num_classes', 'log_every_steps'):
     if config[field] <= 0:
       raise ConfigError(f'config.{field} must be positive, got {config[field]}.')
+  lf = config.lr_find
+  if not 0 < lf.min_lr < lf.max_lr or lf.num_steps < 10 or lf.diverge_factor <= 1:
+    raise ConfigError(f'config.lr_find needs 0 < min_lr < max_lr, num_steps >= 10 and '
+                      f'diverge_factor > 1; got min_lr={lf.min_lr}, max_lr={lf.max_lr}, '
+                      f'num_steps={lf.num_steps}, diverge_factor={lf.diverge_factor}.')
   if config.checkpoint.keep < 1:
     raise ConfigError(f'config.checkpoint.keep must be at least 1, got {config.checkpoint.keep}.')
   try:

@@ -111,5 +111,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint.keep = 3           # most recent epoch checkpoints kept (plus the best)
   config.checkpoint.best_monitor = 'val_accuracy'  # metric that picks the best checkpoint
 
+  # ----- learning-rate range test (--mode=lr_find; Smith 2015, fastai's lr_find)
+  config.lr_find = ml_collections.ConfigDict()
+  config.lr_find.min_lr = 1e-7         # the rate grows exponentially from min_lr...
+  config.lr_find.max_lr = 10.0         # ...to max_lr over num_steps training steps
+  config.lr_find.num_steps = 200
+  config.lr_find.smoothing = 0.98      # exponential moving average of the loss (bias-corrected)
+  config.lr_find.diverge_factor = 4.0  # stop once the smoothed loss exceeds this x its minimum
+
   config.lock()
   return config

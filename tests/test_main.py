@@ -40,6 +40,7 @@ def test_train_then_evaluate_end_to_end(image_folder, tmp_path):
   assert float(rows[0]['learning_rate']) == pytest.approx(1e-3)
   assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
+  assert os.path.exists(os.path.join(workdir, 'curves.png'))
 
   result = _main('--config=configs/small_cnn.py', f'--workdir={workdir}', '--mode=evaluate',
                  *_folder_flags(image_folder))
@@ -49,6 +50,16 @@ def test_train_then_evaluate_end_to_end(image_folder, tmp_path):
   assert evaluation['num_images'] == 10 and evaluation['split'] == 'test'
   assert sum(map(sum, evaluation['confusion'])) == 10
   assert 'confusion (rows: true, columns: predicted)' in result.stderr
+  assert 'precision' in result.stderr and set(evaluation['per_class']) == {'cats', 'dogs'}
+
+
+def test_summary_needs_no_data_weights_or_workdir():
+  result = _main('--config=configs/vgg16_transfer.py', '--mode=summary', timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'block5_conv3' in result.stdout and '(None, 14, 14, 512)' in result.stdout
+  assert 'total parameters: 14,764,866 (trainable 50,178, frozen 14,714,688)' in result.stdout
+  result = _main('--config=configs/small_cnn.py', '--mode=curves', timeout=120)
+  assert result.returncode != 0 and '--mode=curves needs --workdir' in result.stderr
 
 
 def test_unknown_config_field_on_the_command_line_is_an_error(tmp_path):

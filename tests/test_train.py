@@ -14,7 +14,7 @@ def _final_state(config, workdir):
 
 
 def _rows_without_timing(workdir):
-  rows = callbacks.read_csv(str(workdir / train.LOG_CSV))
+  rows = callbacks.read_csv(str(workdir / callbacks.LOG_CSV))
   return [{k: v for k, v in r.items() if k not in callbacks.TIMING_COLUMNS} for r in rows]
 
 

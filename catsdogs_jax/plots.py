@@ -1,0 +1,141 @@
+"""Every picture the codebase writes, drawn by matplotlib's Agg backend (no display needed).
+
+Each function takes plain numpy data and a path and writes one PNG; what the
+data means is computed elsewhere (train logs, predictions, layers).
+"""
+
+import math
+from typing import Dict, List, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+DPI = 100
+
+
+def _save(fig, path: str) -> str:
+  fig.savefig(path, dpi=DPI)
+  plt.close(fig)
+  return path
+
+
+def _grid_shape(n: int, max_columns: int) -> tuple:
+  columns = max(min(n, max_columns), 1)
+  return math.ceil(n / columns), columns
+
+
+def training_curves(rows: List[Dict[str, float]], lr_changes: Sequence[tuple], path: str,
+                    title: str = '') -> str:
+  """Accuracy and loss per epoch, train vs validation; a dotted line where the learning rate changed.
+
+  `lr_changes`: (first epoch at the new rate, new rate) pairs.
+  """
+  epochs = [r['epoch'] for r in rows]
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+  for ax, metric in zip(axes, ('accuracy', 'loss')):
+    ax.plot(epochs, [r[metric] for r in rows], 'o-', ms=3, label=f'train {metric}')
+    ax.plot(epochs, [r[f'val_{metric}'] for r in rows], 's-', ms=3, label=f'validation {metric}')
+    for epoch, lr in lr_changes:
+      ax.axvline(epoch - 0.5, color='gray', ls=':', lw=1)
+      ax.annotate(f'lr {lr:.2g}', (epoch - 0.5, 0.98), xycoords=('data', 'axes fraction'),
+                  rotation=90, va='top', ha='right', fontsize=8, color='gray')
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel('epoch')
+    ax.set_ylabel(metric)
+    ax.set_title(f'{metric}: train and validation')
+    ax.grid(alpha=0.3)
+    ax.legend()
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def class_probabilities(probabilities: Sequence[float], class_names: Sequence[str], path: str,
+                        title: str) -> str:
+  """A bar chart of one image's class probabilities."""
+  fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(class_names)), 3.5))
+  bars = ax.bar(list(class_names), probabilities, color='tab:blue')
+  ax.bar_label(bars, fmt='%.4f')
+  ax.set_ylim(0, 1.1)
+  ax.set_xlabel('class')
+  ax.set_ylabel('probability')
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], path: str,
+               suptitle: str = '', max_columns: int = 10,
+               title_colors: Optional[Sequence[str]] = None) -> str:
+  """uint8 images ([H, W, 3] or [H, W, 1]) tiled with a title each."""
+  rows, columns = _grid_shape(len(images), max_columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows + 0.4),
+                           squeeze=False)
+  for ax in axes.flat:
+    ax.axis('off')
+  for i, (image, title) in enumerate(zip(images, titles)):
+    ax = axes.flat[i]
+    ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap='gray')
+    ax.set_title(title, fontsize=7, color=title_colors[i] if title_colors else 'black')
+  if suptitle:
+    fig.suptitle(suptitle)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def channel_grid(feature_map: np.ndarray, path: str, title: str, max_columns: int = 16) -> str:
+  """Each channel of a [H, W, C] activation as a small image, each scaled to its own range."""
+  channels = feature_map.shape[-1]
+  rows, columns = _grid_shape(channels, max_columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(1.1 * columns, 1.1 * rows + 0.6),
+                           squeeze=False)
+  for ax in axes.flat:
+    ax.axis('off')
+  for c in range(channels):
+    axes.flat[c].imshow(feature_map[..., c], cmap='viridis')
+  fig.suptitle(title)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def kernel_tiles(kernels: np.ndarray, path: str, title: str, max_columns: int = 16) -> str:
+  """First-layer kernels [k, k, 3 or 1, C] as RGB (or grey) tiles, each scaled to [0, 1]."""
+  count = kernels.shape[-1]
+  rows, columns = _grid_shape(count, max_columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(0.8 * columns, 0.8 * rows + 0.6),
+                           squeeze=False)
+  for ax in axes.flat:
+    ax.axis('off')
+  for c in range(count):
+    k = kernels[..., c]
+    k = (k - k.min()) / max(float(k.max() - k.min()), 1e-12)
+    axes.flat[c].imshow(k[..., 0] if k.shape[-1] == 1 else k, cmap='gray',
+                        interpolation='nearest')
+  fig.suptitle(title)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def learning_rate_range(lrs: np.ndarray, losses: np.ndarray, smoothed: np.ndarray,
+                        suggestions: Dict[str, float], path: str) -> str:
+  """The range test: loss against learning rate (log scale), with the suggestions marked."""
+  fig, ax = plt.subplots(figsize=(8, 5))
+  ax.plot(lrs, losses, color='lightgray', lw=1, label='loss per step')
+  ax.plot(lrs, smoothed, color='tab:blue', lw=2, label='smoothed loss')
+  for (name, lr), color in zip(suggestions.items(), ('tab:red', 'tab:green')):
+    ax.axvline(lr, color=color, ls='--', label=f'{name}: {lr:.2e}')
+  ax.set_xscale('log')
+  low, high = np.nanmin(smoothed), np.nanmax(smoothed[: max(len(smoothed) // 2, 1)])
+  ax.set_ylim(low - 0.1 * abs(low), high + 0.5 * (high - low) + 1e-3)
+  ax.set_xlabel('learning rate (log scale)')
+  ax.set_ylabel('training loss')
+  ax.set_title('Learning-rate range test')
+  ax.grid(alpha=0.3, which='both')
+  ax.legend()
+  fig.tight_layout()
+  return _save(fig, path)

@@ -11,9 +11,14 @@
       --layer=conv1 --images=cat.jpg
   python main.py --config=configs/small_cnn.py --workdir=runs/small_cnn --mode=filters
   python main.py --config=configs/small_cnn.py --workdir=runs/lr_find --mode=lr_find
+  python main.py --config=configs/small_cnn_aug.py --sweep=configs/sweeps/augment_ablation.py \
+      --sweep_seeds=2 --workdir=runs/aug_ablation [--dry_run]
+  python main.py --mode=compare --workdirs='runs/aug_ablation/*' [--workdir=OUT]
 """
 
+import json
 import logging as std_logging
+import os
 import sys
 
 from absl import app, flags, logging
@@ -22,7 +27,7 @@ from ml_collections import config_flags
 from catsdogs_jax import summary
 
 MODES = ('train', 'evaluate', 'predict', 'curves', 'summary', 'feature_maps', 'filters',
-         'lr_find', 'preview_augment')
+         'lr_find', 'preview_augment', 'compare')
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).',
@@ -44,7 +49,11 @@ flags.DEFINE_bool('plots', False, '--mode=predict: also write predictions.png (a
 flags.DEFINE_list('layer', [], '--mode=feature_maps: layer name(s), e.g. block1_conv2.')
 flags.DEFINE_enum('activation', 'relu', ['relu', 'none'], '--mode=feature_maps: apply ReLU '
                   'to the layer output (as Keras layers with activation="relu" return).')
-flags.mark_flags_as_required(['config'])
+flags.DEFINE_string('sweep', None, '--mode=train: a sweep file (configs/sweeps/*.py); each '
+                    'variant x seed trains in WORKDIR/<variant>/seed_<seed>, then is evaluated.')
+flags.DEFINE_integer('sweep_seeds', 1, '--sweep: seeds per variant (config.seed, +1, ...).')
+flags.DEFINE_bool('dry_run', False, '--sweep: print the variants and their main.py commands only.')
+flags.DEFINE_multi_string('workdirs', [], '--mode=compare: runs or sweep variants (globs allowed).')
 
 
 def _quiet_orbax(record) -> bool:
@@ -52,11 +61,34 @@ def _quiet_orbax(record) -> bool:
   return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
 
 
+def run_sweep(config, workdir):
+  from catsdogs_jax import sweep
+  runs = sweep.plan(config, sweep.load_sweep(FLAGS.sweep), FLAGS.sweep_seeds, workdir)
+  command_line = config_flags.get_override_values(FLAGS['config'])
+  commands = sweep.commands(runs, config_flags.get_config_filename(FLAGS['config']), command_line)
+  if FLAGS.dry_run:
+    for run, command in zip(runs, commands):
+      print(f'# {run.variant} seed {run.seed}\n{command}')
+    return
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'sweep.json'), 'w') as f:
+    json.dump({'sweep': FLAGS.sweep, 'seeds': FLAGS.sweep_seeds, 'command_line': command_line,
+               'commands': commands}, f, indent=1, default=repr)
+  sweep.run_sweep(runs)
+
+
 def run(config, workdir, mode):
-  from catsdogs_jax import (curves, evaluate, layer_views, lr_find, predict, preview, train,
-                            validation)
-  if mode == 'summary':
+  from catsdogs_jax import (compare, curves, evaluate, layer_views, lr_find, predict, preview,
+                            train, validation)
+  if mode == 'compare':
+    rows, out = compare.compare(FLAGS.workdirs, workdir)
+    print(compare.markdown(rows))
+    logging.info('wrote %s, %s and %s in %s', compare.COMPARE_MD, compare.COMPARE_CSV,
+                 compare.COMPARE_PNG, out)
+  elif mode == 'summary':
     print(summary.config_summary(config))
+  elif mode == 'train' and FLAGS.sweep:
+    run_sweep(config, workdir)
   elif mode == 'train':
     train.train_and_evaluate(config, workdir)
   elif mode == 'evaluate':
@@ -80,11 +112,17 @@ def run(config, workdir, mode):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  if FLAGS.mode != 'summary' and not FLAGS.workdir:
+  if FLAGS.mode == 'compare':
+    if not FLAGS.workdirs:
+      raise app.UsageError('--mode=compare needs --workdirs=DIR (repeat it, or use a glob).')
+  elif FLAGS.config is None:
+    raise app.UsageError(f'--mode={FLAGS.mode} needs --config=FILE.')
+  elif FLAGS.mode != 'summary' and not FLAGS.workdir:
     raise app.UsageError(f'--mode={FLAGS.mode} needs --workdir=DIR.')
   logging.get_absl_handler().addFilter(_quiet_orbax)
   logging.info('%s', summary.environment())
-  logging.info('config:\n%s', FLAGS.config)
+  if FLAGS.config is not None:
+    logging.info('config:\n%s', FLAGS.config)
   from catsdogs_jax import checkpointing, convert, input_pipeline, validation, weights
   try:
     run(FLAGS.config, FLAGS.workdir, FLAGS.mode)

@@ -139,3 +139,25 @@ def learning_rate_range(lrs: np.ndarray, losses: np.ndarray, smoothed: np.ndarra
   ax.legend()
   fig.tight_layout()
   return _save(fig, path)
+
+
+def validation_curves(variants: Dict[str, List[Sequence[float]]], path: str) -> str:
+  """Validation accuracy per epoch of every variant: the mean over seeds, their range as a band."""
+  fig, ax = plt.subplots(figsize=(10, 6))
+  for name, seeds in variants.items():
+    length = min(len(s) for s in seeds)
+    values = np.asarray([s[:length] for s in seeds])
+    epochs = np.arange(1, length + 1)
+    line, = ax.plot(epochs, values.mean(axis=0), lw=1.5,
+                    label=f'{name} ({len(seeds)} seed{"s" if len(seeds) > 1 else ""})')
+    if len(seeds) > 1:
+      ax.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=line.get_color(),
+                      alpha=0.2)
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+  ax.set_xlabel('epoch')
+  ax.set_ylabel('validation accuracy')
+  ax.set_title('Validation accuracy per epoch (mean over seeds; band: min to max)')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  return _save(fig, path)

@@ -96,3 +96,9 @@ def config_summary(config) -> str:
   shape = (config.image_size, config.image_size, config.channels)
   return (f'model {config.model.name} at {shape}\n' +
           model_summary(model, abstract_variables(model, shape), shape, config))
+
+
+def hparams(config) -> dict:
+  """The resolved config as flat scalars, for TensorBoard's HParams dashboard."""
+  flat = traverse_util.flatten_dict(config.to_dict(), sep='.')
+  return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flat.items()}

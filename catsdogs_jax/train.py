@@ -8,7 +8,8 @@ import jax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from catsdogs_jax import callbacks, checkpointing, curves, experiment, optimizers, parallel
+from catsdogs_jax import (callbacks, checkpointing, curves, experiment, optimizers, parallel,
+                          summary)
 from catsdogs_jax.evaluate import run_eval
 from catsdogs_jax.steps import make_eval_step, make_train_step
 
@@ -59,6 +60,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   step = int(state.step)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+  if step == 0:
+    writer.write_hparams(summary.hparams(config))
   report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                            every_steps=config.log_every_steps)
   progress = callbacks.Progress(total_steps, config.batch_size, step)

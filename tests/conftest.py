@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from configs import small_cnn  # noqa: E402
+from configs import mnist_mlp, small_cnn  # noqa: E402
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data',
                            'cats_and_dogs_small')
@@ -74,3 +74,16 @@ def tiny_config(folder, **overrides):
 @pytest.fixture
 def make_config(image_folder):
   return lambda **overrides: tiny_config(image_folder, **overrides)
+
+
+def tiny_mlp_config(folder, size=16, **overrides):
+  """The MNIST MLP on RGB images of `size` px: compiles and trains in about a second."""
+  config = mnist_mlp.get_config()
+  config.dataset = f'folder:{folder}'
+  config.train_split, config.eval_split, config.test_split = 'train', 'validation', 'test'
+  config.image_size, config.channels, config.num_classes = size, 3, 2
+  config.batch_size, config.loss, config.preprocess = 8, 'softmax', 'rescale'
+  config.optimizer.weight_decay = 0.0
+  config.num_epochs, config.log_every_steps = 1, 2
+  config.cache = True
+  return override(config, **overrides)

@@ -15,8 +15,8 @@ from catsdogs_jax import (callbacks, checkpointing, curves, evaluate, experiment
 from catsdogs_jax.folders import DataError
 from catsdogs_jax.train_state import abstract_variables
 from catsdogs_jax.validation import ConfigError
-from configs import efficientnet_b0_transfer, mnist_mlp, resnet50, small_cnn, vgg16, vgg16_finetune
-from conftest import override, tiny_config
+from configs import efficientnet_b0_transfer, resnet50, small_cnn, vgg16, vgg16_finetune
+from conftest import override, tiny_config, tiny_mlp_config
 
 SIZE = 16
 
@@ -59,13 +59,7 @@ def _colour_folder(root, colours):
 
 
 def _forced_config(folder, loss):
-  config = mnist_mlp.get_config()
-  config.dataset = f'folder:{folder}'
-  config.train_split, config.eval_split, config.test_split = 'train', 'validation', 'test'
-  config.image_size, config.channels, config.num_classes = SIZE, 3, 2
-  config.batch_size, config.loss, config.preprocess = 8, loss, 'rescale'
-  config.optimizer.weight_decay = 0.0
-  return config
+  return tiny_mlp_config(folder, SIZE, loss=loss)
 
 
 SCALE = 8.0

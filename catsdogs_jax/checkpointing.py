@@ -5,24 +5,24 @@ Each checkpoint holds two items: `state` (the TrainState pytree) and `history`
 early stopping and "already finished" are all restored with the weights.
 """
 
-import json
+import glob
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
-import jax
-import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
 
 from catsdogs_jax.callbacks import monitor_mode
+from catsdogs_jax.workdir import WorkdirError
 
 STATE, HISTORY = 'state', 'history'
-MODEL_FILE = 'model.json'
-CONFIG_FILE = 'config.json'
+TMP_MARKER = '.orbax-checkpoint-tmp'   # how Orbax names a save still in progress
 
 
-class WorkdirError(ValueError):
-  """The workdir cannot be used for this config; the message says why."""
+def has_checkpoints(workdir: str) -> bool:
+  directory = os.path.join(workdir, 'checkpoints')
+  return os.path.isdir(directory) and bool(os.listdir(directory))
 
 
 def new_history() -> Dict[str, Any]:
@@ -42,12 +42,16 @@ class Checkpoints:
         policies.BestN(get_metric_fn=best_fn, reverse=(mode == 'min'), n=1,
                        keep_checkpoints_without_metrics=False),
     ])
+    self.directory = os.path.join(self.workdir, 'checkpoints')
+    if not read_only:
+      for path in glob.glob(os.path.join(self.directory, f'*{TMP_MARKER}*')):
+        logging.warning('Removing %s: a checkpoint a crash left half-written (never restored).',
+                        path)
     options = ocp.CheckpointManagerOptions(
         best_fn=best_fn, best_mode=mode, preservation_policy=policy,
-        create=not read_only, read_only=read_only)
-    self.manager = ocp.CheckpointManager(
-        os.path.join(self.workdir, 'checkpoints'), options=options,
-        item_names=(STATE, HISTORY))
+        create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=(STATE, HISTORY))
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -63,6 +67,27 @@ class Checkpoints:
         STATE: ocp.args.StandardSave(state), HISTORY: ocp.args.JsonSave(history)}),
         metrics=metrics)
 
+  def restore_newest(self, abstract_state) -> Optional[Tuple[Any, Dict[str, Any]]]:
+    """(state, history) of the newest checkpoint that restores; None when there is none.
+
+    One that fails (a truncated or tampered file) is skipped with a warning
+    naming it. When checkpoints exist but none restores, this fails rather than
+    start afresh over them.
+    """
+    failures = []
+    for step in reversed(self.all_steps()):
+      try:
+        return self.restore(step, abstract_state)
+      except Exception as e:  # Orbax and TensorStore raise many types for damaged files
+        first_line = (str(e).splitlines() or [''])[0][:160]
+        failures.append(f'step {step}: {type(e).__name__}: {first_line}')
+        logging.warning('The checkpoint at step %d in %s does not restore (%s); trying the one '
+                        'before it.', step, self.directory, failures[-1])
+    if failures:
+      raise WorkdirError(f'No checkpoint in {self.directory} restores ({"; ".join(failures)}). '
+                         'Nothing was changed; move the checkpoints away to start afresh.')
+    return None
+
   def restore(self, step: int, abstract_state) -> Tuple[Any, Dict[str, Any]]:
     """Restores `step` into the structure, dtypes and shardings of `abstract_state`."""
     restored = self.manager.restore(step, args=ocp.args.Composite(**{
@@ -74,47 +99,3 @@ class Checkpoints:
 
   def close(self):
     self.manager.close()
-
-
-def write_run_config(workdir: str, config):
-  """The resolved config of the run, for reproducing it and for `init_from`."""
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
-      f.write(config.to_json_best_effort(indent=1))
-
-
-def read_run_config(workdir: str):
-  """The config a workdir was trained with, as a ConfigDict."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise WorkdirError(f'{workdir!r} has no {CONFIG_FILE}: it was not written by this code.')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
-def model_signature(config, abstract_params) -> Dict[str, Any]:
-  """What identifies a model for resuming: its name and every parameter's shape."""
-  shapes = {'/'.join(str(getattr(k, 'key', k)) for k in path): list(leaf.shape)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
-  return {'model': config.model.name, 'parameters': shapes}
-
-
-def check_workdir_model(workdir: str, signature: Dict[str, Any], write: bool = True):
-  """Fails before training when `workdir` holds checkpoints of another model."""
-  path = os.path.join(workdir, MODEL_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      previous = json.load(f)
-    if previous != signature:
-      old, new = previous['parameters'], signature['parameters']
-      differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-      raise WorkdirError(
-          f'Workdir {workdir!r} holds checkpoints of a different model '
-          f'({previous["model"]!r}, now {signature["model"]!r}; {len(differ)} parameters '
-          f'differ, e.g. {", ".join(differ[:3])}). Use a new --workdir, or the config that '
-          'trained it.')
-  elif write and jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(path, 'w') as f:
-      json.dump(signature, f, indent=1)

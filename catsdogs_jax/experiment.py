@@ -11,6 +11,7 @@ from jax.sharding import Mesh
 
 from catsdogs_jax import (augment, checkpointing, models, optimizers, parallel, preprocessing,
                           summary, validation, weights)
+from catsdogs_jax import workdir as workdir_files
 from catsdogs_jax.train_state import abstract_variables, make_init_fn
 
 
@@ -30,6 +31,11 @@ class Experiment:
   checkpoints: checkpointing.Checkpoints
   loaded: Optional[tuple] = None   # (params, batch_stats, metadata) of config.init_from
   make_pipeline: Optional[Callable] = None   # split -> batches; default: ImagePipeline
+  lock: Optional[workdir_files.Lock] = None  # held while training; None when read only
+
+  def release(self):
+    if self.lock is not None:
+      self.lock.release()
 
   def abstract_state(self):
     """Shapes, dtypes and shardings of the TrainState, without computing it."""
@@ -58,10 +64,19 @@ class Experiment:
     return input_pipeline.ImagePipeline(self.config, split, self.info.class_names)
 
 
+def _head_model(config):
+  """The head trained on cached features (config.features.enabled)."""
+  from catsdogs_jax import features
+  from catsdogs_jax.models.initializers import get_initializer
+  return features.HeadModel(
+      head=config.model.head, num_outputs=models.num_outputs(config),
+      head_units=config.model.head_units or 256, dropout_rate=config.model.dropout_rate,
+      kernel_init=get_initializer(config.model.kernel_init, config.model.init_stddev))
+
+
 def _feature_extraction(config, loaded, info, mesh):
   """(head model, feature shape, pipeline factory, head config) for config.features."""
   from catsdogs_jax import features, input_pipeline
-  from catsdogs_jax.models.initializers import get_initializer
   if loaded is None or not config.model.head:
     raise validation.ConfigError('config.features.enabled needs config.init_from (the '
                                  'pretrained base) and config.model.head (what to train).')
@@ -79,10 +94,7 @@ def _feature_extraction(config, loaded, info, mesh):
     variables['batch_stats'] = weights.merge(abstract['batch_stats'], loaded[1])
   feature_shape = jax.eval_shape(base.apply, abstract, jax.ShapeDtypeStruct((1, *size),
                                                                             np.float32)).shape[1:]
-  head = features.HeadModel(
-      head=config.model.head, num_outputs=models.num_outputs(config),
-      head_units=config.model.head_units or 256, dropout_rate=config.model.dropout_rate,
-      kernel_init=get_initializer(config.model.kernel_init, config.model.init_stddev))
+  head = _head_model(config)
   head_config = config.copy_and_resolve_references()
   head_config.preprocess = 'none'   # the base already preprocessed and ran
 
@@ -94,6 +106,19 @@ def _feature_extraction(config, loaded, info, mesh):
                                     images.local_batch)
 
   return head, tuple(feature_shape), make_pipeline, head_config
+
+
+def _state_signature(config, steps_per_epoch: int, input_shape) -> tuple:
+  """The structure, shapes and dtypes of the train state a config makes, computed without running it."""
+  if config.features.enabled:   # a head on the cached features of `input_shape`
+    model = _head_model(config)
+  else:
+    model = models.create_model(config)
+    input_shape = (config.image_size, config.image_size, config.channels)
+  tx, _ = optimizers.create_optimizer(config, steps_per_epoch)
+  init_fn = make_init_fn(model, tx, optimizers.create_plateau(config), input_shape)
+  shapes = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+  return jax.tree.structure(shapes), [(x.shape, x.dtype) for x in jax.tree.leaves(shapes)]
 
 
 def build(config, workdir: str, read_only: bool = False,
@@ -128,11 +153,20 @@ def build(config, workdir: str, read_only: bool = False,
   abstract = exp.abstract_state()
   if loaded is not None:   # fails listing what differs, before any training
     weights.merge(abstract.params, loaded[0], config.dont_load)
-  checkpointing.check_workdir_model(
-      workdir, checkpointing.model_signature(config, abstract.params), write=not read_only)
-  exp.checkpoints = checkpointing.Checkpoints(workdir, config, read_only=read_only)
   if not read_only:
-    checkpointing.write_run_config(workdir, config)
+    exp.lock = workdir_files.Lock(workdir)
+  try:
+    if checkpointing.has_checkpoints(workdir):
+      workdir_files.check_config_change(
+          workdir, config, lambda c: _state_signature(c, steps_per_epoch, input_shape))
+    workdir_files.check_model(
+        workdir, workdir_files.model_signature(config, abstract.params), write=not read_only)
+    exp.checkpoints = checkpointing.Checkpoints(workdir, config, read_only=read_only)
+    if not read_only:
+      workdir_files.write_run_config(workdir, config)
+  except BaseException:
+    exp.release()
+    raise
   logging.info('dataset %s: classes %s, images %s', config.dataset, info.class_names,
                info.num_examples)
   logging.info('model %s\n%s', config.model.name, summary.model_summary(

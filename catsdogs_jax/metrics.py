@@ -3,6 +3,7 @@
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 from clu import metrics
 
 
@@ -36,3 +37,14 @@ class EvalMetrics(metrics.Collection):
   loss: metrics.Average.from_output('loss')
   accuracy: metrics.Average.from_output('accuracy')
   confusion: ConfusionMatrix
+
+
+def to_json(collection) -> list:
+  """A metrics collection's leaves as exact JSON numbers (float32 and int32 fit a double)."""
+  return [[np.asarray(x).item(), str(np.asarray(x).dtype)] for x in jax.tree.leaves(collection)]
+
+
+def from_json(leaves: list, like):
+  """The collection saved by `to_json`, in the structure of `like` (e.g. `TrainMetrics.empty()`)."""
+  return jax.tree.unflatten(jax.tree.structure(like),
+                            [jnp.asarray(value, dtype) for value, dtype in leaves])

@@ -8,21 +8,46 @@ import jax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from catsdogs_jax import (callbacks, checkpointing, curves, experiment, optimizers, parallel,
-                          summary)
+from catsdogs_jax import (callbacks, checkpointing, curves, experiment, metrics as metrics_lib,
+                          optimizers, parallel, preemption, summary)
 from catsdogs_jax.evaluate import run_eval
 from catsdogs_jax.steps import make_eval_step, make_train_step
+
+PARTIAL = 'partial_epoch'   # history key of a checkpoint taken in the middle of an epoch
+
 
 class NonFiniteLossError(FloatingPointError):
   pass
 
 
 def _restore_or_init(exp: experiment.Experiment):
-  step = exp.checkpoints.latest_step()
-  if step is None:
-    return exp.init_state(), checkpointing.new_history()
-  logging.info('resuming from checkpoint at step %d in %s', step, exp.workdir)
-  return exp.checkpoints.restore(step, exp.abstract_state())
+  """(state, history, (train metrics, finite) of a partial epoch or None) to start from."""
+  restored = exp.checkpoints.restore_newest(exp.abstract_state())
+  if restored is None:
+    return exp.init_state(), checkpointing.new_history(), None
+  state, history = restored
+  logging.info('resuming from the checkpoint at step %d in %s', int(state.step), exp.workdir)
+  partial = history.pop(PARTIAL, None)
+  if partial is None:
+    return state, history, None
+  return state, history, (metrics_lib.from_json(partial['metrics'], metrics_lib.TrainMetrics.empty()),
+                          partial['finite'])
+
+
+def _save_partial_epoch(exp, state, history, metrics, finite, step: int):
+  """A checkpoint in the middle of an epoch, with what the epoch's log row needs so far."""
+  partial = {**history, PARTIAL: {'step': step, 'metrics': metrics_lib.to_json(metrics),
+                                  'finite': bool(finite)}}
+  exp.checkpoints.save(step, state, partial, metrics=None)
+  exp.checkpoints.wait()
+
+
+def _resume_message(signal_name: str, step: int, steps_per_epoch: int, workdir: str) -> str:
+  epoch, into = divmod(step, steps_per_epoch)
+  where = (f'epoch {epoch + 1}, step {into} of {steps_per_epoch}' if into
+           else f'the end of epoch {epoch}')
+  return (f'{signal_name} received: stopped after step {step} ({where}) with a checkpoint in '
+          f'{workdir}. Run the same command again to resume from it.')
 
 
 def _finished(history: Dict[str, Any], num_epochs: int) -> bool:
@@ -41,9 +66,20 @@ def _check_finite(finite, step: int, epoch: int, learning_rate: float):
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   """Trains (or resumes) in `workdir`; returns the history of finished epochs."""
   exp = experiment.build(config, workdir)
+  try:
+    return _train(exp, workdir)
+  finally:
+    exp.checkpoints.close()   # waits for a save in flight, also when training failed
+    exp.release()
+
+
+def _train(exp: experiment.Experiment, workdir: str) -> Dict[str, Any]:
   config = exp.config   # resolved: e.g. preprocess 'auto' -> the init_from weights' own
-  state, history = _restore_or_init(exp)
+  state, history, partial = _restore_or_init(exp)
   if _finished(history, config.num_epochs):
+    # A run killed between its last checkpoint and the log still gets its full log.
+    if jax.process_index() == 0:
+      callbacks.write_csv(os.path.join(workdir, callbacks.LOG_CSV), history['epochs'])
     logging.info('Training in %s is already finished (%d epochs%s); nothing to do. Use '
                  '--mode=evaluate, or raise --config.num_epochs to train further.',
                  workdir, len(history['epochs']),
@@ -66,59 +102,69 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
                                            every_steps=config.log_every_steps)
   progress = callbacks.Progress(total_steps, config.batch_size, step)
 
-  for epoch in range(step // spe, config.num_epochs):
-    epoch_start, epoch_first_step = time.time(), step
-    metrics = finite = None
-    batches = train_data.train_epoch(epoch, skip_batches=step - epoch * spe)
-    for batch in parallel.prefetch_to_mesh(batches, exp.mesh):
-      state, step_metrics, step_finite = train_step(state, batch)
-      metrics = step_metrics if metrics is None else metrics.merge(step_metrics)
-      finite = step_finite if finite is None else finite & step_finite
-      step += 1
-      report(step)
-      if step % config.log_every_steps == 0:  # the only per-step host sync
-        lr = float(optimizers.learning_rate(exp.schedule, step - 1, state.plateau))
-        _check_finite(finite, step, epoch + 1, lr)
-        running = metrics.compute()
-        progress.log(epoch + 1, config.num_epochs, step, float(running['loss']),
-                     float(running['accuracy']))
-        writer.write_scalars(step, {'train_loss': running['loss'],
-                                    'train_accuracy': running['accuracy'], 'learning_rate': lr})
+  with preemption.Guard() as guard:
+    for epoch in range(step // spe, config.num_epochs):
+      epoch_start, epoch_first_step = time.time(), step
+      # A run resumed in the middle of an epoch continues that epoch's running metrics.
+      metrics, finite = partial if partial and step > epoch * spe else (None, None)
+      partial = None
+      batches = train_data.train_epoch(epoch, skip_batches=step - epoch * spe)
+      for batch in parallel.prefetch_to_mesh(batches, exp.mesh):
+        state, step_metrics, step_finite = train_step(state, batch)
+        metrics = step_metrics if metrics is None else metrics.merge(step_metrics)
+        finite = step_finite if finite is None else finite & step_finite
+        step += 1
+        report(step)
+        if step % config.log_every_steps == 0:  # the only per-step host sync
+          lr = float(optimizers.learning_rate(exp.schedule, step - 1, state.plateau))
+          _check_finite(finite, step, epoch + 1, lr)
+          running = metrics.compute()
+          progress.log(epoch + 1, config.num_epochs, step, float(running['loss']),
+                       float(running['accuracy']))
+          writer.write_scalars(step, {'train_loss': running['loss'],
+                                      'train_accuracy': running['accuracy'], 'learning_rate': lr})
+        if guard.received and step % spe:   # at an epoch's end, validate and save it first
+          lr = float(optimizers.learning_rate(exp.schedule, step - 1, state.plateau))
+          _check_finite(finite, step, epoch + 1, lr)   # never checkpoint a non-finite state
+          _save_partial_epoch(exp, state, history, metrics, finite, step)
+          raise preemption.Preempted(_resume_message(guard.received, step, spe, workdir))
 
-    lr = float(optimizers.learning_rate(exp.schedule, step - 1, state.plateau))
-    _check_finite(finite, step, epoch + 1, lr)
-    train = jax.device_get(metrics.compute())
-    val = run_eval(eval_step, state, val_data, exp.mesh)
-    seconds = time.time() - epoch_start
-    row = {'epoch': epoch + 1, 'step': step, 'loss': float(train['loss']),
-           'accuracy': float(train['accuracy']), 'val_loss': val['loss'],
-           'val_accuracy': val['accuracy'], 'learning_rate': lr, 'seconds': round(seconds, 3),
-           'images_per_second': round((step - epoch_first_step) * config.batch_size / seconds, 2)}
-    history['epochs'].append(row)
-    logging.info('epoch %d/%d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f '
-                 '(%d images) lr %.3g, %.1fs', epoch + 1, config.num_epochs, row['loss'],
-                 row['accuracy'], row['val_loss'], row['val_accuracy'], val['num_images'], lr,
-                 seconds)
-    if config.schedule.name == 'plateau':
-      state = state.replace(plateau=plateau_update(
-          state.plateau, optimizers.plateau_value(config, row)))
-    if config.early_stopping.enabled:
-      es = config.early_stopping
-      history['stop_reason'] = callbacks.early_stopping_reason(
-          history['epochs'], es.monitor, es.patience, es.min_delta)
-    exp.checkpoints.save(step, state, history, metrics={
-        'val_loss': row['val_loss'], 'val_accuracy': row['val_accuracy']})
-    if jax.process_index() == 0:
-      callbacks.write_csv(os.path.join(workdir, callbacks.LOG_CSV), history['epochs'])
-    writer.write_scalars(step, {k: row[k] for k in ('loss', 'accuracy', 'val_loss',
-                                                    'val_accuracy', 'learning_rate')})
-    writer.flush()
-    if history['stop_reason']:
-      logging.info('%s', history['stop_reason'])
-      break
+      lr = float(optimizers.learning_rate(exp.schedule, step - 1, state.plateau))
+      _check_finite(finite, step, epoch + 1, lr)
+      train = jax.device_get(metrics.compute())
+      val = run_eval(eval_step, state, val_data, exp.mesh)
+      seconds = time.time() - epoch_start
+      row = {'epoch': epoch + 1, 'step': step, 'loss': float(train['loss']),
+             'accuracy': float(train['accuracy']), 'val_loss': val['loss'],
+             'val_accuracy': val['accuracy'], 'learning_rate': lr, 'seconds': round(seconds, 3),
+             'images_per_second': round((step - epoch_first_step) * config.batch_size / seconds, 2)}
+      history['epochs'].append(row)
+      logging.info('epoch %d/%d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f '
+                   '(%d images) lr %.3g, %.1fs', epoch + 1, config.num_epochs, row['loss'],
+                   row['accuracy'], row['val_loss'], row['val_accuracy'], val['num_images'], lr,
+                   seconds)
+      if config.schedule.name == 'plateau':
+        state = state.replace(plateau=plateau_update(
+            state.plateau, optimizers.plateau_value(config, row)))
+      if config.early_stopping.enabled:
+        es = config.early_stopping
+        history['stop_reason'] = callbacks.early_stopping_reason(
+            history['epochs'], es.monitor, es.patience, es.min_delta)
+      exp.checkpoints.save(step, state, history, metrics={
+          'val_loss': row['val_loss'], 'val_accuracy': row['val_accuracy']})
+      if jax.process_index() == 0:
+        callbacks.write_csv(os.path.join(workdir, callbacks.LOG_CSV), history['epochs'])
+      writer.write_scalars(step, {k: row[k] for k in ('loss', 'accuracy', 'val_loss',
+                                                      'val_accuracy', 'learning_rate')})
+      writer.flush()
+      if history['stop_reason']:
+        logging.info('%s', history['stop_reason'])
+        break
+      if guard.received:
+        exp.checkpoints.wait()
+        raise preemption.Preempted(_resume_message(guard.received, step, spe, workdir))
 
   exp.checkpoints.wait()
-  exp.checkpoints.close()
   writer.close()
   if jax.process_index() == 0 and history['epochs']:
     logging.info('wrote %s', curves.write_curves(workdir))

@@ -47,8 +47,8 @@ def read(directory: str) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]
     tree = _restore_numpy(os.path.join(directory, PARAMS_DIR))
     return tree['params'], tree.get('batch_stats', {}), metadata
   if os.path.isdir(os.path.join(directory, 'checkpoints')):
-    from catsdogs_jax import checkpointing   # a workdir of ours: its best checkpoint
-    run_config = checkpointing.read_run_config(directory)
+    from catsdogs_jax import checkpointing, workdir   # a workdir of ours: its best checkpoint
+    run_config = workdir.read_run_config(directory)
     step = checkpointing.Checkpoints(directory, run_config, read_only=True).best_step()
     if step is None:
       raise WeightsError(f'config.init_from={directory!r} holds no checkpoint yet.')

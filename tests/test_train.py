@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from catsdogs_jax import callbacks, checkpointing, experiment, train
+from catsdogs_jax.workdir import WorkdirError
 
 
 def _final_state(config, workdir):
@@ -71,8 +72,8 @@ def test_plateau_divides_the_learning_rate(make_config, tmp_path):
 def test_workdir_of_another_model_is_refused_before_training(make_config, tmp_path):
   train.train_and_evaluate(make_config(), str(tmp_path))
   other = make_config(**{'model.name': 'vgg16', 'loss': 'softmax'})
-  with pytest.raises(checkpointing.WorkdirError,
-                     match=r"different model \('small_cnn', now 'vgg16'.*new --workdir"):
+  with pytest.raises(WorkdirError,
+                     match=r"optimizer state \(loss, model.name\).*new --workdir.*init_from"):
     experiment.build(other, str(tmp_path))
 
 

@@ -1,0 +1,42 @@
+"""SIGTERM and SIGINT (SLURM, Kubernetes, Ctrl-C): finish the step, checkpoint it, exit saying how to resume.
+
+A second Ctrl-C exits at once. Signals can only be caught in the main thread;
+elsewhere (a library caller's worker thread) the guard does nothing.
+"""
+
+import signal
+import threading
+from typing import Optional
+
+from absl import logging
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Preempted(Exception):
+  """Training stopped on a signal after checkpointing; the message says how to resume."""
+
+
+class Guard:
+  """Context manager: `received` names the first signal caught, or is None."""
+
+  def __init__(self):
+    self.received: Optional[str] = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    if self.received is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt('second Ctrl-C: exiting without a checkpoint')
+    self.received = signal.Signals(signum).name
+    logging.warning('%s received: finishing the current step, then writing a checkpoint '
+                    '(press Ctrl-C again to exit at once, without one).', self.received)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+    return self
+
+  def __exit__(self, *exc):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    return False

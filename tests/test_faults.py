@@ -1,0 +1,177 @@
+"""Faults: kill -9 at random points, SIGTERM mid-epoch, a second run, broken checkpoints, config changes.
+
+Each faulty run is resumed to the end and must equal an uninterrupted run bit for
+bit: final parameters and log.csv (timing columns aside).
+"""
+
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from catsdogs_jax import callbacks, train, workdir as workdir_files
+from catsdogs_jax.workdir import WorkdirError
+from conftest import override, tiny_mlp_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS_PER_EPOCH, EPOCHS = 3, 4   # 24 training images, batch 8
+FIELDS = {'num_epochs': EPOCHS, 'model.dropout_rate': 0.3, 'checkpoint.keep': 2}
+
+
+def _command_line(folder, workdir, fault=None):
+  config = tiny_mlp_config(folder, **FIELDS)
+  flags = [f'--config.{k}={v}' for k, v in (
+      ('dataset', config.dataset), ('train_split', 'train'), ('eval_split', 'validation'),
+      ('test_split', 'test'), ('image_size', 16), ('channels', 3), ('num_classes', 2),
+      ('batch_size', 8), ('loss', 'softmax'), ('preprocess', 'rescale'),
+      ('optimizer.weight_decay', 0.0), ('log_every_steps', 2), ('cache', True),
+      *FIELDS.items())]
+  return [sys.executable, '-m', 'catsdogs_jax.fault_injection',
+          f'--config={os.path.join(ROOT, "configs", "mnist_mlp.py")}', f'--workdir={workdir}',
+          *flags, *([f'--fault={fault}'] if fault else [])]
+
+
+def _run(folder, workdir, fault=None):
+  return subprocess.run(_command_line(folder, workdir, fault), cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+
+
+def _outcome(workdir):
+  """(final parameters, log.csv rows without timing) of a finished run."""
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints'))
+                 if s.isdigit())
+  state = ocp.StandardCheckpointer().restore(
+      os.path.join(workdir, 'checkpoints', str(steps[-1]), 'state'))
+  rows = [{k: v for k, v in r.items() if k not in callbacks.TIMING_COLUMNS}
+          for r in callbacks.read_csv(os.path.join(workdir, callbacks.LOG_CSV))]
+  return jax.tree.map(np.asarray, state['params']), rows
+
+
+def _assert_same(outcome, reference):
+  params, rows = outcome
+  assert rows == reference[1]
+  jax.tree.map(np.testing.assert_array_equal, params, reference[0])
+
+
+@pytest.fixture(scope='module')
+def reference(image_folder, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('reference') / 'run')
+  result = _run(image_folder, workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  outcome = _outcome(workdir)
+  assert len(outcome[1]) == EPOCHS
+  return outcome
+
+
+FAULTS = ('kill_step', 'kill_save', 'kill_eval')
+LIMITS = {'kill_step': STEPS_PER_EPOCH * EPOCHS, 'kill_save': EPOCHS, 'kill_eval': EPOCHS}
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_kill_9_at_a_random_point_then_resume_equals_the_uninterrupted_run(
+    seed, image_folder, tmp_path, reference):
+  rng = np.random.default_rng(seed)
+  kind = FAULTS[seed % len(FAULTS)]
+  fault = f'{kind}:{rng.integers(1, LIMITS[kind] + 1)}'
+  workdir = str(tmp_path / 'run')
+  killed = _run(image_folder, workdir, fault)
+  assert killed.returncode == -9, (fault, killed.stderr[-2000:])
+  resumed = _run(image_folder, workdir)
+  assert resumed.returncode == 0, (fault, resumed.stderr[-3000:])
+  assert 'Taking over the lock' in resumed.stderr   # the killed run's lock was stale
+  _assert_same(_outcome(workdir), reference)
+  assert not os.path.exists(os.path.join(workdir, workdir_files.LOCK_FILE))
+
+
+def test_sigterm_mid_epoch_checkpoints_that_step_and_resumes_exactly(image_folder, tmp_path,
+                                                                    reference):
+  workdir = str(tmp_path / 'run')
+  stopped = _run(image_folder, workdir, 'term_step:4')
+  assert stopped.returncode == 1
+  assert ('SIGTERM received: stopped after step 4 (epoch 2, step 1 of 3) with a checkpoint in'
+          in stopped.stderr), stopped.stderr[-3000:]
+  assert 'Run the same command again to resume' in stopped.stderr
+  assert '4' in os.listdir(os.path.join(workdir, 'checkpoints'))
+  assert len(callbacks.read_csv(os.path.join(workdir, callbacks.LOG_CSV))) == 1
+  resumed = _run(image_folder, workdir)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'resuming from the checkpoint at step 4' in resumed.stderr
+  _assert_same(_outcome(workdir), reference)
+
+
+# ----------------------------------------------------------------- one run per workdir
+
+
+def test_a_second_run_on_a_locked_workdir_refuses_and_a_stale_lock_is_taken_over(
+    image_folder, tmp_path, caplog):
+  config = tiny_mlp_config(image_folder)
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  lock = workdir / workdir_files.LOCK_FILE
+  lock.write_text(f'{{"host": "{socket.gethostname()}", "pid": {os.getpid()}, "since": "now"}}')
+  with pytest.raises(WorkdirError, match=f'in use by process {os.getpid()} on '
+                                         f'{socket.gethostname()}.*one run per workdir'):
+    train.train_and_evaluate(config, str(workdir))
+  assert os.listdir(workdir) == [workdir_files.LOCK_FILE]   # nothing written, lock kept
+
+  dead = subprocess.Popen(['true'])   # a process id that no longer runs
+  dead.wait()
+  lock.write_text(f'{{"host": "{socket.gethostname()}", "pid": {dead.pid}, "since": "then"}}')
+  train.train_and_evaluate(config, str(workdir))
+  assert f'process {dead.pid} on {socket.gethostname()} that held it is no longer running' \
+         in caplog.text
+  assert not lock.exists() and (workdir / callbacks.LOG_CSV).exists()
+
+
+# ----------------------------------------------------------------- config changes on resume
+
+
+def test_config_changes_on_resume_are_reported_or_refused(image_folder, tmp_path, caplog):
+  workdir = str(tmp_path / 'run')
+  config = tiny_mlp_config(image_folder)
+  train.train_and_evaluate(config, workdir)
+  more = override(config.copy_and_resolve_references(),
+                  **{'num_epochs': 2, 'model.dropout_rate': 0.2})
+  history = train.train_and_evaluate(more, workdir)
+  assert len(history['epochs']) == 2
+  assert "model.dropout_rate: 0.0 -> 0.2; num_epochs: 1 -> 2" in caplog.text
+  for fields, differing in [({'optimizer.name': 'adam'}, 'optimizer.name'),
+                            ({'image_size': 20}, 'image_size'),
+                            ({'optimizer.momentum': 0.9, 'seed': 3}, 'optimizer.momentum')]:
+    changed = override(more.copy_and_resolve_references(), **fields)
+    with pytest.raises(WorkdirError, match=rf'change the parameters or optimizer state '
+                                           rf'\({differing}\).*new --workdir.*init_from'):
+      train.train_and_evaluate(changed, workdir)
+
+
+# ----------------------------------------------------------------- damaged checkpoints
+
+
+def _largest_file(directory):
+  files = [os.path.join(d, f) for d, _, names in os.walk(directory) for f in names]
+  return max(files, key=os.path.getsize)
+
+
+def test_a_truncated_checkpoint_is_skipped_and_none_restoring_is_an_error(image_folder, tmp_path,
+                                                                         caplog):
+  workdir = str(tmp_path / 'run')
+  config = tiny_mlp_config(image_folder, num_epochs=2)
+  train.train_and_evaluate(config, workdir)
+  damaged = _largest_file(os.path.join(workdir, 'checkpoints', '6', 'state'))
+  with open(damaged, 'r+b') as f:
+    f.truncate(os.path.getsize(damaged) // 2)
+  history = train.train_and_evaluate(override(config, num_epochs=3), workdir)
+  assert 'The checkpoint at step 6' in caplog.text and 'does not restore' in caplog.text
+  assert [row['step'] for row in history['epochs']] == [3, 6, 9]   # epoch 2 trained again
+
+  for step in os.listdir(os.path.join(workdir, 'checkpoints')):
+    path = _largest_file(os.path.join(workdir, 'checkpoints', step, 'state'))
+    with open(path, 'r+b') as f:
+      f.truncate(16)
+  with pytest.raises(WorkdirError, match='(?s)No checkpoint in .* restores.*step 3.*Nothing was changed'):
+    train.train_and_evaluate(override(config, num_epochs=4), workdir)

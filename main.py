@@ -123,12 +123,12 @@ def main(argv):
   logging.info('%s', summary.environment())
   if FLAGS.config is not None:
     logging.info('config:\n%s', FLAGS.config)
-  from catsdogs_jax import convert, input_pipeline, preemption, validation, weights, workdir
+  from catsdogs_jax import convert, input_pipeline, preemption, train, validation, weights, workdir
   try:
     run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except (validation.ConfigError, input_pipeline.DataError, workdir.WorkdirError,
           weights.WeightsError, convert.ConversionError, FileNotFoundError,
-          preemption.Preempted) as e:
+          preemption.Preempted, train.NonFiniteLossError) as e:
     # Mistakes in the command or the data: the message, not a traceback.
     logging.error('%s', e)
     sys.exit(f'error: {e}')

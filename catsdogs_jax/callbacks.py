@@ -9,7 +9,7 @@ from absl import logging
 
 LOG_CSV = 'log.csv'
 CSV_COLUMNS = ('epoch', 'step', 'loss', 'accuracy', 'val_loss', 'val_accuracy',
-               'learning_rate', 'seconds', 'images_per_second')
+               'learning_rate', 'skipped_steps', 'seconds', 'images_per_second')
 TIMING_COLUMNS = ('seconds', 'images_per_second')
 
 
@@ -43,7 +43,7 @@ def write_csv(path: str, rows: List[Dict[str, Any]]):
     writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
     writer.writeheader()
     for row in rows:
-      writer.writerow({k: row[k] for k in CSV_COLUMNS})
+      writer.writerow({k: row.get(k, 0) for k in CSV_COLUMNS})   # 0: logs from before a column
   os.replace(tmp, path)
 
 

@@ -27,9 +27,44 @@ class ConfusionMatrix(metrics.Metric):
 
 
 @flax.struct.dataclass
+class SkippedSteps(metrics.Metric):
+  """Updates skipped for a non-finite loss: the total, and the runs of consecutive skips.
+
+  Merging keeps, for the span of steps merged so far, the skips at its start
+  (`leading`) and end (`trailing`), the longest run inside it, and whether
+  every step was skipped: enough to know the longest run across any merges.
+  """
+  total: jnp.ndarray
+  leading: jnp.ndarray
+  trailing: jnp.ndarray
+  longest: jnp.ndarray
+  every: jnp.ndarray
+
+  @classmethod
+  def from_model_output(cls, *, skipped, **_):
+    s = jnp.asarray(skipped, jnp.int32)
+    return cls(total=s, leading=s, trailing=s, longest=s, every=s)
+
+  def merge(self, other):
+    return type(self)(
+        total=self.total + other.total,
+        leading=self.leading + other.leading * self.every,
+        trailing=other.trailing + self.trailing * other.every,
+        longest=jnp.maximum(jnp.maximum(self.longest, other.longest),
+                            self.trailing + other.leading),
+        every=self.every * other.every)
+
+  def compute(self):
+    return {'total': self.total, 'leading': self.leading, 'trailing': self.trailing,
+            'longest': self.longest, 'every': self.every}
+
+
+@flax.struct.dataclass
 class TrainMetrics(metrics.Collection):
+  """Averages over the examples of applied steps (`mask`: 0 on a skipped step's examples)."""
   loss: metrics.Average.from_output('loss')
   accuracy: metrics.Average.from_output('accuracy')
+  skipped: SkippedSteps
 
 
 @flax.struct.dataclass

@@ -56,10 +56,15 @@ def make_train_step(model, tx: optax.GradientTransformation, config):
         batch_stats=new_vars.get('batch_stats', state.batch_stats),
         opt_state=opt_state,
     )
+    finite = jnp.isfinite(per_example).all() & _all_finite(grads)
+    skip = (~finite) if config.nan_policy == 'skip' else jnp.zeros((), bool)
+    # A skipped update leaves the state as it was; the step (so data order and RNG) moves on.
+    new_state = jax.tree.map(lambda new, old: jnp.where(skip, old, new), new_state,
+                             state.replace(step=state.step + 1))
     correct = losses.predictions(logits, config.loss) == labels
     metrics = TrainMetrics.single_from_model_output(
-        loss=per_example, accuracy=correct.astype(jnp.float32))
-    finite = jnp.isfinite(per_example).all() & _all_finite(grads)
+        loss=per_example, accuracy=correct.astype(jnp.float32),
+        mask=jnp.broadcast_to(~skip, per_example.shape), skipped=skip)
     return new_state, metrics, finite
 
   return train_step

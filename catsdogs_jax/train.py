@@ -1,5 +1,6 @@
 """The training loop: epochs of jitted steps, validation, callbacks and checkpoints."""
 
+import math
 import os
 import time
 from typing import Any, Dict
@@ -54,13 +55,32 @@ def _finished(history: Dict[str, Any], num_epochs: int) -> bool:
   return bool(history['stop_reason']) or len(history['epochs']) >= num_epochs
 
 
-def _check_finite(finite, step: int, epoch: int, learning_rate: float):
-  if not bool(finite):
+def _check_health(config, metrics, finite, carry: int, step: int, epoch: int,
+                  learning_rate: float):
+  """Stops on a non-finite step ('stop'), or on too many skipped steps in a row ('skip').
+
+  `carry`: skips in a row at the end of the previous epochs.
+  """
+  causes = (f'(epoch {epoch}, learning rate {learning_rate:.3g}). Likely causes: a learning '
+            'rate too high for this model (try --mode=lr_find), unnormalised inputs (check '
+            'config.preprocess), or bad images. Earlier checkpoints are kept.')
+  if config.nan_policy == 'stop':
+    if not bool(finite):
+      raise NonFiniteLossError(f'Non-finite loss or gradients before step {step} {causes}')
+    return
+  skipped = jax.device_get(metrics.skipped.compute())
+  in_a_row = max(int(skipped['longest']), carry + int(skipped['leading']))
+  if in_a_row >= config.max_skipped_steps:
     raise NonFiniteLossError(
-        f'Non-finite loss or gradients before step {step} (epoch {epoch}, learning rate '
-        f'{learning_rate:.3g}). Likely causes: a learning rate too high for this model, '
-        'unnormalised inputs (check config.preprocess), or bad images. Earlier '
-        'checkpoints are kept.')
+        f'{in_a_row} steps in a row had a non-finite loss or gradients and were skipped '
+        f'(config.max_skipped_steps={config.max_skipped_steps}); stopped before step {step} '
+        + causes)
+
+
+def _skips_in_a_row(metrics, carry: int) -> int:
+  """Skipped steps in a row at the end of this epoch (and the ones before it)."""
+  skipped = jax.device_get(metrics.skipped.compute())
+  return int(skipped['trailing']) + (carry if int(skipped['every']) else 0)
 
 
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
@@ -107,7 +127,7 @@ def _train(exp: experiment.Experiment, workdir: str) -> Dict[str, Any]:
       epoch_start, epoch_first_step = time.time(), step
       # A run resumed in the middle of an epoch continues that epoch's running metrics.
       metrics, finite = partial if partial and step > epoch * spe else (None, None)
-      partial = None
+      partial, carry = None, history.get('skips_in_a_row', 0)
       batches = train_data.train_epoch(epoch, skip_batches=step - epoch * spe)
       for batch in parallel.prefetch_to_mesh(batches, exp.mesh):
         state, step_metrics, step_finite = train_step(state, batch)
@@ -117,7 +137,7 @@ def _train(exp: experiment.Experiment, workdir: str) -> Dict[str, Any]:
         report(step)
         if step % config.log_every_steps == 0:  # the only per-step host sync
           lr = float(optimizers.learning_rate(exp.schedule, step - 1, state.plateau))
-          _check_finite(finite, step, epoch + 1, lr)
+          _check_health(config, metrics, finite, carry, step, epoch + 1, lr)
           running = metrics.compute()
           progress.log(epoch + 1, config.num_epochs, step, float(running['loss']),
                        float(running['accuracy']))
@@ -125,20 +145,23 @@ def _train(exp: experiment.Experiment, workdir: str) -> Dict[str, Any]:
                                       'train_accuracy': running['accuracy'], 'learning_rate': lr})
         if guard.received and step % spe:   # at an epoch's end, validate and save it first
           lr = float(optimizers.learning_rate(exp.schedule, step - 1, state.plateau))
-          _check_finite(finite, step, epoch + 1, lr)   # never checkpoint a non-finite state
+          # Never checkpoint a non-finite state.
+          _check_health(config, metrics, finite, carry, step, epoch + 1, lr)
           _save_partial_epoch(exp, state, history, metrics, finite, step)
           raise preemption.Preempted(_resume_message(guard.received, step, spe, workdir))
 
       lr = float(optimizers.learning_rate(exp.schedule, step - 1, state.plateau))
-      _check_finite(finite, step, epoch + 1, lr)
+      _check_health(config, metrics, finite, carry, step, epoch + 1, lr)
       train = jax.device_get(metrics.compute())
       val = run_eval(eval_step, state, val_data, exp.mesh)
       seconds = time.time() - epoch_start
       row = {'epoch': epoch + 1, 'step': step, 'loss': float(train['loss']),
              'accuracy': float(train['accuracy']), 'val_loss': val['loss'],
-             'val_accuracy': val['accuracy'], 'learning_rate': lr, 'seconds': round(seconds, 3),
+             'val_accuracy': val['accuracy'], 'learning_rate': lr,
+             'skipped_steps': int(train['skipped']['total']), 'seconds': round(seconds, 3),
              'images_per_second': round((step - epoch_first_step) * config.batch_size / seconds, 2)}
       history['epochs'].append(row)
+      history['skips_in_a_row'] = _skips_in_a_row(metrics, carry)
       logging.info('epoch %d/%d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f '
                    '(%d images) lr %.3g, %.1fs', epoch + 1, config.num_epochs, row['loss'],
                    row['accuracy'], row['val_loss'], row['val_accuracy'], val['num_images'], lr,
@@ -150,8 +173,12 @@ def _train(exp: experiment.Experiment, workdir: str) -> Dict[str, Any]:
         es = config.early_stopping
         history['stop_reason'] = callbacks.early_stopping_reason(
             history['epochs'], es.monitor, es.patience, es.min_delta)
-      exp.checkpoints.save(step, state, history, metrics={
-          'val_loss': row['val_loss'], 'val_accuracy': row['val_accuracy']})
+      val_metrics = {'val_loss': row['val_loss'], 'val_accuracy': row['val_accuracy']}
+      if not all(math.isfinite(v) for v in val_metrics.values()):
+        # Kept as a latest checkpoint, never picked as the best one.
+        logging.warning('non-finite validation metrics %s at step %d', val_metrics, step)
+        val_metrics = None
+      exp.checkpoints.save(step, state, history, metrics=val_metrics)
       if jax.process_index() == 0:
         callbacks.write_csv(os.path.join(workdir, callbacks.LOG_CSV), history['epochs'])
       writer.write_scalars(step, {k: row[k] for k in ('loss', 'accuracy', 'val_loss',

@@ -10,6 +10,7 @@ from catsdogs_jax.preprocessing import PREPROCESSORS
 from catsdogs_jax.train_state import abstract_variables
 
 MONITORS = ('val_loss', 'val_accuracy')
+NAN_POLICIES = ('stop', 'skip')
 RESIZE_METHODS = ('bilinear', 'nearest', 'bicubic', 'area', 'lanczos3', 'mitchellcubic')
 
 
@@ -36,6 +37,7 @@ def validate_config(config, num_devices: int = None):
   _choice(config.early_stopping.monitor, MONITORS, 'early_stopping.monitor')
   _choice(config.checkpoint.best_monitor, MONITORS, 'checkpoint.best_monitor')
   _choice(config.channels, (1, 3), 'channels')
+  _choice(config.nan_policy, NAN_POLICIES, 'nan_policy')
   _choice(config.augment.fill_mode, augment.FILL_MODES, 'augment.fill_mode')
   _choice(config.augment.interpolation, augment.INTERPOLATIONS, 'augment.interpolation')
   for field in augment.RANDOM_FIELDS:
@@ -55,6 +57,8 @@ def validate_config(config, num_devices: int = None):
     raise ConfigError(f'config.lr_find needs 0 < min_lr < max_lr, num_steps >= 10 and '
                       f'diverge_factor > 1; got min_lr={lf.min_lr}, max_lr={lf.max_lr}, '
                       f'num_steps={lf.num_steps}, diverge_factor={lf.diverge_factor}.')
+  if config.max_skipped_steps < 1:
+    raise ConfigError(f'config.max_skipped_steps must be at least 1, got {config.max_skipped_steps}.')
   if config.checkpoint.keep < 1:
     raise ConfigError(f'config.checkpoint.keep must be at least 1, got {config.checkpoint.keep}.')
   try:

@@ -107,6 +107,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.early_stopping.monitor = 'val_loss'  # val_loss or val_accuracy
   config.early_stopping.patience = 10  # epochs without improvement before stopping
   config.early_stopping.min_delta = 0.0
+  config.nan_policy = 'stop'           # non-finite loss or gradients: 'stop' (within one log interval)
+                                       # or 'skip' (the update is not applied; counted in log.csv)
+  config.max_skipped_steps = 10        # 'skip': stop after this many skipped steps in a row
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.keep = 3           # most recent epoch checkpoints kept (plus the best)
   config.checkpoint.best_monitor = 'val_accuracy'  # metric that picks the best checkpoint

@@ -14,9 +14,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from catsdogs_jax import callbacks, train, workdir as workdir_files
+from catsdogs_jax import callbacks, metrics as metrics_lib, train, workdir as workdir_files
 from catsdogs_jax.workdir import WorkdirError
-from conftest import override, tiny_mlp_config
+from conftest import override, tiny_config, tiny_mlp_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS_PER_EPOCH, EPOCHS = 3, 4   # 24 training images, batch 8
@@ -175,3 +175,55 @@ def test_a_truncated_checkpoint_is_skipped_and_none_restoring_is_an_error(image_
       f.truncate(16)
   with pytest.raises(WorkdirError, match='(?s)No checkpoint in .* restores.*step 3.*Nothing was changed'):
     train.train_and_evaluate(override(config, num_epochs=4), workdir)
+
+
+# ----------------------------------------------------------------- non-finite loss
+
+
+def test_skipped_step_runs_merge_like_counting_them_one_by_one():
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    flags = rng.integers(0, 2, rng.integers(1, 12))
+    parts = [metrics_lib.SkippedSteps.from_model_output(skipped=bool(f)) for f in flags]
+    while len(parts) > 1:   # merge neighbours in a random order, as any split of an epoch would
+      i = rng.integers(0, len(parts) - 1)
+      parts[i:i + 2] = [parts[i].merge(parts[i + 1])]
+    got = jax.tree.map(int, parts[0].compute())
+    runs = [len(r) for r in ''.join(map(str, flags)).split('0')]
+    assert got == {'total': int(flags.sum()), 'leading': runs[0], 'trailing': runs[-1],
+                   'longest': max(runs), 'every': int(flags.all())}, flags
+
+
+def _diverging(folder, **fields):
+  return tiny_config(folder, num_epochs=4, log_every_steps=2,
+                     **{'optimizer.name': 'sgd', 'optimizer.learning_rate': 1e3, **fields})
+
+
+def test_non_finite_loss_stops_within_a_log_interval_and_earlier_checkpoints_restore(
+    image_folder, tmp_path):
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(tiny_config(image_folder, **{'optimizer.name': 'sgd',
+                                                        'optimizer.learning_rate': 1e-2}),
+                           workdir)
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r'Non-finite loss or gradients before step 6 \(epoch 2, learning '
+                           r'rate 1e\+03\).*lr_find.*Earlier checkpoints are kept'):
+    train.train_and_evaluate(_diverging(image_folder), workdir)
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['3']
+  params = ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', '3',
+                                                           'state'))['params']
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_skip_policy_skips_counts_and_stops_after_too_many_in_a_row(image_folder, tmp_path):
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(tiny_config(image_folder, **{'optimizer.name': 'sgd',
+                                                        'optimizer.learning_rate': 1e-2}),
+                           workdir)
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r'^3 steps in a row .* skipped \(config.max_skipped_steps=3\)'):
+    train.train_and_evaluate(_diverging(image_folder, nan_policy='skip', max_skipped_steps=3),
+                             workdir)
+  rows = callbacks.read_csv(os.path.join(workdir, callbacks.LOG_CSV))
+  assert [r['skipped_steps'] for r in rows] == ['0', '1']
+  assert np.isfinite(float(rows[1]['loss']))   # the skipped step's loss is left out

@@ -27,9 +27,13 @@ def _batch(n, size, num_classes=2, seed=0):
           'label': rng.integers(0, num_classes, (n,), dtype=np.int32)}
 
 
-def _two_steps(config, devices, batch):
-  """State after one step, its loss, and the loss of the next step (which sees the update)."""
-  mesh, state, step, _ = _setup(config, devices)
+def _two_steps(config, devices, batch, setup=None):
+  """State after one step, its loss, and the loss of the next step (which sees the update).
+
+  `setup` (from `_setup`) reuses a compiled step; its state is re-initialised.
+  """
+  mesh, state, step, _ = setup or _setup(config, devices)
+  state = jax.tree.map(lambda x: x.copy(), state)   # the step donates its input state
   sharded = parallel.shard_batch(batch, mesh)
   state, metrics, finite = step(state, sharded)
   first = (jax.device_get(state), float(metrics.compute()['loss']))
@@ -58,7 +62,8 @@ def test_sharded_step_equals_single_device_step(name, loss):
   config.image_size = 48 if name == 'small_cnn' else 64
   batch = _batch(16, config.image_size)
 
-  (one, loss_one, next_one), _ = _two_steps(config, jax.devices()[:1], batch)
+  single = _setup(config, jax.devices()[:1])
+  (one, loss_one, next_one), _ = _two_steps(config, jax.devices()[:1], batch, single)
   (four, loss_four, next_four), sharded = _two_steps(config, jax.devices(), batch)
   # The batch really is split: 4 examples on each device.
   assert sharded['image'].sharding.spec == jax.sharding.PartitionSpec('data')
@@ -76,13 +81,12 @@ def test_sharded_step_equals_single_device_step(name, loss):
     # floor is what merely reordering the batch on one device does.
     perm = np.random.default_rng(1).permutation(len(batch['label']))
     (reordered, _, _), _ = _two_steps(config, jax.devices()[:1],
-                                      {k: v[perm] for k, v in batch.items()})
+                                      {k: v[perm] for k, v in batch.items()}, single)
     floor = _max_difference(trees(one), trees(reordered))
     assert _max_difference(trees(one), trees(four)) <= 2 * floor + 1e-7
 
   # Parameters moved: the comparison is not between two untouched initialisations.
-  _, init_state, _, _ = _setup(config, jax.devices()[:1])
-  assert _max_difference(one.params, jax.device_get(init_state.params)) > 1e-5
+  assert _max_difference(one.params, jax.device_get(single[1].params)) > 1e-5
 
 
 def test_eval_step_masks_padding():

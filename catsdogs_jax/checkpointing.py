@@ -5,8 +5,11 @@ Each checkpoint holds two items: `state` (the TrainState pytree) and `history`
 early stopping and "already finished" are all restored with the weights.
 """
 
+import contextlib
+import errno
 import glob
 import os
+import shutil
 from typing import Any, Dict, List, Optional, Tuple
 
 import orbax.checkpoint as ocp
@@ -63,9 +66,37 @@ class Checkpoints:
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, state, history: Dict[str, Any], metrics: Dict[str, float]):
-    self.manager.save(step, args=ocp.args.Composite(**{
-        STATE: ocp.args.StandardSave(state), HISTORY: ocp.args.JsonSave(history)}),
-        metrics=metrics)
+    with self._disk_full_is_clear():
+      self.manager.save(step, args=ocp.args.Composite(**{
+          STATE: ocp.args.StandardSave(state), HISTORY: ocp.args.JsonSave(history)}),
+          metrics=metrics)
+
+  @contextlib.contextmanager
+  def _disk_full_is_clear(self):
+    """A full disk while saving: the unfinished save is removed, and the error says so.
+
+    Saves run in the background, so the failure may surface at the next save.
+    """
+    try:
+      yield
+    except Exception as e:  # Orbax and TensorStore wrap the OSError in their own types
+      if 'No space left on device' not in str(e) and getattr(e, 'errno', None) != errno.ENOSPC:
+        raise
+      try:
+        self.manager.wait_until_finished()   # let background threads settle before cleaning up
+      except Exception:  # the same failure again
+        pass
+      for path in glob.glob(os.path.join(self.directory, f'*{TMP_MARKER}*')):
+        shutil.rmtree(path, ignore_errors=True)
+      usage = shutil.disk_usage(self.directory)
+      intact = sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+      raise WorkdirError(
+          f'The disk holding {self.directory} is full ({usage.free / 2**20:.1f} MiB free of '
+          f'{usage.total / 2**20:.1f} MiB) while saving a checkpoint; the unfinished save was '
+          'removed. ' + (f'The checkpoint at step {intact[-1]} is intact: free space (or lower '
+                         'config.checkpoint.keep) and run the same command again to resume '
+                         'from it.' if intact else 'Free space and run the same command again.')
+      ) from e
 
   def restore_newest(self, abstract_state) -> Optional[Tuple[Any, Dict[str, Any]]]:
     """(state, history) of the newest checkpoint that restores; None when there is none.
@@ -95,7 +126,8 @@ class Checkpoints:
     return restored[STATE], restored[HISTORY]
 
   def wait(self):
-    self.manager.wait_until_finished()
+    with self._disk_full_is_clear():
+      self.manager.wait_until_finished()
 
   def close(self):
     self.manager.close()

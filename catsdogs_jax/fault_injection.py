@@ -89,16 +89,18 @@ def inject(kind: str, at: int):
     run_eval_with_fault.calls = 0
     train.run_eval = run_eval_with_fault
   elif kind == 'enospc_save':
-    save = checkpointing.Checkpoints.save
+    # Below our code: Orbax's save fails as a write to a full disk would.
+    import orbax.checkpoint as ocp
+    save = ocp.CheckpointManager.save
 
-    def failing_save(self, *args, **kwargs):
+    def failing_save(self, step, *args, **kwargs):
       failing_save.calls += 1
       if failing_save.calls == at:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.directory)
-      return save(self, *args, **kwargs)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.directory))
+      return save(self, step, *args, **kwargs)
 
     failing_save.calls = 0
-    checkpointing.Checkpoints.save = failing_save
+    ocp.CheckpointManager.save = failing_save
 
 
 def main(argv):

@@ -58,7 +58,14 @@ class Lock:
     self.held = False
     if jax.process_index() != 0:
       return
-    os.makedirs(workdir, exist_ok=True)
+    try:
+      os.makedirs(workdir, exist_ok=True)
+      probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
+      open(probe, 'w').close()
+      os.remove(probe)
+    except OSError as e:
+      raise WorkdirError(f'Cannot write to --workdir={workdir!r} ({e.strerror}: {e.filename}); '
+                         'choose a folder this user can write to.') from e
     me = {'host': socket.gethostname(), 'pid': os.getpid(),
           'since': time.strftime('%Y-%m-%d %H:%M:%S')}
     while not self.held:

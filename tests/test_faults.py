@@ -4,6 +4,7 @@ Each faulty run is resumed to the end and must equal an uninterrupted run bit fo
 bit: final parameters and log.csv (timing columns aside).
 """
 
+import errno
 import os
 import socket
 import subprocess
@@ -227,3 +228,53 @@ def test_skip_policy_skips_counts_and_stops_after_too_many_in_a_row(image_folder
   rows = callbacks.read_csv(os.path.join(workdir, callbacks.LOG_CSV))
   assert [r['skipped_steps'] for r in rows] == ['0', '1']
   assert np.isfinite(float(rows[1]['loss']))   # the skipped step's loss is left out
+
+
+# ----------------------------------------------------------------- full disk, unwritable workdir
+
+
+def test_enospc_while_saving_is_clear_and_the_previous_checkpoint_resumes(image_folder, tmp_path,
+                                                                         monkeypatch):
+  save = ocp.CheckpointManager.save
+
+  def full_disk_at_step_6(self, step, *args, **kwargs):
+    if step == 6:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.directory))
+    return save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', full_disk_at_step_6)
+  workdir = str(tmp_path / 'run')
+  config = tiny_mlp_config(image_folder, num_epochs=2)
+  with pytest.raises(WorkdirError, match=r'disk holding .* is full \(.* MiB free of .* MiB\).*'
+                                         r'checkpoint at step 3 is intact'):
+    train.train_and_evaluate(config, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3']
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', save)
+  history = train.train_and_evaluate(config, workdir)
+  assert [row['step'] for row in history['epochs']] == [3, 6]
+
+
+def test_a_really_full_file_system(image_folder, tmp_path):
+  mount = tmp_path / 'small_disk'
+  mount.mkdir()
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=5m', 'tmpfs', str(mount)],
+                    capture_output=True).returncode:
+    pytest.skip('mounting a small tmpfs needs root')
+  try:
+    workdir = str(mount / 'run')
+    # Each checkpoint of this MLP takes about 3 MiB: the second one cannot fit.
+    config = tiny_mlp_config(image_folder, num_epochs=3, **{'checkpoint.keep': 1})
+    with pytest.raises(WorkdirError, match=r'is full .*checkpoint at step 3 is intact'):
+      train.train_and_evaluate(config, workdir)
+    assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3']
+    subprocess.run(['mount', '-o', 'remount,size=20m', str(mount)], check=True)
+    history = train.train_and_evaluate(config, workdir)
+    assert [row['step'] for row in history['epochs']] == [3, 6, 9]
+  finally:
+    subprocess.run(['umount', str(mount)])
+
+
+def test_an_unwritable_workdir_is_refused_before_training(image_folder, tmp_path):
+  (tmp_path / 'a_file').write_text('')
+  with pytest.raises(WorkdirError, match=r"Cannot write to --workdir='.*a_file/run'"):
+    train.train_and_evaluate(tiny_mlp_config(image_folder), str(tmp_path / 'a_file' / 'run'))

@@ -45,6 +45,11 @@ class SkippedSteps(metrics.Metric):
     s = jnp.asarray(skipped, jnp.int32)
     return cls(total=s, leading=s, trailing=s, longest=s, every=s)
 
+  @classmethod
+  def empty(cls):
+    zero = jnp.zeros((), jnp.int32)
+    return cls(total=zero, leading=zero, trailing=zero, longest=zero, every=zero + 1)  # identity
+
   def merge(self, other):
     return type(self)(
         total=self.total + other.total,

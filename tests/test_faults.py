@@ -186,6 +186,7 @@ def test_skipped_step_runs_merge_like_counting_them_one_by_one():
   for _ in range(20):
     flags = rng.integers(0, 2, rng.integers(1, 12))
     parts = [metrics_lib.SkippedSteps.from_model_output(skipped=bool(f)) for f in flags]
+    parts.insert(rng.integers(0, len(parts) + 1), metrics_lib.SkippedSteps.empty())
     while len(parts) > 1:   # merge neighbours in a random order, as any split of an epoch would
       i = rng.integers(0, len(parts) - 1)
       parts[i:i + 2] = [parts[i].merge(parts[i + 1])]

@@ -17,6 +17,7 @@ import errno
 import os
 import signal
 import sys
+from typing import Any, Dict, List, Optional
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -27,6 +28,37 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Training workdir.')
 flags.DEFINE_string('fault', None, 'KIND:N (see the module docstring); none: train normally.')
+
+
+def command(config_file: str, workdir: str, overrides: Dict[str, Any],
+            fault: Optional[str] = None) -> List[str]:
+  """The command line that trains `config_file` with `overrides` (and a fault) in a new process."""
+  return [sys.executable, '-m', 'catsdogs_jax.fault_injection', f'--config={config_file}',
+          f'--workdir={workdir}', *(f'--config.{k}={v}' for k, v in overrides.items()),
+          *([f'--fault={fault}'] if fault else [])]
+
+
+def outcome(workdir: str):
+  """(parameters of the newest checkpoint, log.csv rows without timing columns) of a run."""
+  import jax
+  import numpy as np
+  import orbax.checkpoint as ocp
+  from catsdogs_jax import callbacks
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit())
+  state = ocp.StandardCheckpointer().restore(
+      os.path.join(workdir, 'checkpoints', str(steps[-1]), 'state'))
+  rows = [{k: v for k, v in r.items() if k not in callbacks.TIMING_COLUMNS}
+          for r in callbacks.read_csv(os.path.join(workdir, callbacks.LOG_CSV))]
+  return jax.tree.map(np.asarray, state['params']), rows
+
+
+def same_outcome(a, b) -> bool:
+  """Bit-identical parameters and equal log rows."""
+  import jax
+  import numpy as np
+  if a[1] != b[1] or jax.tree.structure(a[0]) != jax.tree.structure(b[0]):
+    return False
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a[0]), jax.tree.leaves(b[0])))
 
 
 def parse(fault: str):

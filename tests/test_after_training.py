@@ -265,9 +265,9 @@ def _files(workdir):
   return found
 
 
-def test_lr_find_suggests_a_rate_that_trains_and_leaves_the_workdir_alone(make_config, tmp_path):
-  config = make_config(**{'lr_find.num_steps': 60, 'lr_find.min_lr': 1e-6,
-                          'lr_find.max_lr': 1.0})
+def test_lr_find_suggests_a_rate_that_trains_and_leaves_the_workdir_alone(image_folder, tmp_path):
+  config = tiny_mlp_config(image_folder, **{'lr_find.num_steps': 60, 'lr_find.min_lr': 1e-6,
+                                            'lr_find.max_lr': 1.0})
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(override(config.copy_and_resolve_references(),
                                     **{'optimizer.learning_rate': 1e-6}), workdir)

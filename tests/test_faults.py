@@ -8,14 +8,14 @@ import errno
 import os
 import socket
 import subprocess
-import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from catsdogs_jax import callbacks, metrics as metrics_lib, train, workdir as workdir_files
+from catsdogs_jax import callbacks, fault_injection, metrics as metrics_lib, train
+from catsdogs_jax import workdir as workdir_files
 from catsdogs_jax.workdir import WorkdirError
 from conftest import override, tiny_config, tiny_mlp_config
 
@@ -24,37 +24,23 @@ STEPS_PER_EPOCH, EPOCHS = 3, 4   # 24 training images, batch 8
 FIELDS = {'num_epochs': EPOCHS, 'model.dropout_rate': 0.3, 'checkpoint.keep': 2}
 
 
-def _command_line(folder, workdir, fault=None):
+def _overrides(folder):
   config = tiny_mlp_config(folder, **FIELDS)
-  flags = [f'--config.{k}={v}' for k, v in (
-      ('dataset', config.dataset), ('train_split', 'train'), ('eval_split', 'validation'),
-      ('test_split', 'test'), ('image_size', 16), ('channels', 3), ('num_classes', 2),
-      ('batch_size', 8), ('loss', 'softmax'), ('preprocess', 'rescale'),
-      ('optimizer.weight_decay', 0.0), ('log_every_steps', 2), ('cache', True),
-      *FIELDS.items())]
-  return [sys.executable, '-m', 'catsdogs_jax.fault_injection',
-          f'--config={os.path.join(ROOT, "configs", "mnist_mlp.py")}', f'--workdir={workdir}',
-          *flags, *([f'--fault={fault}'] if fault else [])]
+  return {'dataset': config.dataset, 'train_split': 'train', 'eval_split': 'validation',
+          'test_split': 'test', 'image_size': 16, 'channels': 3, 'num_classes': 2,
+          'batch_size': 8, 'loss': 'softmax', 'preprocess': 'rescale',
+          'optimizer.weight_decay': 0.0, 'log_every_steps': 2, 'cache': True, **FIELDS}
 
 
 def _run(folder, workdir, fault=None):
-  return subprocess.run(_command_line(folder, workdir, fault), cwd=ROOT, capture_output=True,
-                        text=True, timeout=300)
+  return subprocess.run(
+      fault_injection.command(os.path.join(ROOT, 'configs', 'mnist_mlp.py'), workdir,
+                              _overrides(folder), fault),
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-def _outcome(workdir):
-  """(final parameters, log.csv rows without timing) of a finished run."""
-  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints'))
-                 if s.isdigit())
-  state = ocp.StandardCheckpointer().restore(
-      os.path.join(workdir, 'checkpoints', str(steps[-1]), 'state'))
-  rows = [{k: v for k, v in r.items() if k not in callbacks.TIMING_COLUMNS}
-          for r in callbacks.read_csv(os.path.join(workdir, callbacks.LOG_CSV))]
-  return jax.tree.map(np.asarray, state['params']), rows
-
-
-def _assert_same(outcome, reference):
-  params, rows = outcome
+def _assert_same(workdir, reference):
+  params, rows = fault_injection.outcome(workdir)
   assert rows == reference[1]
   jax.tree.map(np.testing.assert_array_equal, params, reference[0])
 
@@ -64,7 +50,7 @@ def reference(image_folder, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('reference') / 'run')
   result = _run(image_folder, workdir)
   assert result.returncode == 0, result.stderr[-3000:]
-  outcome = _outcome(workdir)
+  outcome = fault_injection.outcome(workdir)
   assert len(outcome[1]) == EPOCHS
   return outcome
 
@@ -85,7 +71,7 @@ def test_kill_9_at_a_random_point_then_resume_equals_the_uninterrupted_run(
   resumed = _run(image_folder, workdir)
   assert resumed.returncode == 0, (fault, resumed.stderr[-3000:])
   assert 'Taking over the lock' in resumed.stderr   # the killed run's lock was stale
-  _assert_same(_outcome(workdir), reference)
+  _assert_same(workdir, reference)
   assert not os.path.exists(os.path.join(workdir, workdir_files.LOCK_FILE))
 
 
@@ -102,7 +88,7 @@ def test_sigterm_mid_epoch_checkpoints_that_step_and_resumes_exactly(image_folde
   resumed = _run(image_folder, workdir)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert 'resuming from the checkpoint at step 4' in resumed.stderr
-  _assert_same(_outcome(workdir), reference)
+  _assert_same(workdir, reference)
 
 
 # ----------------------------------------------------------------- one run per workdir
@@ -272,7 +258,7 @@ def test_a_really_full_file_system(image_folder, tmp_path):
     history = train.train_and_evaluate(config, workdir)
     assert [row['step'] for row in history['epochs']] == [3, 6, 9]
   finally:
-    subprocess.run(['umount', str(mount)])
+    subprocess.run(['umount', '-l', str(mount)])   # lazy: open handles must not keep it
 
 
 def test_an_unwritable_workdir_is_refused_before_training(image_folder, tmp_path):

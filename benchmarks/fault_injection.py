@@ -88,22 +88,24 @@ def trial(kind: str, rng, data: str, workdir: str, reference) -> str:
     return resume(data, workdir, reference)
   if kind == 'nan':   # diverges after 1 to 3 good epochs; the good checkpoints must stay
     good = int(rng.integers(1, EPOCHS))
-    run(data, workdir, num_epochs=good, **{'optimizer.learning_rate': 0.008})
-    diverged = run(data, workdir, **{'optimizer.learning_rate': 1e9})
+    cnn = {'model.name': 'small_cnn', 'image_size': 48, 'model.dropout_rate': 0.0}
+    run(data, workdir, num_epochs=good, **cnn, **{'optimizer.learning_rate': 1e-2})
+    diverged = run(data, workdir, **cnn, **{'optimizer.learning_rate': 1e3})
     if diverged.returncode == 0 or 'Non-finite loss' not in diverged.stderr:
       return 'different'
     steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit())
     return 'survived' if steps and steps[-1] == good * STEPS else 'lost'
-  if kind == 'second_run':
-    first = subprocess.Popen(fault_injection.command(CONFIG, workdir, overrides(data)), cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  if kind == 'second_run':   # the first run pauses mid-training while a second one starts
+    first = subprocess.Popen(
+        fault_injection.command(CONFIG, workdir, overrides(data),
+                                f'pause_step:{rng.integers(1, STEPS * EPOCHS + 1)}'),
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lock = os.path.join(workdir, 'lock.json')
     while not os.path.exists(lock) and first.poll() is None:
       time.sleep(0.05)
     second = run(data, workdir)
     first.wait(timeout=600)
-    refused = second.returncode != 0 and 'in use by process' in second.stderr
-    if not refused:
+    if second.returncode == 0 or 'in use by process' not in second.stderr:
       return 'different'
     return finished_same(workdir, reference) if first.returncode == 0 else 'lost'
   if kind == 'truncated_checkpoint':

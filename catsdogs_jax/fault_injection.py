@@ -8,7 +8,8 @@ like `main.py` with one fault injected at the N-th occurrence of a point of the 
 - `kill_eval:N`  SIGKILL in the middle of the N-th evaluation (after its first batch);
 - `term_step:N`  SIGTERM after train step N (the run checkpoints that step and exits);
 - `enospc_save:N` the N-th checkpoint save fails with "No space left on device" at the
-  file-writing layer.
+  file-writing layer;
+- `pause_step:N` sleeps 20 s after train step N (a slow run, for a second run to meet).
 
 A SIGKILL is real: the process dies without any cleanup, as with `kill -9`.
 """
@@ -17,12 +18,14 @@ import errno
 import os
 import signal
 import sys
+import time
 from typing import Any, Dict, List, Optional
 
 from absl import app, flags
 from ml_collections import config_flags
 
-FAULT_KINDS = ('kill_step', 'kill_save', 'kill_eval', 'term_step', 'enospc_save')
+FAULT_KINDS = ('kill_step', 'kill_save', 'kill_eval', 'term_step', 'enospc_save', 'pause_step')
+PAUSE_SECONDS = 20
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
@@ -94,9 +97,10 @@ def inject(kind: str, at: int):
   """Patches the training code in this process so that fault `kind` happens at occurrence `at`."""
   from catsdogs_jax import checkpointing, parallel, train
 
-  if kind in ('kill_step', 'term_step'):
+  if kind in ('kill_step', 'term_step', 'pause_step'):
     jit_train_step = parallel.jit_train_step
-    action = _kill if kind == 'kill_step' else _term
+    action = {'kill_step': _kill, 'term_step': _term,
+              'pause_step': lambda *_: time.sleep(PAUSE_SECONDS)}[kind]
     train.parallel.jit_train_step = lambda *a: _counting(jit_train_step(*a), at, action)
   elif kind == 'kill_save':
     # The save is asynchronous: killing right after it starts catches the write in flight.

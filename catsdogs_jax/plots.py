@@ -17,15 +17,25 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 DPI = 100
 
 
-def _save(fig, path: str) -> str:
+def _save(fig, path: str, title: str = '') -> str:
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
   fig.savefig(path, dpi=DPI)
   plt.close(fig)
   return path
 
 
-def _grid_shape(n: int, max_columns: int) -> tuple:
+def _tiles(n: int, max_columns: int, width: float, height: float, extra: float):
+  """A figure of `n` axes in rows of at most `max_columns`, `width` x `height` inches each,
+  `extra` inches for titles; returns (figure, the first n axes); the axes have no frame."""
   columns = max(min(n, max_columns), 1)
-  return math.ceil(n / columns), columns
+  rows = math.ceil(n / columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows + extra),
+                           squeeze=False)
+  for ax in axes.flat:
+    ax.axis('off')
+  return fig, axes.flat[:n]
 
 
 def training_curves(rows: List[Dict[str, float]], lr_changes: Sequence[tuple], path: str,
@@ -49,10 +59,7 @@ def training_curves(rows: List[Dict[str, float]], lr_changes: Sequence[tuple], p
     ax.set_title(f'{metric}: train and validation')
     ax.grid(alpha=0.3)
     ax.legend()
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  return _save(fig, path)
+  return _save(fig, path, title)
 
 
 def class_probabilities(probabilities: Sequence[float], class_names: Sequence[str], path: str,
@@ -65,7 +72,6 @@ def class_probabilities(probabilities: Sequence[float], class_names: Sequence[st
   ax.set_xlabel('class')
   ax.set_ylabel('probability')
   ax.set_title(title, fontsize=9)
-  fig.tight_layout()
   return _save(fig, path)
 
 
@@ -73,52 +79,29 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], path: str,
                suptitle: str = '', max_columns: int = 10,
                title_colors: Optional[Sequence[str]] = None) -> str:
   """uint8 images ([H, W, 3] or [H, W, 1]) tiled with a title each."""
-  rows, columns = _grid_shape(len(images), max_columns)
-  fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows + 0.4),
-                           squeeze=False)
-  for ax in axes.flat:
-    ax.axis('off')
-  for i, (image, title) in enumerate(zip(images, titles)):
-    ax = axes.flat[i]
+  fig, axes = _tiles(len(images), max_columns, 2.2, 2.4, 0.4)
+  for i, (ax, image, title) in enumerate(zip(axes, images, titles)):
     ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap='gray')
     ax.set_title(title, fontsize=7, color=title_colors[i] if title_colors else 'black')
-  if suptitle:
-    fig.suptitle(suptitle)
-  fig.tight_layout()
-  return _save(fig, path)
+  return _save(fig, path, suptitle)
 
 
 def channel_grid(feature_map: np.ndarray, path: str, title: str, max_columns: int = 16) -> str:
   """Each channel of a [H, W, C] activation as a small image, each scaled to its own range."""
-  channels = feature_map.shape[-1]
-  rows, columns = _grid_shape(channels, max_columns)
-  fig, axes = plt.subplots(rows, columns, figsize=(1.1 * columns, 1.1 * rows + 0.6),
-                           squeeze=False)
-  for ax in axes.flat:
-    ax.axis('off')
-  for c in range(channels):
-    axes.flat[c].imshow(feature_map[..., c], cmap='viridis')
-  fig.suptitle(title)
-  fig.tight_layout()
-  return _save(fig, path)
+  fig, axes = _tiles(feature_map.shape[-1], max_columns, 1.1, 1.1, 0.6)
+  for c, ax in enumerate(axes):
+    ax.imshow(feature_map[..., c], cmap='viridis')
+  return _save(fig, path, title)
 
 
 def kernel_tiles(kernels: np.ndarray, path: str, title: str, max_columns: int = 16) -> str:
   """First-layer kernels [k, k, 3 or 1, C] as RGB (or grey) tiles, each scaled to [0, 1]."""
-  count = kernels.shape[-1]
-  rows, columns = _grid_shape(count, max_columns)
-  fig, axes = plt.subplots(rows, columns, figsize=(0.8 * columns, 0.8 * rows + 0.6),
-                           squeeze=False)
-  for ax in axes.flat:
-    ax.axis('off')
-  for c in range(count):
+  fig, axes = _tiles(kernels.shape[-1], max_columns, 0.8, 0.8, 0.6)
+  for c, ax in enumerate(axes):
     k = kernels[..., c]
     k = (k - k.min()) / max(float(k.max() - k.min()), 1e-12)
-    axes.flat[c].imshow(k[..., 0] if k.shape[-1] == 1 else k, cmap='gray',
-                        interpolation='nearest')
-  fig.suptitle(title)
-  fig.tight_layout()
-  return _save(fig, path)
+    ax.imshow(k[..., 0] if k.shape[-1] == 1 else k, cmap='gray', interpolation='nearest')
+  return _save(fig, path, title)
 
 
 def learning_rate_range(lrs: np.ndarray, losses: np.ndarray, smoothed: np.ndarray,
@@ -137,7 +120,6 @@ def learning_rate_range(lrs: np.ndarray, losses: np.ndarray, smoothed: np.ndarra
   ax.set_title('Learning-rate range test')
   ax.grid(alpha=0.3, which='both')
   ax.legend()
-  fig.tight_layout()
   return _save(fig, path)
 
 
@@ -159,5 +141,4 @@ def validation_curves(variants: Dict[str, List[Sequence[float]]], path: str) -> 
   ax.set_title('Validation accuracy per epoch (mean over seeds; band: min to max)')
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  fig.tight_layout()
   return _save(fig, path)

@@ -10,6 +10,7 @@ import errno
 import glob
 import os
 import shutil
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import orbax.checkpoint as ocp
@@ -21,6 +22,7 @@ from catsdogs_jax.workdir import WorkdirError
 
 STATE, HISTORY = 'state', 'history'
 TMP_MARKER = '.orbax-checkpoint-tmp'   # how Orbax names a save still in progress
+DAMAGED_DIR = 'checkpoints_damaged'    # checkpoints that did not restore, kept for inspection
 
 
 def has_checkpoints(workdir: str) -> bool:
@@ -46,6 +48,7 @@ class Checkpoints:
                        keep_checkpoints_without_metrics=False),
     ])
     self.directory = os.path.join(self.workdir, 'checkpoints')
+    self.read_only = read_only
     if not read_only:
       for path in glob.glob(os.path.join(self.directory, f'*{TMP_MARKER}*')):
         logging.warning('Removing %s: a checkpoint a crash left half-written (never restored).',
@@ -102,22 +105,38 @@ class Checkpoints:
     """(state, history) of the newest checkpoint that restores; None when there is none.
 
     One that fails (a truncated or tampered file) is skipped with a warning
-    naming it. When checkpoints exist but none restores, this fails rather than
-    start afresh over them.
+    naming it, and moved aside to `checkpoints_damaged/` once an older one has
+    restored, so that training can write that step again. When checkpoints
+    exist but none restores, this fails and changes nothing.
     """
-    failures = []
+    failures, damaged = [], []
     for step in reversed(self.all_steps()):
       try:
-        return self.restore(step, abstract_state)
+        restored = self.restore(step, abstract_state)
       except Exception as e:  # Orbax and TensorStore raise many types for damaged files
         first_line = (str(e).splitlines() or [''])[0][:160]
         failures.append(f'step {step}: {type(e).__name__}: {first_line}')
+        damaged.append(step)
         logging.warning('The checkpoint at step %d in %s does not restore (%s); trying the one '
                         'before it.', step, self.directory, failures[-1])
+        continue
+      self._set_aside(damaged)
+      return restored
     if failures:
       raise WorkdirError(f'No checkpoint in {self.directory} restores ({"; ".join(failures)}). '
                          'Nothing was changed; move the checkpoints away to start afresh.')
     return None
+
+  def _set_aside(self, steps):
+    if self.read_only or not steps:
+      return
+    aside = os.path.join(self.workdir, DAMAGED_DIR)
+    os.makedirs(aside, exist_ok=True)
+    for step in steps:
+      target = os.path.join(aside, f'{step}.{time.strftime("%Y%m%d-%H%M%S")}')
+      shutil.move(os.path.join(self.directory, str(step)), target)
+      logging.warning('Moved the damaged checkpoint at step %d to %s.', step, target)
+    self.manager.reload()
 
   def restore(self, step: int, abstract_state) -> Tuple[Any, Dict[str, Any]]:
     """Restores `step` into the structure, dtypes and shardings of `abstract_state`."""

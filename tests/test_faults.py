@@ -155,6 +155,9 @@ def test_a_truncated_checkpoint_is_skipped_and_none_restoring_is_an_error(image_
   history = train.train_and_evaluate(override(config, num_epochs=3), workdir)
   assert 'The checkpoint at step 6' in caplog.text and 'does not restore' in caplog.text
   assert [row['step'] for row in history['epochs']] == [3, 6, 9]   # epoch 2 trained again
+  # The damaged one is kept aside, and step 6 was written anew.
+  assert [n.split('.')[0] for n in os.listdir(os.path.join(workdir, 'checkpoints_damaged'))] == ['6']
+  _ = ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', '6', 'state'))
 
   for step in os.listdir(os.path.join(workdir, 'checkpoints')):
     path = _largest_file(os.path.join(workdir, 'checkpoints', step, 'state'))

@@ -32,7 +32,7 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from catsdogs_jax import fault_injection  # noqa: E402
+from catsdogs_jax import checkpointing, fault_injection  # noqa: E402
 
 CONFIG = os.path.join(ROOT, 'configs', 'mnist_mlp.py')
 STEPS, EPOCHS = 3, 4
@@ -93,7 +93,7 @@ def trial(kind: str, rng, data: str, workdir: str, reference) -> str:
     diverged = run(data, workdir, **cnn, **{'optimizer.learning_rate': 1e3})
     if diverged.returncode == 0 or 'Non-finite loss' not in diverged.stderr:
       return 'different'
-    steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit())
+    steps = checkpointing.saved_steps(workdir)
     return 'survived' if steps and steps[-1] == good * STEPS else 'lost'
   if kind == 'second_run':   # the first run pauses mid-training while a second one starts
     first = subprocess.Popen(

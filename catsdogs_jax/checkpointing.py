@@ -21,13 +21,19 @@ from catsdogs_jax.callbacks import monitor_mode
 from catsdogs_jax.workdir import WorkdirError
 
 STATE, HISTORY = 'state', 'history'
+CHECKPOINTS_DIR = 'checkpoints'        # in a workdir: one folder per saved step
 TMP_MARKER = '.orbax-checkpoint-tmp'   # how Orbax names a save still in progress
 DAMAGED_DIR = 'checkpoints_damaged'    # checkpoints that did not restore, kept for inspection
 
 
 def has_checkpoints(workdir: str) -> bool:
-  directory = os.path.join(workdir, 'checkpoints')
+  directory = os.path.join(workdir, CHECKPOINTS_DIR)
   return os.path.isdir(directory) and bool(os.listdir(directory))
+
+
+def saved_steps(workdir: str) -> List[int]:
+  """Steps whose checkpoint folder was committed, read from the disk (no Orbax manager)."""
+  return sorted(int(n) for n in os.listdir(os.path.join(workdir, CHECKPOINTS_DIR)) if n.isdigit())
 
 
 def new_history() -> Dict[str, Any]:
@@ -47,7 +53,7 @@ class Checkpoints:
         policies.BestN(get_metric_fn=best_fn, reverse=(mode == 'min'), n=1,
                        keep_checkpoints_without_metrics=False),
     ])
-    self.directory = os.path.join(self.workdir, 'checkpoints')
+    self.directory = os.path.join(self.workdir, CHECKPOINTS_DIR)
     self.read_only = read_only
     if not read_only:
       for path in glob.glob(os.path.join(self.directory, f'*{TMP_MARKER}*')):
@@ -92,7 +98,7 @@ class Checkpoints:
       for path in glob.glob(os.path.join(self.directory, f'*{TMP_MARKER}*')):
         shutil.rmtree(path, ignore_errors=True)
       usage = shutil.disk_usage(self.directory)
-      intact = sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+      intact = saved_steps(self.workdir)
       raise WorkdirError(
           f'The disk holding {self.directory} is full ({usage.free / 2**20:.1f} MiB free of '
           f'{usage.total / 2**20:.1f} MiB) while saving a checkpoint; the unfinished save was '

@@ -47,9 +47,10 @@ def outcome(workdir: str):
   import numpy as np
   import orbax.checkpoint as ocp
   from catsdogs_jax import callbacks
-  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit())
-  state = ocp.StandardCheckpointer().restore(
-      os.path.join(workdir, 'checkpoints', str(steps[-1]), 'state'))
+  from catsdogs_jax import checkpointing
+  newest = checkpointing.saved_steps(workdir)[-1]
+  state = ocp.StandardCheckpointer().restore(os.path.join(
+      workdir, checkpointing.CHECKPOINTS_DIR, str(newest), checkpointing.STATE))
   rows = [{k: v for k, v in r.items() if k not in callbacks.TIMING_COLUMNS}
           for r in callbacks.read_csv(os.path.join(workdir, callbacks.LOG_CSV))]
   return jax.tree.map(np.asarray, state['params']), rows

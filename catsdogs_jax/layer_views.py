@@ -12,6 +12,7 @@ from flax import traverse_util
 from catsdogs_jax import experiment, plots, summary
 from catsdogs_jax.evaluate import inference_state
 from catsdogs_jax.preprocessing import get_preprocessor
+from catsdogs_jax.steps import model_variables
 from catsdogs_jax.validation import ConfigError
 
 FEATURE_MAPS_PNG = 'feature_maps_{layer}_{image}.png'
@@ -74,9 +75,7 @@ def write_feature_maps(config, workdir: str, layers: Sequence[str], specs: Seque
   exp = experiment.build(config, workdir, read_only=True)
   check_layers(exp, layers)
   state, step = inference_state(exp, step)
-  variables = {'params': state.params}
-  if state.batch_stats:
-    variables['batch_stats'] = state.batch_stats
+  variables = model_variables(state)
   run = jax.jit(lambda v, x: layer_activations(exp.model, exp.config, v, x, layers, activation))
   pipeline = input_pipeline.ImagePipeline(exp.config, 'feature_maps', exp.info.class_names,
                                           files=files)

@@ -11,7 +11,9 @@ from catsdogs_jax.optimizers import frozen_mask, is_frozen
 from catsdogs_jax.preprocessing import get_preprocessor
 
 
-def _variables(state, params):
+def model_variables(state, params=None):
+  """The variables `model.apply` takes: `params` (default the state's) and BatchNorm statistics."""
+  params = state.params if params is None else params
   variables = {'params': params}
   if state.batch_stats:
     variables['batch_stats'] = state.batch_stats
@@ -42,7 +44,7 @@ def make_train_step(model, tx: optax.GradientTransformation, config):
                             params, frozen_mask(params, config))
       with batch_norm.inference_where(lambda path: is_frozen(path, config)):
         logits, new_vars = model.apply(
-            _variables(state, params), images, train=True,
+            model_variables(state, params), images, train=True,
             rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
       per_example = losses.per_example_loss(logits, labels, config.loss)
       return per_example.mean(), (per_example, logits, new_vars)
@@ -76,7 +78,7 @@ def _inference_logits(model, config):
 
   def logits_fn(state, images):
     images = preprocess(images).astype(compute_dtype)
-    return model.apply(_variables(state, state.params), images, train=False)
+    return model.apply(model_variables(state), images, train=False)
 
   return logits_fn
 

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Sequence
 from absl import logging
 
 from catsdogs_jax.models import create_model
-from catsdogs_jax.validation import ConfigError, check_image_size, validate_config
+from catsdogs_jax.validation import ConfigError, check_image_size, set_fields, validate_config
 
 VARIANT_JSON = 'variant.json'   # in each run: variant name, overrides, seed
 DONE_JSON = 'done.json'         # in each run: written once trained and evaluated
@@ -63,14 +63,8 @@ def apply_overrides(config, overrides: Dict[str, Any], variant: str):
   """A copy of `config` with the overrides; a missing field or wrong type names the variant."""
   config = config.copy_and_resolve_references()
   for key, value in overrides.items():
-    *parents, leaf = key.split('.')
-    target = config
     try:
-      for parent in parents:
-        target = target[parent]
-      if leaf not in target:
-        raise KeyError(leaf)
-      target[leaf] = value
+      set_fields(config, {key: value})
     except (KeyError, AttributeError) as e:
       raise ConfigError(f'Sweep variant {variant!r}: the config has no field {key!r}.') from e
     except TypeError as e:

@@ -18,6 +18,23 @@ class ConfigError(ValueError):
   """A config value that cannot work; the message names the field and the choices."""
 
 
+def set_fields(config, fields):
+  """Sets dotted fields in place ({'optimizer.name': 'sgd'}); returns `config`.
+
+  A field the config does not have raises KeyError (also on an unlocked
+  config); a value of the wrong type, ml_collections' TypeError.
+  """
+  for key, value in fields.items():
+    *parents, leaf = key.split('.')
+    target = config
+    for parent in parents:
+      target = target[parent]
+    if leaf not in target:
+      raise KeyError(leaf)
+    target[leaf] = value
+  return config
+
+
 def _choice(value, choices, field: str):
   if value not in choices:
     raise ConfigError(f'Unknown config.{field} {value!r}; '

@@ -52,7 +52,8 @@ def read(directory: str) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]
     step = checkpointing.Checkpoints(directory, run_config, read_only=True).best_step()
     if step is None:
       raise WeightsError(f'config.init_from={directory!r} holds no checkpoint yet.')
-    state = _restore_numpy(os.path.join(directory, 'checkpoints', str(step), checkpointing.STATE))
+    state = _restore_numpy(os.path.join(directory, checkpointing.CHECKPOINTS_DIR, str(step),
+                                        checkpointing.STATE))
     metadata = {'model': run_config.model.name, 'preprocess': run_config.preprocess,
                 'source': 'workdir', 'file': directory, 'step': int(step)}
     return state['params'], state.get('batch_stats', {}), metadata

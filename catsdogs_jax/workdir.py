@@ -16,6 +16,8 @@ import ml_collections
 from absl import logging
 from flax import traverse_util
 
+from catsdogs_jax.validation import set_fields
+
 MODEL_FILE = 'model.json'
 CONFIG_FILE = 'config.json'
 LOCK_FILE = 'lock.json'
@@ -156,16 +158,6 @@ def config_differences(previous: Dict[str, Any], config) -> Dict[str, tuple]:
           if before.get(k) != now.get(k)}
 
 
-def _with_value(config, key: str, value):
-  config = config.copy_and_resolve_references()
-  *parents, leaf = key.split('.')
-  target = config
-  for parent in parents:
-    target = target[parent]
-  target[leaf] = tuple(value) if isinstance(target[leaf], tuple) else value
-  return config
-
-
 def check_config_change(workdir: str, config, state_signature: Callable[[Any], Any]):
   """Reports how `config` differs from the one the workdir's checkpoints were trained with.
 
@@ -181,9 +173,12 @@ def check_config_change(workdir: str, config, state_signature: Callable[[Any], A
     return
   now = state_signature(config)
   structural: List[str] = []
-  for key, (old, _) in differences.items():
+  for key, (old, new) in differences.items():
     try:
-      if state_signature(_with_value(config, key, old)) != now:
+      # JSON holds tuples as lists: a list now means a tuple field.
+      reverted = set_fields(config.copy_and_resolve_references(),
+                            {key: tuple(old) if isinstance(new, list) else old})
+      if state_signature(reverted) != now:
         structural.append(key)
     except (KeyError, AttributeError, TypeError, ValueError):
       structural.append(key)   # a field this code no longer has, or cannot take the old value

@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from catsdogs_jax.validation import set_fields  # noqa: E402
 from configs import mnist_mlp, small_cnn  # noqa: E402
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data',
@@ -49,13 +50,7 @@ def image_folder(tmp_path_factory):
 
 def override(config, **fields):
   """Sets config fields named by dotted paths: override(c, **{'optimizer.name': 'sgd'})."""
-  for key, value in fields.items():
-    target = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return config
+  return set_fields(config, fields)
 
 
 def tiny_config(folder, **overrides):

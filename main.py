@@ -54,6 +54,20 @@ flags.DEFINE_string('sweep', None, '--mode=train: a sweep file (configs/sweeps/*
 flags.DEFINE_integer('sweep_seeds', 1, '--sweep: seeds per variant (config.seed, +1, ...).')
 flags.DEFINE_bool('dry_run', False, '--sweep: print the variants and their main.py commands only.')
 flags.DEFINE_multi_string('workdirs', [], '--mode=compare: runs or sweep variants (globs allowed).')
+# Several processes (hosts): see catsdogs_jax/distributed.py and the README.
+flags.DEFINE_bool('distributed', False, 'Start jax.distributed, letting JAX detect the cluster '
+                  '(SLURM, Open MPI, Kubernetes, Cloud TPU) for what the flags below leave out.')
+flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 (or env '
+                    'JAX_COORDINATOR_ADDRESS); with the two flags below, starts jax.distributed.')
+flags.DEFINE_integer('num_processes', None, 'Number of processes (or env JAX_NUM_PROCESSES).')
+flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1 (or env '
+                     'JAX_PROCESS_ID).')
+flags.DEFINE_integer('distributed_timeout', 300, 'Seconds to wait for the coordinator and for '
+                     'every process to connect.')
+flags.DEFINE_integer('heartbeat_timeout', 100, 'Seconds after which a silent process counts as '
+                     'dead and the others stop.')
+
+MULTI_PROCESS_MODES = ('train', 'evaluate')
 
 
 def _quiet_orbax(record) -> bool:
@@ -109,6 +123,24 @@ def run(config, workdir, mode):
     preview.write_preview(config, workdir)
 
 
+def start_processes():
+  """jax.distributed when asked; then every process must be running the same command."""
+  from catsdogs_jax import distributed
+  if not distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                                FLAGS.distributed, FLAGS.distributed_timeout,
+                                FLAGS.heartbeat_timeout):
+    return
+  if FLAGS.mode not in MULTI_PROCESS_MODES or FLAGS.sweep or FLAGS.top_losses:
+    raise distributed.DistributedError(
+        f'--mode={FLAGS.mode}{" --sweep" if FLAGS.sweep else ""}'
+        f'{" --top_losses" if FLAGS.top_losses else ""} runs as one process; several processes '
+        f'run --mode={" or ".join(MULTI_PROCESS_MODES)} only.')
+  config = FLAGS.config.copy_and_resolve_references()
+  distributed.check_same({
+      'config': json.loads(config.to_json_best_effort()),
+      'flags': {name: FLAGS[name].value for name in ('mode', 'workdir', 'split', 'step')}})
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
@@ -120,6 +152,12 @@ def main(argv):
   elif FLAGS.mode != 'summary' and not FLAGS.workdir:
     raise app.UsageError(f'--mode={FLAGS.mode} needs --workdir=DIR.')
   logging.get_absl_handler().addFilter(_quiet_orbax)
+  from catsdogs_jax import distributed
+  try:
+    start_processes()
+  except distributed.DistributedError as e:
+    logging.error('%s', e)
+    sys.exit(f'error: {e}')
   logging.info('%s', summary.environment())
   if FLAGS.config is not None:
     logging.info('config:\n%s', FLAGS.config)
@@ -128,7 +166,7 @@ def main(argv):
     run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except (validation.ConfigError, input_pipeline.DataError, workdir.WorkdirError,
           weights.WeightsError, convert.ConversionError, FileNotFoundError,
-          preemption.Preempted, train.NonFiniteLossError) as e:
+          preemption.Preempted, train.NonFiniteLossError, distributed.DistributedError) as e:
     # Mistakes in the command or the data: the message, not a traceback.
     logging.error('%s', e)
     sys.exit(f'error: {e}')

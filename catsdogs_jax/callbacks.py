@@ -5,6 +5,7 @@ import os
 import time
 from typing import Any, Dict, List, Optional
 
+import jax
 from absl import logging
 
 LOG_CSV = 'log.csv'
@@ -68,7 +69,8 @@ class Progress:
             f'| ETA {_duration(eta)}')
 
   def log(self, *args):
-    logging.info(self.line(*args))
+    if jax.process_index() == 0:
+      logging.info(self.line(*args))
 
 
 def _duration(seconds: float) -> str:

@@ -13,10 +13,12 @@ import shutil
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
+import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
 
+from catsdogs_jax import distributed
 from catsdogs_jax.callbacks import monitor_mode
 from catsdogs_jax.workdir import WorkdirError
 
@@ -55,7 +57,7 @@ class Checkpoints:
     ])
     self.directory = os.path.join(self.workdir, CHECKPOINTS_DIR)
     self.read_only = read_only
-    if not read_only:
+    if not read_only and jax.process_index() == 0:
       for path in glob.glob(os.path.join(self.directory, f'*{TMP_MARKER}*')):
         logging.warning('Removing %s: a checkpoint a crash left half-written (never restored).',
                         path)
@@ -136,12 +138,14 @@ class Checkpoints:
   def _set_aside(self, steps):
     if self.read_only or not steps:
       return
-    aside = os.path.join(self.workdir, DAMAGED_DIR)
-    os.makedirs(aside, exist_ok=True)
-    for step in steps:
-      target = os.path.join(aside, f'{step}.{time.strftime("%Y%m%d-%H%M%S")}')
-      shutil.move(os.path.join(self.directory, str(step)), target)
-      logging.warning('Moved the damaged checkpoint at step %d to %s.', step, target)
+    if jax.process_index() == 0:   # every process found the same ones damaged
+      aside = os.path.join(self.workdir, DAMAGED_DIR)
+      os.makedirs(aside, exist_ok=True)
+      for step in steps:
+        target = os.path.join(aside, f'{step}.{time.strftime("%Y%m%d-%H%M%S")}')
+        shutil.move(os.path.join(self.directory, str(step)), target)
+        logging.warning('Moved the damaged checkpoint at step %d to %s.', step, target)
+    distributed.barrier('damaged checkpoints set aside')
     self.manager.reload()
 
   def restore(self, step: int, abstract_state) -> Tuple[Any, Dict[str, Any]]:

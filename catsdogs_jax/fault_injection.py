@@ -12,6 +12,8 @@ like `main.py` with one fault injected at the N-th occurrence of a point of the 
 - `pause_step:N` sleeps 20 s after train step N (a slow run, for a second run to meet).
 
 A SIGKILL is real: the process dies without any cleanup, as with `kill -9`.
+With JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set, it runs
+as one of several processes (`catsdogs_jax.distributed`), e.g. to kill one of them.
 """
 
 import errno
@@ -31,6 +33,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Training workdir.')
 flags.DEFINE_string('fault', None, 'KIND:N (see the module docstring); none: train normally.')
+flags.DEFINE_integer('heartbeat_timeout', 100, 'Several processes: seconds after which a silent '
+                     'one counts as dead.')
 
 
 def command(config_file: str, workdir: str, overrides: Dict[str, Any],
@@ -49,8 +53,13 @@ def outcome(workdir: str):
   from catsdogs_jax import callbacks
   from catsdogs_jax import checkpointing
   newest = checkpointing.saved_steps(workdir)[-1]
-  state = ocp.StandardCheckpointer().restore(os.path.join(
-      workdir, checkpointing.CHECKPOINTS_DIR, str(newest), checkpointing.STATE))
+  path = os.path.join(workdir, checkpointing.CHECKPOINTS_DIR, str(newest), checkpointing.STATE)
+  checkpointer = ocp.StandardCheckpointer()
+  # Onto one local device, whatever devices and processes saved it.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        checkpointer.metadata(path).item_metadata.tree)
+  state = checkpointer.restore(path, target)
   rows = [{k: v for k, v in r.items() if k not in callbacks.TIMING_COLUMNS}
           for r in callbacks.read_csv(os.path.join(workdir, callbacks.LOG_CSV))]
   return jax.tree.map(np.asarray, state['params']), rows
@@ -142,7 +151,8 @@ def inject(kind: str, at: int):
 
 def main(argv):
   del argv
-  from catsdogs_jax import preemption, train, workdir
+  from catsdogs_jax import distributed, preemption, train, workdir
+  distributed.initialize(heartbeat_timeout=FLAGS.heartbeat_timeout)
   if FLAGS.fault:
     inject(*parse(FLAGS.fault))
   try:

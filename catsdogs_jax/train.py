@@ -143,7 +143,8 @@ def _train(exp: experiment.Experiment, workdir: str) -> Dict[str, Any]:
                        float(running['accuracy']))
           writer.write_scalars(step, {'train_loss': running['loss'],
                                       'train_accuracy': running['accuracy'], 'learning_rate': lr})
-        if guard.received and step % spe:   # at an epoch's end, validate and save it first
+        # At an epoch's end, validate and save it first.
+        if step % spe and guard.stop(sync_point=step % config.log_every_steps == 0):
           lr = float(optimizers.learning_rate(exp.schedule, step - 1, state.plateau))
           # Never checkpoint a non-finite state.
           _check_health(config, metrics, finite, carry, step, epoch + 1, lr)
@@ -187,7 +188,7 @@ def _train(exp: experiment.Experiment, workdir: str) -> Dict[str, Any]:
       if history['stop_reason']:
         logging.info('%s', history['stop_reason'])
         break
-      if guard.received:
+      if guard.stop(sync_point=True):
         exp.checkpoints.wait()
         raise preemption.Preempted(_resume_message(guard.received, step, spe, workdir))
 

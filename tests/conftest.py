@@ -71,14 +71,14 @@ def make_config(image_folder):
   return lambda **overrides: tiny_config(image_folder, **overrides)
 
 
+def tiny_mlp_fields(folder, size=16):
+  """The fields that make configs/mnist_mlp.py tiny_mlp_config (also as --config.* flags)."""
+  return {'dataset': f'folder:{folder}', 'train_split': 'train', 'eval_split': 'validation',
+          'test_split': 'test', 'image_size': size, 'channels': 3, 'num_classes': 2,
+          'batch_size': 8, 'loss': 'softmax', 'preprocess': 'rescale',
+          'optimizer.weight_decay': 0.0, 'num_epochs': 1, 'log_every_steps': 2, 'cache': True}
+
+
 def tiny_mlp_config(folder, size=16, **overrides):
   """The MNIST MLP on RGB images of `size` px: compiles and trains in about a second."""
-  config = mnist_mlp.get_config()
-  config.dataset = f'folder:{folder}'
-  config.train_split, config.eval_split, config.test_split = 'train', 'validation', 'test'
-  config.image_size, config.channels, config.num_classes = size, 3, 2
-  config.batch_size, config.loss, config.preprocess = 8, 'softmax', 'rescale'
-  config.optimizer.weight_decay = 0.0
-  config.num_epochs, config.log_every_steps = 1, 2
-  config.cache = True
-  return override(config, **overrides)
+  return override(mnist_mlp.get_config(), **{**tiny_mlp_fields(folder, size), **overrides})

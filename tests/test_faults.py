@@ -17,7 +17,7 @@ import pytest
 from catsdogs_jax import callbacks, fault_injection, metrics as metrics_lib, train
 from catsdogs_jax import workdir as workdir_files
 from catsdogs_jax.workdir import WorkdirError
-from conftest import override, tiny_config, tiny_mlp_config
+from conftest import override, tiny_config, tiny_mlp_config, tiny_mlp_fields
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS_PER_EPOCH, EPOCHS = 3, 4   # 24 training images, batch 8
@@ -25,11 +25,7 @@ FIELDS = {'num_epochs': EPOCHS, 'model.dropout_rate': 0.3, 'checkpoint.keep': 2}
 
 
 def _overrides(folder):
-  config = tiny_mlp_config(folder, **FIELDS)
-  return {'dataset': config.dataset, 'train_split': 'train', 'eval_split': 'validation',
-          'test_split': 'test', 'image_size': 16, 'channels': 3, 'num_classes': 2,
-          'batch_size': 8, 'loss': 'softmax', 'preprocess': 'rescale',
-          'optimizer.weight_decay': 0.0, 'log_every_steps': 2, 'cache': True, **FIELDS}
+  return {**tiny_mlp_fields(folder), **FIELDS}
 
 
 def _run(folder, workdir, fault=None):

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
-from absl import logging
+from absl import flags, logging
 from orbax.checkpoint import checkpoint_managers as policies
 
 from catsdogs_jax import distributed
@@ -42,6 +42,19 @@ def new_history() -> Dict[str, Any]:
   return {'epochs': [], 'stop_reason': None}
 
 
+def _barriers_through_the_distributed_client():
+  """Orbax's barriers between processes as jax.distributed's, not as device collectives.
+
+  A collective barrier from Orbax's background save thread can interleave with the
+  train step's collectives in a different order on each process: a deadlock.
+  """
+  try:
+    flags.FLAGS.experimental_orbax_use_distributed_barrier = True
+  except (AttributeError, flags.Error):   # flags not parsed (a library caller): Orbax's default
+    logging.warning('Could not make Orbax use distributed barriers; several processes may '
+                    'deadlock while saving. Parse absl flags first (absl.app.run).')
+
+
 class Checkpoints:
   """The checkpoints of one workdir (`workdir/checkpoints/<step>`)."""
 
@@ -57,6 +70,8 @@ class Checkpoints:
     ])
     self.directory = os.path.join(self.workdir, CHECKPOINTS_DIR)
     self.read_only = read_only
+    if jax.process_count() > 1:
+      _barriers_through_the_distributed_client()
     if not read_only and jax.process_index() == 0:
       for path in glob.glob(os.path.join(self.directory, f'*{TMP_MARKER}*')):
         logging.warning('Removing %s: a checkpoint a crash left half-written (never restored).',

@@ -7,6 +7,7 @@ import os
 import jax
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from catsdogs_jax import convert, experiment, models, parallel, validation
 from catsdogs_jax.steps import make_train_step
@@ -61,7 +62,24 @@ def _random_weights(config, directory):
   return directory
 
 
-@pytest.mark.parametrize('name', CONFIGS)
+# Hardware variants: their base's recipe with other batch, learning rate and compute dtype.
+HARDWARE = {'resnet50_gpu': 'resnet50', 'vgg16_gpu': 'vgg16'}
+HARDWARE_FIELDS = {'half_precision', 'batch_size', 'optimizer.learning_rate'}
+
+
+@pytest.mark.parametrize('name', sorted(HARDWARE))
+def test_hardware_configs_change_only_hardware_fields(name):
+  flat = lambda c: traverse_util.flatten_dict(c.to_dict(), sep='.')
+  variant, base = flat(_load(name)), flat(_load(HARDWARE[name]))
+  assert {'half_precision'} <= {k for k in variant if variant[k] != base[k]} <= HARDWARE_FIELDS
+  assert variant['half_precision'] is True
+  # The learning rate follows the batch as in the base (linear scaling) or stays the paper's.
+  assert variant['optimizer.learning_rate'] in (
+      base['optimizer.learning_rate'],
+      base['optimizer.learning_rate'] * variant['batch_size'] / base['batch_size'])
+
+
+@pytest.mark.parametrize('name', [c for c in CONFIGS if c not in HARDWARE])
 def test_config_trains_one_step_at_a_tiny_size(name, image_folder, tmp_path):
   config = override(_load(name), dataset=f'folder:{image_folder}', train_split='train',
                     eval_split='validation', test_split='test', batch_size=8, num_classes=2,

@@ -3,7 +3,8 @@
 Two processes x 2 devices train like one process x 4 devices fed the same global
 batches; main.py writes one log and one set of checkpoints and resumes; a killed
 process takes the other down within the heartbeat timeout and both resume; processes
-started differently, or without a coordinator, fail with a message.
+started differently, or without a coordinator, fail with a message; SIGTERM to one
+stops both at the same step with a checkpoint.
 """
 
 import json
@@ -129,6 +130,21 @@ def test_killed_process_stops_the_other_and_both_resume(folder, two_process_run,
   codes, logs = _finish(_start(folder, workdir))   # both again: the same command
   assert codes == [0, 0], logs[0][-3000:]
   assert 'resuming from the checkpoint at step 3' in logs[0]
+  assert fault_injection.same_outcome(fault_injection.outcome(workdir),
+                                      fault_injection.outcome(two_process_run[0]))
+
+
+def test_sigterm_to_one_process_stops_both_with_a_checkpoint(folder, two_process_run, tmp_path):
+  workdir = str(tmp_path / 'run')
+  # SIGTERM to process 1 after step 5; both stop at the next sync point (log step 6).
+  codes, logs = _finish(_start(folder, workdir, per_process=((), ('--fault=term_step:5',)),
+                               module='catsdogs_jax.fault_injection'))
+  assert codes == [1, 1], logs[0][-2000:]
+  assert 'SIGTERM received: stopped after step 6 (the end of epoch 2)' in logs[1]
+  assert 'A signal to another process (SIGTERM or SIGINT) received: stopped after step 6' in logs[0]
+  assert checkpointing.saved_steps(workdir) == [3, 6]
+  codes, logs = _finish(_start(folder, workdir))
+  assert codes == [0, 0], logs[0][-3000:]
   assert fault_injection.same_outcome(fault_injection.outcome(workdir),
                                       fault_injection.outcome(two_process_run[0]))
 

@@ -34,7 +34,10 @@ def _assert_close(fast, plain):
     ((10, 7), 3, ((1, 0), (2, 1))),       # explicit, asymmetric padding
     ((6, 6), 5, ((2, 2), (2, 2))),
 ])
-def test_fast_convolution_equals_lax_forward_and_backward(size, kernel, padding):
+@pytest.mark.parametrize('block_bytes', [1 << 20, 1, 700])   # one block; a row each; uneven
+def test_fast_convolution_equals_lax_forward_and_backward(size, kernel, padding, block_bytes,
+                                                          monkeypatch):
+  monkeypatch.setattr(layers, '_BLOCK_BYTES', block_bytes)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(3, *size, 4)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(kernel, kernel, 4, 5)), jnp.float32)
@@ -57,6 +60,18 @@ def test_fast_max_pool_equals_reduce_window_including_ties(size):
   np.testing.assert_array_equal(np.asarray(fast[1]) != 0, np.asarray(plain[1]) != 0)
 
 
+@pytest.mark.parametrize('size, kernel', [((8, 9), 3), ((7, 6), 2), ((5, 5), 5)])
+def test_same_padding_takes_the_fast_form_with_lax_padding(size, kernel):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, *size, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, 3, 4)), jnp.float32)
+  conv = lambda x, w: layers.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=DN)
+  plain = _values_and_grads(
+      lambda x, w: lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=DN), x, w)
+  with layers.implementation('fast'):
+    _assert_close(_values_and_grads(conv, x, w), plain)
+
+
 def test_layers_the_fast_forms_do_not_cover_fall_back_to_lax():
   x = jnp.ones((1, 9, 9, 4))
   w = jnp.ones((3, 3, 4, 4))
@@ -69,8 +84,8 @@ def test_layers_the_fast_forms_do_not_cover_fall_back_to_lax():
         x, w, (1, 1), 'SAME', dimension_numbers=DN))(x)
     full = jax.make_jaxpr(lambda x: layers.conv_general_dilated(
         x, w, (1, 1), 'VALID', dimension_numbers=DN))(x)
-  assert not any('custom_vjp' in str(j) for j in (strided, grouped, same))
-  assert 'custom_vjp' in str(full)
+  assert not any('custom_vjp' in str(j) for j in (strided, grouped))
+  assert 'custom_vjp' in str(full) and 'custom_vjp' in str(same)
   with layers.implementation('plain'):
     plain = jax.make_jaxpr(lambda x: layers.conv_general_dilated(
         x, w, (1, 1), 'VALID', dimension_numbers=DN))(x)

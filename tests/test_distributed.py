@@ -1,10 +1,10 @@
 """Several processes (jax.distributed on 127.0.0.1, gloo CPU collectives), 2 simulated devices each.
 
 Two processes x 2 devices train like one process x 4 devices fed the same global
-batches; main.py writes one log and one set of checkpoints and resumes; a killed
-process takes the other down within the heartbeat timeout and both resume; processes
-started differently, or without a coordinator, fail with a message; SIGTERM to one
-stops both at the same step with a checkpoint.
+batches; main.py writes one log and one set of checkpoints; SIGTERM to one process
+stops both at the same step with a checkpoint; a killed process takes the other down
+within the heartbeat timeout; each time both resume exactly; processes started
+differently, or without a coordinator, fail with a message.
 """
 
 import json
@@ -103,7 +103,8 @@ def test_main_writes_one_log_and_one_set_of_checkpoints(two_process_run):
   rows = callbacks.read_csv(os.path.join(workdir, callbacks.LOG_CSV))
   assert [int(r['step']) for r in rows] == [3, 6, 9, 12]
   # The last 3 (config.checkpoint.keep), nothing half-written.
-  assert sorted(os.listdir(os.path.join(workdir, checkpointing.CHECKPOINTS_DIR))) == ['12', '6', '9']
+  checkpoints = os.listdir(os.path.join(workdir, checkpointing.CHECKPOINTS_DIR))
+  assert sorted(checkpoints) == ['12', '6', '9']
   assert len([f for f in os.listdir(workdir) if f.startswith('events.out')]) == 1
   assert not [f for f in os.listdir(workdir) if f.endswith('.tmp') or f == 'lock.json']
   for log in logs:   # every validation image counted once, over both processes
@@ -112,11 +113,20 @@ def test_main_writes_one_log_and_one_set_of_checkpoints(two_process_run):
   assert 'images/s | ETA' in logs[0] and 'images/s | ETA' not in logs[1]   # progress: process 0
 
 
-def test_killed_process_stops_the_other_and_both_resume(folder, two_process_run, tmp_path):
+def test_sigterm_then_kill_9_of_one_process_and_both_resume_exactly(folder, two_process_run,
+                                                                     tmp_path):
   workdir = str(tmp_path / 'run')
-  # Process 1 is killed (kill -9) right after step 5, in the middle of epoch 2.
-  procs = _start(folder, workdir, per_process=((), ('--fault=kill_step:5',)),
-                 module='catsdogs_jax.fault_injection')
+  faulty = lambda fault: _start(folder, workdir, per_process=((), (f'--fault={fault}',)),
+                                module='catsdogs_jax.fault_injection')
+  # SIGTERM to process 1 after step 1: both stop at the next sync point (log step 2).
+  codes, logs = _finish(faulty('term_step:1'))
+  assert codes == [1, 1], logs[0][-2000:]
+  assert 'SIGTERM received: stopped after step 2 (epoch 1, step 2 of 3)' in logs[1]
+  assert 'A signal to another process (SIGTERM or SIGINT) received: stopped after step 2' in logs[0]
+  assert checkpointing.saved_steps(workdir) == [2]
+
+  # Resumed, process 1 is killed (kill -9) after its 3rd step: step 5, mid-epoch 2.
+  procs = faulty('kill_step:3')
   procs[1].wait(timeout=240)
   died = time.monotonic()
   procs[0].wait(timeout=HEARTBEAT + 30)   # bounded: never a hang
@@ -125,26 +135,11 @@ def test_killed_process_stops_the_other_and_both_resume(folder, two_process_run,
   assert codes[1] == -9 and codes[0] != 0, logs[0][-2000:]
   assert waited < HEARTBEAT + 20
   assert 'stopped sending heartbeats' in logs[0] or 'another task died' in logs[0], logs[0][-2000:]
-  assert checkpointing.saved_steps(workdir) == [3]
+  assert checkpointing.saved_steps(workdir) == [2, 3]
 
   codes, logs = _finish(_start(folder, workdir))   # both again: the same command
   assert codes == [0, 0], logs[0][-3000:]
   assert 'resuming from the checkpoint at step 3' in logs[0]
-  assert fault_injection.same_outcome(fault_injection.outcome(workdir),
-                                      fault_injection.outcome(two_process_run[0]))
-
-
-def test_sigterm_to_one_process_stops_both_with_a_checkpoint(folder, two_process_run, tmp_path):
-  workdir = str(tmp_path / 'run')
-  # SIGTERM to process 1 after step 5; both stop at the next sync point (log step 6).
-  codes, logs = _finish(_start(folder, workdir, per_process=((), ('--fault=term_step:5',)),
-                               module='catsdogs_jax.fault_injection'))
-  assert codes == [1, 1], logs[0][-2000:]
-  assert 'SIGTERM received: stopped after step 6 (the end of epoch 2)' in logs[1]
-  assert 'A signal to another process (SIGTERM or SIGINT) received: stopped after step 6' in logs[0]
-  assert checkpointing.saved_steps(workdir) == [3, 6]
-  codes, logs = _finish(_start(folder, workdir))
-  assert codes == [0, 0], logs[0][-3000:]
   assert fault_injection.same_outcome(fault_injection.outcome(workdir),
                                       fault_injection.outcome(two_process_run[0]))
 

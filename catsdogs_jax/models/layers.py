@@ -91,6 +91,16 @@ def _conv2d_bwd(padding, residuals, dy):
   return dx.astype(x.dtype), _kernel_grad(xp, dy, w.shape).astype(w.dtype)
 
 
+def _taps(xp, dy, kh: int, kw: int):
+  """[kh * kw, C, O]: per kernel offset, shifted input (x) dy summed over batch and positions."""
+  _, out_h, out_w, o = dy.shape
+  dy_flat = dy.reshape(-1, o)
+  return jnp.stack([lax.dot_general(xp[:, i:i + out_h, j:j + out_w].reshape(-1, xp.shape[-1]),
+                                    dy_flat, (((0,), (0,)), ((), ())),
+                                    preferred_element_type=jnp.float32)
+                    for i in range(kh) for j in range(kw)])
+
+
 def _kernel_grad(xp, dy, kernel_shape):
   """dw[i, j] = sum over batch and positions of x_padded shifted by (i, j) (x) dy.
 
@@ -103,17 +113,16 @@ def _kernel_grad(xp, dy, kernel_shape):
   row_bytes = batch * (xp.shape[2] * c + out_w * o) * dy.dtype.itemsize
   rows = max(1, min(out_h, _BLOCK_BYTES // row_bytes))
   blocks = -(-out_h // rows)
+  if blocks == 1:   # small images: no loop to compile
+    return _taps(xp, dy, kh, kw).reshape(kernel_shape)
   # Zero rows of dy (and the input rows they would meet) add nothing.
   dy = jnp.pad(dy, ((0, 0), (0, blocks * rows - out_h), (0, 0), (0, 0)))
   xp = jnp.pad(xp, ((0, 0), (0, blocks * rows + kh - 1 - xp.shape[1]), (0, 0), (0, 0)))
 
   def block(total, k):
     x_rows = lax.dynamic_slice_in_dim(xp, k * rows, rows + kh - 1, axis=1)
-    dy_rows = lax.dynamic_slice_in_dim(dy, k * rows, rows, axis=1).reshape(-1, o)
-    taps = [lax.dot_general(x_rows[:, i:i + rows, j:j + out_w].reshape(-1, c), dy_rows,
-                            (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-            for i in range(kh) for j in range(kw)]
-    return total + jnp.stack(taps), None
+    dy_rows = lax.dynamic_slice_in_dim(dy, k * rows, rows, axis=1)
+    return total + _taps(x_rows, dy_rows, kh, kw), None
 
   total, _ = lax.scan(block, jnp.zeros((kh * kw, c, o), jnp.float32), jnp.arange(blocks))
   return total.reshape(kernel_shape)

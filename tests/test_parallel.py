@@ -59,7 +59,7 @@ def test_sharded_step_equals_single_device_step(name, loss):
   config.optimizer.momentum = 0.9
   config.optimizer.learning_rate = 1e-3
   config.model.dropout_rate = 0.5 if name == 'small_cnn' else 0.0
-  config.image_size = 48 if name == 'small_cnn' else 64
+  config.image_size = 48 if name == 'small_cnn' else 32
   batch = _batch(16, config.image_size)
 
   single = _setup(config, jax.devices()[:1])

@@ -152,17 +152,14 @@ def main(argv):
   elif FLAGS.mode != 'summary' and not FLAGS.workdir:
     raise app.UsageError(f'--mode={FLAGS.mode} needs --workdir=DIR.')
   logging.get_absl_handler().addFilter(_quiet_orbax)
-  from catsdogs_jax import distributed
+  # Importing these touches no device, so jax.distributed can still start below.
+  from catsdogs_jax import (convert, distributed, input_pipeline, preemption, train, validation,
+                            weights, workdir)
   try:
     start_processes()
-  except distributed.DistributedError as e:
-    logging.error('%s', e)
-    sys.exit(f'error: {e}')
-  logging.info('%s', summary.environment())
-  if FLAGS.config is not None:
-    logging.info('config:\n%s', FLAGS.config)
-  from catsdogs_jax import convert, input_pipeline, preemption, train, validation, weights, workdir
-  try:
+    logging.info('%s', summary.environment())
+    if FLAGS.config is not None:
+      logging.info('config:\n%s', FLAGS.config)
     run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except (validation.ConfigError, input_pipeline.DataError, workdir.WorkdirError,
           weights.WeightsError, convert.ConversionError, FileNotFoundError,

@@ -26,7 +26,8 @@ from typing import Any, Dict, List, Optional
 import jax
 import numpy as np
 from absl import logging
-from flax import traverse_util
+
+from catsdogs_jax.workdir import differences
 
 ENV_NUM_PROCESSES, ENV_PROCESS_ID = 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'
 ENV_COORDINATOR = 'JAX_COORDINATOR_ADDRESS'   # JAX reads it too
@@ -129,12 +130,6 @@ def _allgather_bytes(data: bytes) -> List[bytes]:
   return [bytes(row[:n]) for row, n in zip(rows, lengths)]
 
 
-def _differences(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:
-  a, b = traverse_util.flatten_dict(a, sep='.'), traverse_util.flatten_dict(b, sep='.')
-  return [f'{k}: {a.get(k)!r} vs {b.get(k)!r}' for k in sorted(set(a) | set(b))
-          if a.get(k) != b.get(k)]
-
-
 def check_same(what: Dict[str, Any]):
   """Fails on every process, naming the fields, unless `what` (JSON-able) is equal on all of them.
 
@@ -147,8 +142,12 @@ def check_same(what: Dict[str, Any]):
   if len(set(digests)) == 1:
     return
   texts = [json.loads(t) for t in _allgather_bytes(text.encode())]
-  lines = [f'process {i} differs from process 0 in {"; ".join(_differences(texts[0], t))}'
-           for i, t in enumerate(texts) if digests[i] != digests[0]]
+  lines = []
+  for i, text in enumerate(texts):
+    if digests[i] != digests[0]:
+      fields = '; '.join(f'{k}: {a!r} vs {b!r}'
+                         for k, (a, b) in differences(texts[0], text).items())
+      lines.append(f'process {i} differs from process 0 in {fields}')
   raise DistributedError('The processes were started with different configs or flags ('
                          + '. '.join(lines) + '). Start every process with the same command; '
                          'only the process id may differ.')

@@ -47,22 +47,13 @@ def command(config_file: str, workdir: str, overrides: Dict[str, Any],
 
 def outcome(workdir: str):
   """(parameters of the newest checkpoint, log.csv rows without timing columns) of a run."""
-  import jax
-  import numpy as np
-  import orbax.checkpoint as ocp
-  from catsdogs_jax import callbacks
-  from catsdogs_jax import checkpointing
+  from catsdogs_jax import callbacks, checkpointing, weights
   newest = checkpointing.saved_steps(workdir)[-1]
-  path = os.path.join(workdir, checkpointing.CHECKPOINTS_DIR, str(newest), checkpointing.STATE)
-  checkpointer = ocp.StandardCheckpointer()
-  # Onto one local device, whatever devices and processes saved it.
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                        checkpointer.metadata(path).item_metadata.tree)
-  state = checkpointer.restore(path, target)
+  state = weights.restore_numpy(os.path.join(workdir, checkpointing.CHECKPOINTS_DIR, str(newest),
+                                             checkpointing.STATE))
   rows = [{k: v for k, v in r.items() if k not in callbacks.TIMING_COLUMNS}
           for r in callbacks.read_csv(os.path.join(workdir, callbacks.LOG_CSV))]
-  return jax.tree.map(np.asarray, state['params']), rows
+  return state['params'], rows
 
 
 def same_outcome(a, b) -> bool:

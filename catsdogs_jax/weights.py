@@ -24,7 +24,7 @@ class WeightsError(ValueError):
   """Weights that cannot initialise this model; the message lists what differs."""
 
 
-def _restore_numpy(path: str):
+def restore_numpy(path: str):
   """A saved pytree as host numpy arrays, whatever devices it was saved from."""
   checkpointer = ocp.PyTreeCheckpointer()
   tree = checkpointer.metadata(path).item_metadata.tree
@@ -44,7 +44,7 @@ def read(directory: str) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]
   if os.path.exists(os.path.join(directory, WEIGHTS_FILE)):
     with open(os.path.join(directory, WEIGHTS_FILE)) as f:
       metadata = json.load(f)
-    tree = _restore_numpy(os.path.join(directory, PARAMS_DIR))
+    tree = restore_numpy(os.path.join(directory, PARAMS_DIR))
     return tree['params'], tree.get('batch_stats', {}), metadata
   if os.path.isdir(os.path.join(directory, 'checkpoints')):
     from catsdogs_jax import checkpointing, workdir   # a workdir of ours: its best checkpoint
@@ -52,7 +52,7 @@ def read(directory: str) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]
     step = checkpointing.Checkpoints(directory, run_config, read_only=True).best_step()
     if step is None:
       raise WeightsError(f'config.init_from={directory!r} holds no checkpoint yet.')
-    state = _restore_numpy(os.path.join(directory, checkpointing.CHECKPOINTS_DIR, str(step),
+    state = restore_numpy(os.path.join(directory, checkpointing.CHECKPOINTS_DIR, str(step),
                                         checkpointing.STATE))
     metadata = {'model': run_config.model.name, 'preprocess': run_config.preprocess,
                 'source': 'workdir', 'file': directory, 'step': int(step)}

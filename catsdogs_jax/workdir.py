@@ -146,16 +146,16 @@ def check_model(workdir: str, signature: Dict[str, Any], write: bool = True):
       json.dump(signature, f, indent=1)
 
 
-def _flat(tree: Dict[str, Any]) -> Dict[str, Any]:
-  return traverse_util.flatten_dict(tree, sep='.')
+def differences(before: Dict[str, Any], now: Dict[str, Any]) -> Dict[str, tuple]:
+  """Dotted field -> (value before, value now) for the fields in which two nested dicts differ."""
+  before, now = (traverse_util.flatten_dict(d, sep='.') for d in (before, now))
+  return {k: (before.get(k), now.get(k)) for k in sorted(set(before) | set(now))
+          if before.get(k) != now.get(k)}
 
 
 def config_differences(previous: Dict[str, Any], config) -> Dict[str, tuple]:
   """Dotted field -> (value in the workdir's config.json, value now), for fields that differ."""
-  now = _flat(json.loads(config.to_json_best_effort()))
-  before = _flat(previous)
-  return {k: (before.get(k), now.get(k)) for k in sorted(set(before) | set(now))
-          if before.get(k) != now.get(k)}
+  return differences(previous, json.loads(config.to_json_best_effort()))
 
 
 def check_config_change(workdir: str, config, state_signature: Callable[[Any], Any]):

@@ -17,7 +17,6 @@ speed-up: the cores are shared.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -39,17 +38,12 @@ flags.DEFINE_string('out', None, 'Internal (a worker): process 0 writes its resu
 FLAGS = flags.FLAGS
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def launch(processes: int, devices: int, argv, out: str, timeout: int = 600) -> dict:
   """Runs this script's worker as `processes` processes of `devices` devices; process 0's result."""
+  from catsdogs_jax import distributed
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
   if processes > 1:
-    env.update(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{_free_port()}',
+    env.update(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{distributed.free_port()}',
                JAX_NUM_PROCESSES=str(processes))
   procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv, f'--out={out}'],
                             env=dict(env, JAX_PROCESS_ID=str(i)) if processes > 1 else env,

@@ -55,6 +55,13 @@ def _split_address(address: str):
   return host.strip('[]'), int(port)
 
 
+def free_port(host: str = '127.0.0.1') -> int:
+  """A TCP port free on this host now: for a coordinator of processes started on one machine."""
+  with socket.socket() as s:
+    s.bind((host, 0))
+    return s.getsockname()[1]
+
+
 def wait_for_coordinator(address: str, timeout: float, process_id: int):
   """Waits until `address` accepts TCP connections: JAX would abort, not raise, otherwise."""
   host, port = _split_address(address)

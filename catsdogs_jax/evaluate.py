@@ -74,6 +74,12 @@ def inference_state(exp, step: Optional[int] = None):
       logging.info('no checkpoint in %s: using the weights of init_from=%s', exp.workdir,
                    exp.config.init_from)
       return exp.init_state(), 0
+    if steps:   # saved in the middle of an epoch (a stop, a preemption), or validated to NaN
+      raise FileNotFoundError(
+          f'No validated checkpoint in {exp.workdir!r}: its checkpoints (steps {steps}) were saved '
+          'in the middle of an epoch, or their validation metrics were not finite, so none is '
+          'the best. Resume training with the same command to finish the epoch, or pass '
+          f'--step={steps[-1]} to use one of them as it is.')
     raise FileNotFoundError(f'No checkpoint in {exp.workdir!r}: train first '
                             f'(python main.py --config=... --workdir={exp.workdir}).')
   if step not in steps:

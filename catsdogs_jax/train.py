@@ -122,6 +122,12 @@ def _train(exp: experiment.Experiment, workdir: str) -> Dict[str, Any]:
                                            every_steps=config.log_every_steps)
   progress = callbacks.Progress(total_steps, config.batch_size, step)
 
+  def checked_lr(state, metrics, finite, carry, step, epoch):
+    """The learning rate of the last step, after stopping on non-finite steps."""
+    lr = float(optimizers.learning_rate(exp.schedule, step - 1, state.plateau))
+    _check_health(config, metrics, finite, carry, step, epoch, lr)
+    return lr
+
   with preemption.Guard() as guard:
     for epoch in range(step // spe, config.num_epochs):
       epoch_start, epoch_first_step = time.time(), step
@@ -136,8 +142,7 @@ def _train(exp: experiment.Experiment, workdir: str) -> Dict[str, Any]:
         step += 1
         report(step)
         if step % config.log_every_steps == 0:  # the only per-step host sync
-          lr = float(optimizers.learning_rate(exp.schedule, step - 1, state.plateau))
-          _check_health(config, metrics, finite, carry, step, epoch + 1, lr)
+          lr = checked_lr(state, metrics, finite, carry, step, epoch + 1)
           running = metrics.compute()
           progress.log(epoch + 1, config.num_epochs, step, float(running['loss']),
                        float(running['accuracy']))
@@ -145,14 +150,11 @@ def _train(exp: experiment.Experiment, workdir: str) -> Dict[str, Any]:
                                       'train_accuracy': running['accuracy'], 'learning_rate': lr})
         # At an epoch's end, validate and save it first.
         if step % spe and guard.stop(sync_point=step % config.log_every_steps == 0):
-          lr = float(optimizers.learning_rate(exp.schedule, step - 1, state.plateau))
-          # Never checkpoint a non-finite state.
-          _check_health(config, metrics, finite, carry, step, epoch + 1, lr)
+          checked_lr(state, metrics, finite, carry, step, epoch + 1)   # never checkpoint a NaN state
           _save_partial_epoch(exp, state, history, metrics, finite, step)
           raise preemption.Preempted(_resume_message(guard.received, step, spe, workdir))
 
-      lr = float(optimizers.learning_rate(exp.schedule, step - 1, state.plateau))
-      _check_health(config, metrics, finite, carry, step, epoch + 1, lr)
+      lr = checked_lr(state, metrics, finite, carry, step, epoch + 1)
       train = jax.device_get(metrics.compute())
       val = run_eval(eval_step, state, val_data, exp.mesh)
       seconds = time.time() - epoch_start

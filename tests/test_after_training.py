@@ -127,6 +127,21 @@ def test_predict_writes_the_forced_labels_and_probabilities(image_folder, tmp_pa
   assert _png_size(os.path.join(workdir, predict.BARS_PNG)) == (400, 350)
 
 
+def test_evaluate_names_unvalidated_checkpoints_and_the_step_flag(image_folder, tmp_path):
+  config = _forced_config(image_folder, 'sigmoid')
+  with pytest.raises(FileNotFoundError, match=r"No checkpoint in .*train first"):
+    evaluate.restore_for_inference(config, str(tmp_path / 'empty'))
+  exp = experiment.build(config, str(tmp_path / 'run'))
+  exp.checkpoints.save(3, exp.init_state(), checkpointing.new_history(), metrics=None)
+  exp.checkpoints.wait()
+  exp.checkpoints.close()
+  with pytest.raises(FileNotFoundError, match=r"No validated checkpoint .*steps \[3\].*--step=3"):
+    evaluate.restore_for_inference(config, str(tmp_path / 'run'))
+  assert evaluate.restore_for_inference(config, str(tmp_path / 'run'), step=3)[2] == 3
+  with pytest.raises(FileNotFoundError, match=r"No checkpoint at step 4 .*steps \[3\]"):
+    evaluate.restore_for_inference(config, str(tmp_path / 'run'), step=4)
+
+
 def test_predict_refuses_paths_without_images_before_building_the_model(tmp_path):
   config = tiny_config(str(tmp_path / 'no-such-data'))
   with pytest.raises(DataError, match='missing.jpg.*not an image file, a folder or a glob'):

@@ -9,7 +9,6 @@ differently, or without a coordinator, fail with a message.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,12 +24,6 @@ MLP = os.path.join(ROOT, 'configs', 'mnist_mlp.py')
 HEARTBEAT = 5       # seconds: how soon a dead process is noticed here
 EPOCHS, STEPS_PER_EPOCH = 4, 3
 VALIDATION_IMAGES = 9   # odd: 5 + 4 over two processes
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 @pytest.fixture(scope='module')
@@ -50,7 +43,7 @@ def _flags(folder, workdir, **fields):
 
 def _start(folder, workdir, per_process=((), ()), module=None, **fields):
   """Starts one process per entry of `per_process` (extra arguments of each); returns them."""
-  port = _free_port()
+  port = distributed.free_port()
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
              JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
              JAX_NUM_PROCESSES=str(len(per_process)))
@@ -158,7 +151,7 @@ def test_processes_with_different_configs_are_refused(folder, tmp_path):
 
 
 def test_unreachable_coordinator_is_named(tmp_path):
-  port = _free_port()
+  port = distributed.free_port()
   result = subprocess.run(
       [sys.executable, 'main.py', f'--config={MLP}', f'--workdir={tmp_path}/run',
        f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', '--process_id=1',

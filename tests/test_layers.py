@@ -60,6 +60,23 @@ def test_fast_max_pool_equals_reduce_window_including_ties(size):
   np.testing.assert_array_equal(np.asarray(fast[1]) != 0, np.asarray(plain[1]) != 0)
 
 
+@pytest.mark.parametrize('size, window', [((8, 8), 2), ((9, 7), 2), ((15, 15), 2), ((10, 11), 3)])
+def test_fused_relu_max_pool_equals_relu_then_reduce_window(size, window):
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(2, *size, 3)), jnp.float32)
+  x = x.at[0, 0, :2].set(0.7)      # a tie between positive values
+  x = x.at[1, :window, :window, 1].set(-0.5)   # a window with nothing positive: no gradient
+  x = x.at[1, :window, :window, 2].set(0.0)    # ... and one of zeros (ReLU's gradient at 0 is 0)
+  pool = lambda x: nn.max_pool(nn.relu(x), (window, window), strides=(window, window))
+  plain = _values_and_grads(pool, x)
+  with layers.implementation('fast'):
+    fused = lambda x: layers.relu_max_pool(x, (window, window), (window, window))
+    assert 'custom_vjp' in str(jax.make_jaxpr(fused)(x))
+    fast = _values_and_grads(fused, x)
+  _assert_close(fast, plain)
+  np.testing.assert_array_equal(np.asarray(fast[1]) != 0, np.asarray(plain[1]) != 0)
+
+
 @pytest.mark.parametrize('size, kernel', [((8, 9), 3), ((7, 6), 2), ((5, 5), 5)])
 def test_same_padding_takes_the_fast_form_with_lax_padding(size, kernel):
   rng = np.random.default_rng(0)

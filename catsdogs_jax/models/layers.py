@@ -10,9 +10,10 @@ is padded by kernel - 1 on every side ("full" padding) than with 'VALID' or
   the requested output;
 - kernel gradient: for each kernel offset, a matmul of the shifted input with the
   output gradient, summed over the batch, over blocks of rows that fit in cache;
-- non-overlapping max-pool (window == stride): its gradient, a mask of the first
-  maximum of each window (the one XLA's select-and-scatter picks) times the output
-  gradient, elementwise on the windows instead of select-and-scatter.
+- non-overlapping max-pool (window == stride), alone or fused with the ReLU before
+  it: the forward pass keeps which tap of each window was the first maximum (the one
+  XLA's select-and-scatter picks) in one byte, and the gradient puts the output
+  gradient there, elementwise instead of select-and-scatter.
 
 `implementation('auto')` (the default) uses them when JAX's default backend is the
 CPU and the layer fits: convolutions 2-D, NHWC, stride 1, no dilation, no groups,
@@ -170,11 +171,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
 
-# ----- max-pooling
+# ----- max-pooling, with or without a ReLU before it
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _pool2d(x, window):
-  return _pool2d_fwd(x, window)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _pool2d(x, window, size, relu):
+  return _pool2d_fwd(x, window, size, relu)[0]
 
 
 def _windows(x, window):
@@ -184,36 +185,54 @@ def _windows(x, window):
   return x[:, :h // wh * wh, :w // ww * ww].reshape(b, h // wh, wh, w // ww, ww, c)
 
 
-def _pool2d_fwd(x, window):
-  # reduce_window is the fast forward form; only its gradient is slow.
-  return nn.max_pool(x, window, strides=window), x
+def _pool2d_fwd(x, window, size, relu):
+  """Max over each window (of relu(x): the same as relu of the max), and which tap won.
 
-
-def _pool2d_bwd(window, x, dy):
+  The residuals are the output and one byte per output (the winning tap), not x: the
+  gradient then reads neither x nor relu(x), the largest tensors of a small convnet,
+  and memory traffic, not arithmetic, is what costs on CPU.
+  """
   wins = _windows(x, window)
-  is_max = wins == wins.max(axis=(2, 4), keepdims=True)
-  # The first maximum of each window (row-major) takes the gradient, as select-and-scatter.
-  taken = jnp.zeros(dy.shape, bool)
-  rows = []
-  for i in range(window[0]):
-    cols = []
-    for j in range(window[1]):
-      first = is_max[:, :, i, :, j] & ~taken
-      taken = taken | first
-      cols.append(jnp.where(first, dy, 0))
-    rows.append(jnp.stack(cols, axis=3))
-  grads = jnp.stack(rows, axis=2).reshape(wins.shape[0], -1, wins.shape[3] * window[1],
-                                          wins.shape[5])
-  h, w = x.shape[1:3]
-  return (jnp.pad(grads, ((0, 0), (0, h - grads.shape[1]), (0, w - grads.shape[2]), (0, 0))),)
+  taps = [wins[:, :, i, :, j] for i in range(window[0]) for j in range(window[1])]
+  top = functools.reduce(jnp.maximum, taps)
+  won = jnp.full(top.shape, len(taps) - 1, jnp.int8)
+  for k in reversed(range(len(taps) - 1)):   # the first maximum, as select-and-scatter
+    won = jnp.where(taps[k] == top, jnp.int8(k), won)
+  y = jnp.maximum(top, 0) if relu else top
+  return y, (y, won)
+
+
+def _pool2d_bwd(window, size, relu, residuals, dy):
+  y, won = residuals
+  if relu:   # ReLU's gradient at the winner: zero where the whole window is <= 0
+    dy = jnp.where(y > 0, dy, 0)
+  wh, ww = window
+  rows = [jnp.stack([jnp.where(won == i * ww + j, dy, 0) for j in range(ww)], axis=3)
+          for i in range(wh)]
+  b, oh, ow, c = dy.shape
+  grads = jnp.stack(rows, axis=2).reshape(b, oh * wh, ow * ww, c)
+  return (jnp.pad(grads, ((0, 0), (0, size[0] - oh * wh), (0, size[1] - ow * ww), (0, 0))),)
 
 
 _pool2d.defvjp(_pool2d_fwd, _pool2d_bwd)
 
 
+def _pool_fits(x, window_shape, strides, padding) -> bool:
+  return x.ndim == 4 and tuple(window_shape) == strides and padding == 'VALID' and _fast()
+
+
 def max_pool(x, window_shape: Sequence[int], strides: Sequence[int] = None, padding='VALID'):
   """`nn.max_pool`; non-overlapping unpadded 2-D pooling takes the fast form on CPU."""
   strides = tuple(strides or window_shape)
-  if (x.ndim == 4 and tuple(window_shape) == strides and padding == 'VALID' and _fast()):
-    return _pool2d(x, tuple(window_shape))
+  if _pool_fits(x, window_shape, strides, padding):
+    return _pool2d(x, tuple(window_shape), tuple(x.shape[1:3]), False)
   return nn.max_pool(x, tuple(window_shape), strides=strides, padding=padding)
+
+
+def relu_max_pool(x, window_shape: Sequence[int], strides: Sequence[int] = None,
+                  padding='VALID'):
+  """`max_pool(nn.relu(x), ...)`; on CPU as one pass over x that keeps a small residual."""
+  strides = tuple(strides or window_shape)
+  if _pool_fits(x, window_shape, strides, padding):
+    return _pool2d(x, tuple(window_shape), tuple(x.shape[1:3]), True)
+  return nn.max_pool(nn.relu(x), tuple(window_shape), strides=strides, padding=padding)

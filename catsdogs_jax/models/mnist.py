@@ -5,7 +5,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 from flax import linen as nn
 
-from catsdogs_jax.models.layers import Conv, max_pool
+from catsdogs_jax.models.layers import Conv, relu_max_pool
 
 
 class MnistMLP(nn.Module):
@@ -38,8 +38,7 @@ class MnistCNN(nn.Module):
   def __call__(self, x, train: bool = False):
     x = Conv(64, (5, 5), padding='VALID', kernel_init=self.kernel_init,
              dtype=self.dtype, name='conv1')(x)
-    x = nn.relu(x)
-    x = max_pool(x, (2, 2), strides=(2, 2))
+    x = relu_max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.Dense(100, kernel_init=self.kernel_init, dtype=self.dtype, name='dense1')(x)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from catsdogs_jax.models.heads import base_output
-from catsdogs_jax.models.layers import Conv, max_pool
+from catsdogs_jax.models.layers import Conv, relu_max_pool
 
 WIDTHS = (64, 128, 256, 512, 512)
 
@@ -39,8 +39,9 @@ class VGG(nn.Module):
       for conv in range(1, num_convs + 1):
         x = Conv(width, (3, 3), padding='SAME', kernel_init=self.kernel_init,
                  dtype=self.dtype, name=f'block{block}_conv{conv}')(x)
-        x = nn.relu(x)
-      x = max_pool(x, (2, 2), strides=(2, 2))
+        if conv < num_convs:
+          x = nn.relu(x)
+      x = relu_max_pool(x, (2, 2), strides=(2, 2))
     if not self.include_top:
       return base_output(self, x, train)
     x = x.reshape((x.shape[0], -1))

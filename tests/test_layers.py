@@ -1,11 +1,15 @@
 """The CPU layer forms compute what the plain lax forms compute, forward and backward."""
 
+import contextlib
+import io
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
 from jax import lax
+from jax.ad_checkpoint import print_saved_residuals
 
 from catsdogs_jax import models
 from catsdogs_jax.models import layers
@@ -75,6 +79,14 @@ def test_fused_relu_max_pool_equals_relu_then_reduce_window(size, window):
     fast = _values_and_grads(fused, x)
   _assert_close(fast, plain)
   np.testing.assert_array_equal(np.asarray(fast[1]) != 0, np.asarray(plain[1]) != 0)
+
+
+def test_fused_relu_max_pool_keeps_the_output_and_a_byte_per_output_not_its_input():
+  x = jnp.ones((2, 8, 8, 3))
+  with layers.implementation('fast'), contextlib.redirect_stdout(io.StringIO()) as saved:
+    print_saved_residuals(lambda x: layers.relu_max_pool(x, (2, 2)), x)
+  assert sorted(line.split()[0] for line in saved.getvalue().splitlines()) == [
+      'f32[2,4,4,3]', 'i8[2,4,4,3]']
 
 
 @pytest.mark.parametrize('size, kernel', [((8, 9), 3), ((7, 6), 2), ((5, 5), 5)])

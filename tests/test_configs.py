@@ -2,6 +2,7 @@
 (shapes only), and one train step of its exact recipe runs at a tiny size."""
 
 import importlib
+import importlib.util
 import os
 
 import jax
@@ -12,7 +13,7 @@ from flax import traverse_util
 from catsdogs_jax import convert, experiment, models, parallel, validation
 from catsdogs_jax.steps import make_train_step
 from catsdogs_jax.train_state import abstract_variables
-from conftest import override
+from conftest import SHARED_DATA, override
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), '..', 'configs')
 CONFIGS = sorted(f[:-3] for f in os.listdir(CONFIG_DIR)
@@ -79,8 +80,15 @@ def test_hardware_configs_change_only_hardware_fields(name):
       base['optimizer.learning_rate'] * variant['batch_size'] / base['batch_size'])
 
 
+# Trained end to end on the shared photos by tests/test_recipes.py whenever it runs (photos and Keras present).
+END_TO_END = {'vgg16_transfer', 'vgg16_frozen_aug', 'vgg16_finetune', 'vgg16_features'}
+RECIPES_RUN = os.path.isdir(SHARED_DATA) and importlib.util.find_spec('keras') is not None
+
+
 @pytest.mark.parametrize('name', [c for c in CONFIGS if c not in HARDWARE])
 def test_config_trains_one_step_at_a_tiny_size(name, image_folder, tmp_path):
+  if name in END_TO_END and RECIPES_RUN:
+    pytest.skip('trained end to end by tests/test_recipes.py')
   config = override(_load(name), dataset=f'folder:{image_folder}', train_split='train',
                     eval_split='validation', test_split='test', batch_size=8, num_classes=2,
                     **{'features.cache_dir': str(tmp_path / 'features')})

@@ -81,12 +81,16 @@ def test_fused_relu_max_pool_equals_relu_then_reduce_window(size, window):
   np.testing.assert_array_equal(np.asarray(fast[1]) != 0, np.asarray(plain[1]) != 0)
 
 
+def _saved(fn, x):
+  with layers.implementation('fast'), contextlib.redirect_stdout(io.StringIO()) as saved:
+    print_saved_residuals(fn, x)
+  return sorted(line.split()[0] for line in saved.getvalue().splitlines())
+
+
 def test_fused_relu_max_pool_keeps_the_output_and_a_byte_per_output_not_its_input():
   x = jnp.ones((2, 8, 8, 3))
-  with layers.implementation('fast'), contextlib.redirect_stdout(io.StringIO()) as saved:
-    print_saved_residuals(lambda x: layers.relu_max_pool(x, (2, 2)), x)
-  assert sorted(line.split()[0] for line in saved.getvalue().splitlines()) == [
-      'f32[2,4,4,3]', 'i8[2,4,4,3]']
+  assert _saved(lambda x: layers.relu_max_pool(x, (2, 2)), x) == ['f32[2,4,4,3]', 'i8[2,4,4,3]']
+  assert _saved(lambda x: layers.max_pool(x, (2, 2)), x) == ['i8[2,4,4,3]']   # no ReLU: bytes only
 
 
 @pytest.mark.parametrize('size, kernel', [((8, 9), 3), ((7, 6), 2), ((5, 5), 5)])

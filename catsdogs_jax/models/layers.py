@@ -188,9 +188,9 @@ def _windows(x, window):
 def _pool2d_fwd(x, window, size, relu):
   """Max over each window (of relu(x): the same as relu of the max), and which tap won.
 
-  The residuals are the output and one byte per output (the winning tap), not x: the
-  gradient then reads neither x nor relu(x), the largest tensors of a small convnet,
-  and memory traffic, not arithmetic, is what costs on CPU.
+  The residuals are one byte per output (the winning tap) and, after a ReLU, the output,
+  not x: the gradient then reads neither x nor relu(x), the largest tensors of a small
+  convnet, and memory traffic, not arithmetic, is what costs on CPU.
   """
   wins = _windows(x, window)
   taps = [wins[:, :, i, :, j] for i in range(window[0]) for j in range(window[1])]
@@ -199,7 +199,7 @@ def _pool2d_fwd(x, window, size, relu):
   for k in reversed(range(len(taps) - 1)):   # the first maximum, as select-and-scatter
     won = jnp.where(taps[k] == top, jnp.int8(k), won)
   y = jnp.maximum(top, 0) if relu else top
-  return y, (y, won)
+  return y, (y if relu else None, won)
 
 
 def _pool2d_bwd(window, size, relu, residuals, dy):
@@ -217,22 +217,19 @@ def _pool2d_bwd(window, size, relu, residuals, dy):
 _pool2d.defvjp(_pool2d_fwd, _pool2d_bwd)
 
 
-def _pool_fits(x, window_shape, strides, padding) -> bool:
-  return x.ndim == 4 and tuple(window_shape) == strides and padding == 'VALID' and _fast()
-
-
 def max_pool(x, window_shape: Sequence[int], strides: Sequence[int] = None, padding='VALID'):
   """`nn.max_pool`; non-overlapping unpadded 2-D pooling takes the fast form on CPU."""
-  strides = tuple(strides or window_shape)
-  if _pool_fits(x, window_shape, strides, padding):
-    return _pool2d(x, tuple(window_shape), tuple(x.shape[1:3]), False)
-  return nn.max_pool(x, tuple(window_shape), strides=strides, padding=padding)
+  return _max_pool(x, window_shape, strides, padding, relu=False)
 
 
 def relu_max_pool(x, window_shape: Sequence[int], strides: Sequence[int] = None,
                   padding='VALID'):
   """`max_pool(nn.relu(x), ...)`; on CPU as one pass over x that keeps a small residual."""
-  strides = tuple(strides or window_shape)
-  if _pool_fits(x, window_shape, strides, padding):
-    return _pool2d(x, tuple(window_shape), tuple(x.shape[1:3]), True)
-  return nn.max_pool(nn.relu(x), tuple(window_shape), strides=strides, padding=padding)
+  return _max_pool(x, window_shape, strides, padding, relu=True)
+
+
+def _max_pool(x, window_shape, strides, padding, relu: bool):
+  window, strides = tuple(window_shape), tuple(strides or window_shape)
+  if x.ndim == 4 and window == strides and padding == 'VALID' and _fast():
+    return _pool2d(x, window, tuple(x.shape[1:3]), relu)
+  return nn.max_pool(nn.relu(x) if relu else x, window, strides=strides, padding=padding)

@@ -39,7 +39,7 @@ class VGG(nn.Module):
       for conv in range(1, num_convs + 1):
         x = Conv(width, (3, 3), padding='SAME', kernel_init=self.kernel_init,
                  dtype=self.dtype, name=f'block{block}_conv{conv}')(x)
-        if conv < num_convs:
+        if conv < num_convs:   # the block's last ReLU goes with its pooling
           x = nn.relu(x)
       x = relu_max_pool(x, (2, 2), strides=(2, 2))
     if not self.include_top:

@@ -137,7 +137,10 @@ def write_top_losses(top, probs, labels, class_names, path: str, split: str) -> 
 
 def evaluate_checkpoint(config, workdir: str, split: str = 'test',
                         step: Optional[int] = None, top_losses: int = 0) -> Dict[str, Any]:
-  """Evaluates the best checkpoint of `workdir` (or `step`) on a split; writes eval_<split>.json."""
+  """Evaluates the best checkpoint of `workdir` (or `step`) on a split; writes eval_<split>.json.
+
+  With `config.eval_flip` the file is eval_<split>_flip.json, beside the plain result.
+  """
   from catsdogs_jax.input_pipeline import config_splits
   splits = config_splits(config)
   if split not in splits:
@@ -147,12 +150,13 @@ def evaluate_checkpoint(config, workdir: str, split: str = 'test',
   pipeline = exp.pipeline(splits[split])
   eval_step = parallel.jit_eval_step(make_eval_step(exp.model, config), exp.mesh)
   result = run_eval(eval_step, state, pipeline, exp.mesh)
-  result.update(split=splits[split], step=int(step), class_names=names,
+  result.update(split=splits[split], step=int(step), class_names=names, eval_flip=config.eval_flip,
                 per_class=per_class_metrics(result['confusion'], names))
   logging.info('evaluation of step %d on %s:\n%s', step, splits[split],
                format_result(result, names))
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, f'eval_{split}.json'), 'w') as f:
+    name = f'eval_{split}_flip.json' if config.eval_flip else f'eval_{split}.json'
+    with open(os.path.join(workdir, name), 'w') as f:
       json.dump(result, f, indent=1)
   if top_losses:
     probs, _, labels, top = predictions(exp, state, pipeline, keep_images=top_losses)

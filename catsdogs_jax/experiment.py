@@ -84,6 +84,10 @@ def _feature_extraction(config, loaded, info, mesh):
     raise validation.ConfigError(
         'config.features.enabled computes each image\'s features once, so it cannot augment; '
         'turn config.augment off, or train end to end (configs/vgg16_frozen_aug.py).')
+  if config.eval_flip:
+    raise validation.ConfigError(
+        'config.features.enabled evaluates cached features of the unmirrored images, so '
+        'config.eval_flip would be ignored; turn it off, or evaluate end to end.')
   base_config = config.copy_and_resolve_references()
   base_config.model.head, base_config.model.head_units = None, None
   base = models.create_model(base_config)

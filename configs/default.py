@@ -113,6 +113,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.keep = 3           # most recent epoch checkpoints kept (plus the best)
   config.checkpoint.best_monitor = 'val_accuracy'  # metric that picks the best checkpoint
+  config.eval_flip = False             # evaluation and prediction average the logits of each image
+                                       # and its mirror image (test-time augmentation)
 
   # ----- learning-rate range test (--mode=lr_find; Smith 2015, fastai's lr_find)
   config.lr_find = ml_collections.ConfigDict()

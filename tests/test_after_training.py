@@ -4,6 +4,7 @@ import csv
 import hashlib
 import json
 import os
+import types
 
 import jax
 import numpy as np
@@ -13,6 +14,7 @@ from PIL import Image
 from catsdogs_jax import (callbacks, checkpointing, curves, evaluate, experiment, layer_views,
                           lr_find, models, predict, summary, train)
 from catsdogs_jax.folders import DataError
+from catsdogs_jax.steps import make_predict_step
 from catsdogs_jax.train_state import abstract_variables
 from catsdogs_jax.validation import ConfigError
 from configs import efficientnet_b0_transfer, resnet50, small_cnn, vgg16, vgg16_finetune
@@ -186,6 +188,26 @@ def test_evaluate_reports_per_class_metrics_and_the_top_losses(tmp_path):
       np.argsort(-losses, kind='stable')[:3]], rel=1e-4)
   assert top[0][2].shape == (SIZE, SIZE, 3)
   assert _png_size(os.path.join(workdir, 'top_losses_test.png')) == (660, 280)
+
+
+def test_eval_flip_averages_the_logits_of_an_image_and_its_mirror(tmp_path):
+  config = tiny_mlp_config(str(tmp_path), SIZE, loss='softmax')
+  model = models.create_model(config)
+  variables = model.init(jax.random.PRNGKey(0), np.zeros((1, SIZE, SIZE, 3), np.float32))
+  state = types.SimpleNamespace(params=variables['params'], batch_stats={})
+  images = np.random.default_rng(0).integers(0, 256, (4, SIZE, SIZE, 3), dtype=np.uint8)
+  plain = make_predict_step(model, config)
+  flip = make_predict_step(model, override(config.copy_and_resolve_references(), eval_flip=True))
+  batch = lambda x: {'image': x, 'label': np.zeros(len(x), np.int32)}
+  p, mirrored = (plain(state, batch(x))['probabilities'] for x in (images, images[:, :, ::-1]))
+  assert np.abs(p - mirrored).max() > 1e-3   # the model itself tells an image from its mirror
+  # Softmax of the mean logits = normalised geometric mean of the two probabilities.
+  expected = np.sqrt(p * mirrored)
+  expected /= expected.sum(axis=1, keepdims=True)
+  both = flip(state, batch(images))['probabilities']
+  np.testing.assert_allclose(both, expected, rtol=1e-5)
+  np.testing.assert_allclose(flip(state, batch(images[:, :, ::-1]))['probabilities'], both,
+                             rtol=1e-6)
 
 
 # ----------------------------------------------------------------- curves

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from catsdogs_jax import convert, evaluate, train
+from catsdogs_jax.validation import ConfigError
 from configs import vgg16_finetune, vgg16_frozen_aug, vgg16_transfer
 from conftest import SHARED_DATA, override, write_keras_h5
 
@@ -73,3 +74,7 @@ def test_feature_extraction_caches_and_reuses_features(keras_notop, tmp_path):
   assert strip(first) == strip(second)                # the same head training
   result = evaluate.evaluate_checkpoint(config, str(tmp_path / 'second'))
   assert result['num_images'] == 16
+  # Cached features are of the unmirrored images: test-time flipping cannot apply.
+  with pytest.raises(ConfigError, match='eval_flip would be ignored'):
+    train.train_and_evaluate(override(config, eval_flip=True), str(tmp_path / 'third'))
+  assert not os.path.exists(tmp_path / 'third' / 'log.csv')

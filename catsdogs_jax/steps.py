@@ -78,9 +78,10 @@ def _inference_logits(model, config):
 
   def logits_fn(state, images):
     images = preprocess(images).astype(compute_dtype)
-    logits = model.apply(model_variables(state), images, train=False)
+    variables = model_variables(state)
+    logits = model.apply(variables, images, train=False)
     if config.eval_flip:   # a cat is a cat in the mirror: average both views' logits
-      mirrored = model.apply(model_variables(state), images[:, :, ::-1], train=False)
+      mirrored = model.apply(variables, images[:, :, ::-1], train=False)
       logits = (logits + mirrored) / 2
     return logits
 

@@ -178,6 +178,14 @@ def test_evaluate_reports_per_class_metrics_and_the_top_losses(tmp_path):
   assert result['per_class']['dogs']['recall'] == pytest.approx(2 / 3)
   with open(os.path.join(workdir, 'eval_test.json')) as f:
     assert json.load(f)['per_class'] == result['per_class']
+  # Test-time flipping writes its own file beside the plain one (this model is mirror-blind).
+  flipped = evaluate.evaluate_checkpoint(override(config.copy_and_resolve_references(),
+                                                  eval_flip=True), workdir, 'test')
+  with open(os.path.join(workdir, 'eval_test_flip.json')) as f:
+    assert json.load(f)['eval_flip'] is True
+  with open(os.path.join(workdir, 'eval_test.json')) as f:
+    assert json.load(f)['eval_flip'] is False
+  assert flipped['confusion'] == result['confusion']
 
   exp, state, _ = evaluate.restore_for_inference(config, workdir)
   probs, losses, labels, top = evaluate.predictions(exp, state, exp.pipeline('test'),

@@ -153,8 +153,8 @@ def main(argv):
     raise app.UsageError(f'--mode={FLAGS.mode} needs --workdir=DIR.')
   logging.get_absl_handler().addFilter(_quiet_orbax)
   # Importing these touches no device, so jax.distributed can still start below.
-  from catsdogs_jax import (convert, distributed, input_pipeline, preemption, train, validation,
-                            weights, workdir)
+  from catsdogs_jax import (convert, distributed, input_pipeline, preemption, pretrained, train,
+                            validation, weights, workdir)
   try:
     start_processes()
     logging.info('%s', summary.environment())
@@ -162,7 +162,8 @@ def main(argv):
       logging.info('config:\n%s', FLAGS.config)
     run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except (validation.ConfigError, input_pipeline.DataError, workdir.WorkdirError,
-          weights.WeightsError, convert.ConversionError, FileNotFoundError,
+          weights.WeightsError, convert.ConversionError, pretrained.PretrainedError,
+          FileNotFoundError,
           preemption.Preempted, train.NonFiniteLossError, distributed.DistributedError) as e:
     # Mistakes in the command or the data: the message, not a traceback.
     logging.error('%s', e)

@@ -26,11 +26,12 @@ Rescaling: in effect torchvision's normalisation, recorded here as 'torch'.
 A file of an untrained model (mean 0, variance 1) records 'rescale'.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
 import re
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import h5py
 import jax
@@ -44,8 +45,6 @@ from catsdogs_jax.train_state import abstract_variables
 
 WEIGHTS_FILE = 'weights.json'
 PARAMS_DIR = 'params'
-# The preprocessing each source's ImageNet weights were trained with.
-PREPROCESSING = {'keras_h5': 'caffe', 'torch': 'torch'}
 
 
 class ConversionError(ValueError):
@@ -213,6 +212,43 @@ def torch_vgg_mapping(abstract_variables) -> Mapping:
   return mapping
 
 
+def torch_efficientnet_mapping(abstract_variables) -> Mapping:
+  """EfficientNet-PyTorch keys (lukemelas' layout, also the Lite weight packages').
+
+  _conv_stem/_bn0, then _blocks.N (numbered through all stages) with _expand_conv/_bn0,
+  _depthwise_conv/_bn1, _se_reduce, _se_expand, _project_conv/_bn2; _conv_head/_bn1, _fc.
+  """
+  layers = {'stem_conv': '_conv_stem', 'stem_bn': '_bn0', 'top_conv': '_conv_head',
+            'top_bn': '_bn1', 'predictions': '_fc'}
+  parts = {'expand_conv': '_expand_conv', 'expand_bn': '_bn0', 'dwconv': '_depthwise_conv',
+           'bn': '_bn1', 'se_reduce': '_se_reduce', 'se_expand': '_se_expand',
+           'project_conv': '_project_conv', 'project_bn': '_bn2'}
+  blocks = sorted({m.group(1, 2) for name in abstract_variables['params']
+                   if (m := re.fullmatch(r'block(\d+)([a-z])_.*', name))},
+                  key=lambda b: (int(b[0]), b[1]))
+  for n, (stage, letter) in enumerate(blocks):
+    for ours, theirs in parts.items():
+      layers[f'block{stage}{letter}_{ours}'] = f'_blocks.{n}.{theirs}'
+  return _torch_layer_mapping(abstract_variables, lambda path: layers[path[0]])
+
+
+_TORCH_LEAVES = {('params', 'kernel'): 'weight', ('params', 'bias'): 'bias',
+                 ('params', 'scale'): 'weight', ('batch_stats', 'mean'): 'running_mean',
+                 ('batch_stats', 'var'): 'running_var'}
+
+
+def _torch_layer_mapping(abstract_variables, module_key: Callable) -> Mapping:
+  """Every leaf mapped to `<module_key(our module path)>.<torch leaf name>`, kernels transposed."""
+  mapping = {}
+  for path, leaf in traverse_util.flatten_dict(abstract_variables).items():
+    module = module_key(path[1:-1])
+    transform = _same
+    if path[-1] == 'kernel':
+      transform = _conv_kernel if len(leaf.shape) == 4 else _dense_kernel
+    mapping[path] = (f'{module}.{_TORCH_LEAVES[(path[0], path[-1])]}', transform)
+  return mapping
+
+
 def _torch_module_key(path: Tuple[str, ...]) -> str:
   """Our module path -> torchvision's: layer1_0/downsample_conv -> layer1.0.downsample.0."""
   parts = []
@@ -226,17 +262,7 @@ def _torch_module_key(path: Tuple[str, ...]) -> str:
 
 def torch_resnet_mapping(abstract_variables) -> Mapping:
   """torchvision / timm ResNet keys; BatchNorm scale/bias/mean/var from weight/bias/running_*."""
-  names = {('params', 'kernel'): 'weight', ('params', 'bias'): 'bias',
-           ('params', 'scale'): 'weight', ('batch_stats', 'mean'): 'running_mean',
-           ('batch_stats', 'var'): 'running_var'}
-  mapping = {}
-  for path, leaf in traverse_util.flatten_dict(abstract_variables).items():
-    key = f'{_torch_module_key(path[1:-1])}.{names[(path[0], path[-1])]}'
-    transform = _same
-    if path[-1] == 'kernel':
-      transform = _conv_kernel if len(leaf.shape) == 4 else _dense_kernel
-    mapping[path] = (key, transform)
-  return mapping
+  return _torch_layer_mapping(abstract_variables, _torch_module_key)
 
 
 def read_torch(path: str) -> Dict[str, np.ndarray]:
@@ -261,35 +287,58 @@ def read_torch(path: str) -> Dict[str, np.ndarray]:
   return {k: v.float().numpy() for k, v in state.items() if hasattr(v, 'numpy')}
 
 
-TORCH_MODELS = {'vgg16': torch_vgg_mapping, 'vgg19': torch_vgg_mapping,
-                'resnet18': torch_resnet_mapping, 'resnet34': torch_resnet_mapping,
-                'resnet50': torch_resnet_mapping, 'resnet101': torch_resnet_mapping,
-                'resnet152': torch_resnet_mapping}
+@dataclasses.dataclass(frozen=True)
+class TorchLayout:
+  """How one family's PyTorch state dicts map to our model."""
+  mapping: Callable              # abstract variables -> Mapping
+  top_key: str                   # the classifier's weight: present when the file has its top
+  preprocess: str = 'torch'      # what the family's published ImageNet weights expect
+  top_image_size: Optional[int] = None   # VGG's flattened top fixes the image size
 
 
-def convert_torch(path: str, model: str, output: str) -> Dict:
-  """Converts a torchvision / timm state dict (.pth or .safetensors) into `output`."""
+_VGG = TorchLayout(torch_vgg_mapping, 'classifier.6.weight', top_image_size=224)
+_RESNET = TorchLayout(torch_resnet_mapping, 'fc.weight')
+TORCH_MODELS = {
+    'vgg16': _VGG, 'vgg19': _VGG,
+    **{f'resnet{n}': _RESNET for n in (18, 34, 50, 101, 152)},
+    # lukemelas' EfficientNet-PyTorch B0 (ImageNet mean/std) and the TensorFlow Lite
+    # checkpoints copied into its layout ((x - 127) / 128, as TensorFlow trained them).
+    'efficientnet_b0': TorchLayout(torch_efficientnet_mapping, '_fc.weight'),
+    **{f'efficientnet_lite{n}': TorchLayout(torch_efficientnet_mapping, '_fc.weight',
+                                            preprocess='inception') for n in (0, 1, 2)},
+}
+
+
+def convert_torch(path: str, model: str, output: str, preprocess: Optional[str] = None,
+                  metadata: Optional[Dict] = None) -> Dict:
+  """Converts a torchvision / timm / EfficientNet-PyTorch state dict (.pth or .safetensors).
+
+  `preprocess` overrides the family's usual preprocessing (TorchLayout.preprocess);
+  `metadata` is recorded beside the converter's own fields.
+  """
   if model not in TORCH_MODELS:
     raise ConversionError(f'No PyTorch converter for {model!r}; choose one of '
                           f'{", ".join(TORCH_MODELS)}.')
+  layout = TORCH_MODELS[model]
   tensors = read_torch(path)
-  top_key = 'classifier.6.weight' if model.startswith('vgg') else 'fc.weight'
-  include_top = top_key in tensors
-  num_classes = int(tensors[top_key].shape[0]) if include_top else None
-  image_size = 224 if include_top and model.startswith('vgg') else None
+  include_top = layout.top_key in tensors
+  num_classes = int(tensors[layout.top_key].shape[0]) if include_top else None
+  image_size = layout.top_image_size if include_top else None
   return _convert(path, output, 'torch', model, include_top, num_classes, image_size, tensors,
-                  TORCH_MODELS[model], ignore=(r'num_batches_tracked$',))
+                  layout.mapping, ignore=(r'num_batches_tracked$',),
+                  preprocess=preprocess or layout.preprocess, extra=metadata)
 
 
 def _convert(path, output, source, model, include_top, num_classes, image_size, tensors,
-             mapping_fn, ignore=(), preprocess=None) -> Dict:
+             mapping_fn, ignore, preprocess: str, extra: Optional[Dict]) -> Dict:
   """Fills `model`'s variables from `tensors` through `mapping_fn`, saves them with metadata."""
   flax_model = models.MODELS[model](num_outputs=num_classes or 1, include_top=include_top)
   abstract = abstract_variables(flax_model, (image_size or 224, image_size or 224, 3))
   variables = fill(abstract, tensors, mapping_fn(abstract), ignore)
   metadata = {'model': model, 'include_top': include_top, 'num_classes': num_classes,
-              'image_size': image_size, 'preprocess': preprocess or PREPROCESSING[source],
-              'source': source, 'file': os.path.basename(path), 'sha256': _sha256(path)}
+              'image_size': image_size, 'preprocess': preprocess,
+              'source': source, 'file': os.path.basename(path), 'sha256': _sha256(path),
+              **(extra or {})}
   save(output, variables, metadata)
   return metadata
 
@@ -302,16 +351,20 @@ def _sha256(path: str) -> str:
   return digest.hexdigest()
 
 
-def convert_keras_h5(path: str, model: str, output: str) -> Dict:
-  """Converts a keras.applications VGG16/VGG19/EfficientNetB0 .h5 file into `output`."""
+def convert_keras_h5(path: str, model: str, output: str, preprocess: Optional[str] = None,
+                     metadata: Optional[Dict] = None) -> Dict:
+  """Converts a keras.applications VGG16/VGG19/EfficientNetB0 .h5 file into `output`.
+
+  The preprocessing is read from the file unless `preprocess` is given.
+  """
   if model not in KERAS_MODELS:
     raise ConversionError(f'No Keras converter for {model!r}; choose one of '
                           f'{", ".join(KERAS_MODELS)}.')
   layers = read_keras_h5(path)
-  include_top, num_classes, image_size, preprocess = KERAS_MODELS[model](layers)
+  include_top, num_classes, image_size, from_file = KERAS_MODELS[model](layers)
   return _convert(path, output, 'keras_h5', model, include_top, num_classes, image_size,
                   keras_tensors(layers), keras_mapping, ignore=('^normalization',),
-                  preprocess=preprocess)
+                  preprocess=preprocess or from_file, extra=metadata)
 
 
 def save(output: str, variables, metadata: Dict):
@@ -330,22 +383,37 @@ def save(output: str, variables, metadata: Dict):
 
 CONVERTERS = {'keras_h5': convert_keras_h5, 'torch': convert_torch}
 
-FLAGS = flags.FLAGS
-flags.DEFINE_enum('format', 'keras_h5', list(CONVERTERS), 'Format of the weight file.')
-flags.DEFINE_string('model', 'vgg16', 'Our model name (keras_h5: vgg16, vgg19, efficientnet_b0; '
-                    'torch: vgg16, vgg19, resnet18..152).')
-flags.DEFINE_string('input', None, 'The weight file.')
-flags.DEFINE_string('output', None, 'Directory to write the converted weights to.')
+def _define_flags():
+  """The command line's flags, defined only when this module runs as the program."""
+  flags.DEFINE_enum('format', 'keras_h5', list(CONVERTERS), 'Format of the weight file.')
+  flags.DEFINE_string('model', 'vgg16', 'Our model name (keras_h5: vgg16, vgg19, efficientnet_b0; '
+                      'torch: vgg16, vgg19, resnet18..152, efficientnet_b0, '
+                      'efficientnet_lite0..2).')
+  flags.DEFINE_string('input', None, 'The weight file.')
+  flags.DEFINE_string('output', None, 'Directory to write the converted weights to.')
+  flags.DEFINE_string('pretrained', None, 'A published weight set (catsdogs_jax.models.'
+                      'WEIGHT_SETS): checks --input (default: its package file or a download) '
+                      'against its checksum and converts it into the cache that '
+                      'init_from="pretrained:NAME" reads; --format, --model, --output unused.')
 
 
 def main(argv):
   del argv
+  from catsdogs_jax import pretrained   # it imports this module
+  FLAGS = flags.FLAGS
   try:
-    CONVERTERS[FLAGS.format](FLAGS.input, FLAGS.model, FLAGS.output)
-  except ConversionError as e:
+    if FLAGS.pretrained:
+      ws = pretrained.weight_set(FLAGS.pretrained)
+      path = FLAGS.input or pretrained.source_file(ws)
+      print(pretrained.convert_into_cache(ws, path))
+    elif not (FLAGS.input and FLAGS.output):
+      raise SystemExit('error: give --input and --output (or --pretrained=NAME).')
+    else:
+      CONVERTERS[FLAGS.format](FLAGS.input, FLAGS.model, FLAGS.output)
+  except (ConversionError, pretrained.PretrainedError) as e:
     raise SystemExit(f'error: {e}')
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['input', 'output'])
+  _define_flags()
   app.run(main)

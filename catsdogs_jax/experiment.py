@@ -93,9 +93,11 @@ def _feature_extraction(config, loaded, info, mesh):
   base = models.create_model(base_config)
   size = (config.image_size, config.image_size, config.channels)
   abstract = abstract_variables(base, size)
-  variables = {'params': weights.merge(abstract['params'], loaded[0])}  # exact, or it says why
+  # Exact (but for config.dont_load, e.g. an unused ImageNet classifier), or it says why.
+  variables = {'params': weights.merge(abstract['params'], loaded[0], config.dont_load)}
   if 'batch_stats' in abstract:
-    variables['batch_stats'] = weights.merge(abstract['batch_stats'], loaded[1])
+    variables['batch_stats'] = weights.merge(abstract['batch_stats'], loaded[1],
+                                             config.dont_load, what='BatchNorm statistics')
   feature_shape = jax.eval_shape(base.apply, abstract, jax.ShapeDtypeStruct((1, *size),
                                                                             np.float32)).shape[1:]
   head = _head_model(config)
@@ -140,11 +142,12 @@ def build(config, workdir: str, read_only: bool = False,
                  loaded[2].get('source'), config.preprocess)
   model = models.create_model(config)
   validation.check_image_size(config, model)
+  input_shape = (config.image_size, config.image_size, config.channels)
+  config = validation.resolve_train_from(config, model)
   info = input_pipeline.describe(config)
   steps_per_epoch = (info.num_examples['train'] // jax.process_count()) // (
       config.batch_size // jax.process_count())
   validation.check_dataset(config, info, steps_per_epoch)
-  input_shape = (config.image_size, config.image_size, config.channels)
   make_pipeline = None
   if config.features.enabled:
     model, input_shape, make_pipeline, config = _feature_extraction(config, loaded, info, mesh)

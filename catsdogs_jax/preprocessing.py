@@ -29,6 +29,15 @@ def torch(images):
   return (x - jnp.asarray(TORCH_MEAN, jnp.float32)) / jnp.asarray(TORCH_STD, jnp.float32)
 
 
+def inception(images):
+  """TensorFlow's EfficientNet-Lite input: (x - 127) / 128 on RGB (MEAN_RGB 127, STDDEV_RGB 128).
+
+  Keras' 'tf' mode, x / 127.5 - 1, differs from it by under 0.4%; the Lite
+  weights were trained with exactly this.
+  """
+  return (images.astype(jnp.float32) - 127.0) / 128.0
+
+
 def identity(images):
   return images.astype(jnp.float32)
 
@@ -36,7 +45,7 @@ def identity(images):
 # 'auto' is resolved by `experiment.build` to the preprocessing of the init_from
 # weights; without init_from (or outside build) it means 1/255.
 PREPROCESSORS = {'auto': rescale, 'rescale': rescale, 'caffe': caffe, 'torch': torch,
-                 'none': identity}
+                 'inception': inception, 'none': identity}
 
 
 def resolve(name: str, weights_metadata) -> str:

@@ -93,6 +93,7 @@ def config_summary(config) -> str:
   from catsdogs_jax.train_state import abstract_variables
   validation.validate_config(config, num_devices=1)
   model = models.create_model(config)
+  config = validation.resolve_train_from(config, model)
   shape = (config.image_size, config.image_size, config.channels)
   return (f'model {config.model.name} at {shape}\n' +
           model_summary(model, abstract_variables(model, shape), shape, config))

@@ -2,9 +2,10 @@
 
 import jax
 import numpy as np
+from absl import logging
 
 from catsdogs_jax import augment, losses, optimizers
-from catsdogs_jax.models import MODELS, create_model
+from catsdogs_jax.models import MODELS, create_model, layers_from
 from catsdogs_jax.models.initializers import INITIALIZERS
 from catsdogs_jax.preprocessing import PREPROCESSORS
 from catsdogs_jax.train_state import abstract_variables
@@ -60,6 +61,18 @@ def validate_config(config, num_devices: int = None):
   for field in augment.RANDOM_FIELDS:
     if config.augment[field] < 0:
       raise ConfigError(f'config.augment.{field} must be >= 0, got {config.augment[field]}.')
+  if config.model.head == 'dense' and not config.model.pooling:
+    raise ConfigError("config.model.head='dense' is a dense layer on the pooled base; set "
+                      "--config.model.pooling=avg (or max), or choose another head.")
+  if config.model.head == 'gmp_dense' and config.model.pooling:
+    raise ConfigError("config.model.head='gmp_dense' pools the feature map itself; leave "
+                      "config.model.pooling unset, or use --config.model.head=dense.")
+  if config.train_from and config.frozen:
+    raise ConfigError(f'config.train_from={config.train_from!r} decides which layers train; '
+                      'leave config.frozen (and config.trainable) empty with it.')
+  if config.train_from and config.features.enabled:
+    raise ConfigError('config.train_from fine-tunes the base, but config.features.enabled '
+                      'trains only a head on cached features; unset one of them.')
   if config.augment.zoom_range >= 1:
     raise ConfigError(f'config.augment.zoom_range={config.augment.zoom_range} would allow a '
                       'scale of 0 or less; use a value below 1 (the tutorials use 0.2).')
@@ -124,6 +137,29 @@ def check_image_size(config, model):
   raise ConfigError(
       f'config.image_size={config.image_size} is too small for model {config.model.name!r}: '
       f'its feature maps shrink to nothing. Use --config.image_size={smallest} or more.')
+
+
+def resolve_train_from(config, model):
+  """The config with config.trainable set to config.train_from's layer and the ones after it.
+
+  A config without train_from comes back as it is; the resolved one is what
+  config.json records, so resuming compares like with like.
+  """
+  if not config.train_from:
+    return config
+  try:
+    trainable = layers_from(model, (config.image_size, config.image_size, config.channels),
+                            config.train_from)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if config.trainable and tuple(config.trainable) != trainable:   # a resolved config passes
+    raise ConfigError(f'config.train_from={config.train_from!r} decides which layers train; '
+                      'leave config.trainable empty with it.')
+  config = config.copy_and_resolve_references()
+  config.trainable = trainable
+  logging.info('config.train_from=%r: %d layers train (%s ... %s), the ones before are frozen',
+               config.train_from, len(trainable), trainable[0], trainable[-1])
+  return config
 
 
 def check_dataset(config, info, steps_per_epoch: int):

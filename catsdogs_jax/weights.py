@@ -16,6 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from catsdogs_jax import pretrained
 from catsdogs_jax.convert import PARAMS_DIR, WEIGHTS_FILE, mismatch_lines
 from catsdogs_jax.optimizers import matches_any, path_string
 
@@ -33,14 +34,16 @@ def restore_numpy(path: str):
 
 
 def read(directory: str) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]]:
-  """(params, batch_stats, metadata) of a converted-weights directory or a training workdir."""
+  """(params, batch_stats, metadata) of a converted-weights directory, a training workdir,
+  or 'pretrained:NAME' (a published weight set, fetched and converted once into a cache)."""
+  if directory.startswith(pretrained.PREFIX):
+    directory = pretrained.fetch(directory[len(pretrained.PREFIX):])
   directory = os.path.abspath(os.path.expanduser(directory))
   if not os.path.exists(directory):
     raise WeightsError(
-        f'config.init_from={directory!r} does not exist. Convert published weights first, '
-        'e.g. python -m catsdogs_jax.convert --format=keras_h5 --model=vgg16 '
-        '--input=vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 '
-        '--output=weights/vgg16_keras_notop (README, "Transfer learning").')
+        f'config.init_from={directory!r} does not exist. Name published weights instead '
+        '(e.g. --config.init_from=pretrained:efficientnet_lite0; README, "Pretrained weights"), '
+        'or convert a weight file with python -m catsdogs_jax.convert.')
   if os.path.exists(os.path.join(directory, WEIGHTS_FILE)):
     with open(os.path.join(directory, WEIGHTS_FILE)) as f:
       metadata = json.load(f)

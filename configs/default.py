@@ -30,7 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.cache = False                 # keep decoded, resized images in memory after the first epoch
   config.shuffle_buffer = 10_000       # tfds datasets: shuffle buffer of encoded images
   config.preprocess = 'auto'           # on-device: 'auto' (the init_from weights' own, else 1/255),
-                                       # 'rescale' (1/255), 'caffe' (Keras VGG), 'torch' (torchvision), 'none'
+                                       # 'rescale' (1/255), 'caffe' (Keras VGG), 'torch' (torchvision),
+                                       # 'inception' ((x - 127) / 128, EfficientNet-Lite), 'none'
   config.num_classes = 2               # must equal the dataset's number of labels
 
   # ----- augmentation (training only; on the device, Keras ImageDataGenerator semantics)
@@ -49,14 +50,15 @@ def get_config() -> ml_collections.ConfigDict:
   # ----- model
   config.model = ml_collections.ConfigDict()
   config.model.name = 'small_cnn'      # small_cnn, mnist_mlp, mnist_cnn, alexnet, vgg16, vgg19,
-                                       # resnet18..resnet152, efficientnet_b0
+                                       # resnet18..resnet152, efficientnet_b0, efficientnet_lite0..2
   config.model.dropout_rate = 0.0      # dropout before the dense layers
   config.model.kernel_init = 'glorot_uniform'  # glorot_uniform (Keras), he_normal, lecun_normal, normal
   config.model.init_stddev = 0.01      # stddev of kernel_init='normal' (the VGG paper's N(0, 0.01))
   config.model.include_top = ml_collections.FieldReference(None, field_type=bool)  # VGG/ResNet/EfficientNet: classifier top
   config.model.pooling = ml_collections.FieldReference(None, field_type=str)  # VGG/EfficientNet without top: 'avg', 'max'
   config.model.head = ml_collections.FieldReference(None, field_type=str)  # new head on the base (include_top=False):
-                                       # flatten_dense, flatten_mlp (Dense(head_units)-Dropout-Dense), gmp_dense
+                                       # flatten_dense, flatten_mlp (Dense(head_units)-Dropout-Dense), gmp_dense,
+                                       # dense (Dropout-Dense on the pooled base: needs pooling)
   config.model.head_units = ml_collections.FieldReference(None, field_type=int)  # flatten_mlp's hidden units
   # EfficientNet: Keras' drop_connect_rate (None: 0.2); block b of n drops its branch with rate*b/n
   config.model.stochastic_depth_rate = ml_collections.FieldReference(None, field_type=float)
@@ -77,7 +79,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.grad_clip_norm = 0.0  # clip gradients to this global norm (0: off)
   config.frozen = ()                   # regexes of parameter paths that get no updates ('block[1-4]_')
   config.trainable = ()                # if set: only matching parameter paths train, all others are frozen
-  config.init_from = ml_collections.FieldReference(None, field_type=str)  # converted weights dir or a workdir
+  config.train_from = ml_collections.FieldReference(None, field_type=str)  # a layer name: it and every
+                                       # layer after it train, those before are frozen (fine-tuning)
+  config.init_from = ml_collections.FieldReference(None, field_type=str)  # 'pretrained:NAME' (published
+                                       # weights, README), a converted weights dir, or a workdir
   config.dont_load = ()                # regexes of parameter paths that init_from leaves freshly initialised
 
   config.schedule = ml_collections.ConfigDict()

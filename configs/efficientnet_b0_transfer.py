@@ -2,7 +2,7 @@
 
 The tutorial: 224 px, RMSprop 2e-5, the augmentation of the small CNN, batch 16,
 100 epochs (about 75% validation). Frozen BatchNorm layers run in inference mode.
-Weights: convert Keras' efficientnetb0_notop.h5 first (README), then
+Weights: Keras' efficientnetb0_notop.h5 by name (downloaded, checked and converted once), then
   python main.py --config=configs/efficientnet_b0_transfer.py --workdir=runs/efficientnet_b0_transfer
 Preprocessing follows the weights (ImageNet mean/std, read from the file's Normalization layer).
 """
@@ -19,7 +19,7 @@ def get_config():
   config.image_size = 224
   config.loss = 'softmax'
   config.augment = small_cnn_aug.get_config().augment
-  config.init_from = 'weights/efficientnet_b0_keras_notop'
+  config.init_from = 'pretrained:efficientnet_b0_keras_notop'
   config.dont_load = ('^head_',)
   config.trainable = ('^head_',)
   config.optimizer.name = 'rmsprop'

@@ -1,8 +1,9 @@
 """VGG16 transfer learning: the ImageNet convolutional base frozen, a new Flatten-Dense(2) head.
 
 SGD 1e-3 momentum 0.9, 224 px, softmax over 2 classes (the tutorial reached 97% validation).
-Weights: convert Keras' vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 first (README), then
-  python main.py --config=configs/vgg16_transfer.py --config.init_from=weights/vgg16_keras_notop ...
+Weights: Keras' vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 by name (downloaded, checked
+and converted once; offline, the error says where to place the file):
+  python main.py --config=configs/vgg16_transfer.py --workdir=runs/vgg16_transfer
 Preprocessing follows the weights ('caffe' for Keras', 'torch' for torchvision's).
 """
 
@@ -16,7 +17,7 @@ def get_config():
   config.model.head = 'flatten_dense'
   config.image_size = 224
   config.loss = 'softmax'
-  config.init_from = 'weights/vgg16_keras_notop'
+  config.init_from = 'pretrained:vgg16_keras_notop'
   config.dont_load = ('^head_',)
   config.trainable = ('^head_',)
   config.optimizer.name = 'sgd'

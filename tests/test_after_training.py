@@ -17,7 +17,7 @@ from catsdogs_jax.folders import DataError
 from catsdogs_jax.steps import make_predict_step
 from catsdogs_jax.train_state import abstract_variables
 from catsdogs_jax.validation import ConfigError
-from configs import efficientnet_b0_transfer, resnet50, small_cnn, vgg16, vgg16_finetune
+from configs import efficientnet_b0_transfer, efficientnet_lite0_finetune, resnet50, small_cnn, vgg16, vgg16_finetune
 from conftest import override, tiny_config, tiny_mlp_config
 
 SIZE = 16
@@ -264,6 +264,10 @@ def test_summary_splits_trainable_and_frozen():
   shape = (config.image_size,) * 2 + (3,)
   text = summary.model_summary(model, abstract_variables(model, shape), shape, config)
   assert 'frozen 4,007,548' in text and 'Keras counts them as non-trainable' in text
+  # train_from: block6a_expand_conv and everything after it train: block6a 224,160 + block6b-d
+  # 3 x 476,160 + block7a 605,440 + top_conv 409,600 + top_bn 2,560 + head 1,281.
+  text = summary.config_summary(efficientnet_lite0_finetune.get_config())
+  assert 'total parameters: 3,372,289 (trainable 2,671,521, frozen 700,768)' in text
 
 
 # ----------------------------------------------------------------- inside the network

@@ -5,7 +5,7 @@ import sys
 
 TF_FREE = ('models', 'steps', 'train_state', 'parallel', 'optimizers', 'checkpointing',
            'validation', 'summary', 'experiment', 'evaluate', 'preprocessing', 'losses', 'metrics',
-           'augment', 'batching', 'features', 'convert', 'weights')
+           'augment', 'batching', 'features', 'convert', 'weights', 'pretrained')
 
 
 def test_core_modules_do_not_import_tensorflow():

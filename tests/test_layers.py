@@ -51,6 +51,31 @@ def test_fast_convolution_equals_lax_forward_and_backward(size, kernel, padding,
   _assert_close(fast, plain)
 
 
+@pytest.mark.parametrize('size, kernel, strides, padding', [
+    ((9, 8), 3, (1, 1), 'SAME'),          # EfficientNet's stride-1 blocks
+    ((9, 8), 3, (2, 2), 'SAME'),          # its strided ones: TensorFlow's uneven SAME padding
+    ((8, 8), 5, (2, 2), 'SAME'),
+    ((7, 10), 5, (1, 1), 'VALID'),
+    ((10, 7), 3, (2, 1), ((1, 0), (2, 1))),   # explicit, asymmetric padding, mixed strides
+])
+def test_fast_depthwise_convolution_equals_lax_forward_and_backward(size, kernel, strides,
+                                                                      padding):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(3, *size, 6)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, 1, 6)), jnp.float32)
+  plain = _values_and_grads(lambda x, w: lax.conv_general_dilated(
+      x, w, strides, padding, dimension_numbers=DN, feature_group_count=6), x, w)
+  with layers.implementation('fast'):
+    fast = _values_and_grads(lambda x, w: layers.conv_general_dilated(
+        x, w, strides, padding, dimension_numbers=DN, feature_group_count=6), x, w)
+  _assert_close(fast, plain)
+  # The fast form is taken: no grouped convolution is left in the program.
+  with layers.implementation('fast'):
+    hlo = jax.jit(lambda x, w: layers.conv_general_dilated(
+        x, w, strides, padding, dimension_numbers=DN, feature_group_count=6)).lower(x, w).as_text()
+  assert 'convolution' not in hlo
+
+
 @pytest.mark.parametrize('size', [(8, 8), (9, 7), (15, 15)])
 def test_fast_max_pool_equals_reduce_window_including_ties(size):
   rng = np.random.default_rng(0)

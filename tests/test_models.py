@@ -30,6 +30,11 @@ def _abstract_variables(config, size, channels=3):
     ('vgg19', 224, 1000, 'softmax', {}, 143_667_240),
     ('resnet50', 224, 1000, 'softmax', {}, 25_557_032),
     ('efficientnet_b0', 224, 1000, 'softmax', {}, 5_288_548),
+    # TensorFlow's EfficientNet-Lite (the published checkpoints hold exactly these).
+    ('efficientnet_lite0', 224, 1000, 'softmax', {}, 4_652_008),
+    ('efficientnet_lite0', 224, 2, 'softmax', {'include_top': False}, 3_371_008),
+    ('efficientnet_lite1', 240, 1000, 'softmax', {}, 5_416_680),
+    ('efficientnet_lite2', 260, 1000, 'softmax', {}, 6_092_072),
 ])
 def test_parameter_counts_match_spec(name, size, num_classes, loss, fields, expected):
   variables = _abstract_variables(_config(name, num_classes, loss, **fields), size)
@@ -133,6 +138,32 @@ def test_efficientnet_layer_names_follow_keras_and_the_no_top_options():
     v = abstract_variables(model, (64, 64, 3))
     out = jax.eval_shape(lambda v, x: model.apply(v, x), v, jnp.zeros((2, 64, 64, 3)))
     assert out.shape == shape, fields
+
+
+def test_efficientnet_lite_has_no_squeeze_excite_and_an_unscaled_stem_and_head():
+  params = _abstract_variables(_config('efficientnet_lite2', 1000), 64)['params']
+  assert not [n for n in params if '_se_' in n]
+  assert params['stem_conv']['kernel'].shape == (3, 3, 3, 32)       # B2 would have 32 too, but
+  assert params['top_conv']['kernel'].shape == (1, 1, 352, 1280)    # its head 1408
+  # Depth 1.2 scales the middle stages only: 1 + 3 + 3 + 4 + 4 + 5 + 1 blocks.
+  assert len([n for n in params if n.endswith('_project_conv')]) == 21
+  assert {'block1a_dwconv', 'block6e_project_bn', 'block7a_project_conv'} <= set(params)
+
+
+def test_dense_head_sits_on_the_pooled_base_and_train_from_names_the_layers_after_it():
+  model = models.create_model(_config('efficientnet_lite0', include_top=False, pooling='avg',
+                                      head='dense'))
+  out = jax.eval_shape(lambda v, x: model.apply(v, x), abstract_variables(model, (64, 64, 3)),
+                       jnp.zeros((2, 64, 64, 3)))
+  assert out.shape == (2, 2)
+  order = models.layer_order(model, (64, 64, 3))
+  assert order[:3] == ['stem_conv', 'stem_bn', 'block1a_dwconv']
+  assert order[-3:] == ['top_conv', 'top_bn', 'head_logits'] and len(order) == 99
+  assert models.layers_from(model, (64, 64, 3), 'top_conv') == (
+      '^top_conv/', '^top_bn/', '^head_logits/')
+  with pytest.raises(ValueError, match="config.train_from='block9a' is not a layer with "
+                                       "parameters of this model; its layers are: stem_conv, "):
+    models.layers_from(model, (64, 64, 3), 'block9a')
 
 
 def test_stochastic_depth_drops_whole_residual_branches_only_in_training():

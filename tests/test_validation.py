@@ -1,14 +1,17 @@
 """Bad configs fail before any heavy work, with the problem and the fix in the message."""
 
+import jax
+import numpy as np
 import pytest
 
-from catsdogs_jax import experiment, models, validation
+from catsdogs_jax import experiment, models, parallel, validation
+from catsdogs_jax.steps import make_train_step
 from configs import default
 from conftest import override
 
 
 @pytest.mark.parametrize('field, value, message', [
-    ('model.name', 'vgg17', "Unknown config.model.name 'vgg17'; choose one of: alexnet, efficientnet_b0, mnist_cnn, "),
+    ('model.name', 'vgg17', "Unknown config.model.name 'vgg17'; choose one of: alexnet, efficientnet_b0, efficientnet_lite0, "),
     ('optimizer.name', 'adamax', "Unknown config.optimizer.name 'adamax'; choose one of: adam, "),
     ('schedule.name', 'linear', "Unknown config.schedule.name 'linear'; choose one of: constant"),
     ('loss', 'hinge', "Unknown config.loss 'hinge'"),
@@ -44,3 +47,41 @@ def test_dataset_with_other_classes_than_the_config(make_config, tmp_path):
 def test_batch_larger_than_the_training_split(make_config, tmp_path):
   with pytest.raises(validation.ConfigError, match='larger than the training split'):
     experiment.build(make_config(batch_size=64), str(tmp_path))
+
+
+@pytest.mark.parametrize('fields, message', [
+    ({'model.head': 'dense'}, "head='dense' is a dense layer on the pooled base; set "
+                              "--config.model.pooling=avg"),
+    ({'model.head': 'gmp_dense', 'model.pooling': 'avg'}, "'gmp_dense' pools the feature map "
+                                                           "itself; leave config.model.pooling"),
+    ({'train_from': 'conv3', 'frozen': ('^conv1/',)}, "leave config.frozen (and "
+                                                      "config.trainable) empty with it"),
+    ({'train_from': 'conv3', 'features.enabled': True}, 'trains only a head on cached features'),
+])
+def test_head_and_train_from_conflicts_are_named(fields, message):
+  with pytest.raises(validation.ConfigError) as error:
+    validation.validate_config(override(default.get_config(), **fields), num_devices=1)
+  assert message in str(error.value)
+
+
+def test_train_from_trains_that_layer_and_the_ones_after_it(make_config, tmp_path):
+  exp = experiment.build(make_config(train_from='conv3'), str(tmp_path / 'run'))
+  assert exp.config.trainable == ('^conv3/', '^conv4/', '^dense1/', '^logits/')
+  assert exp.config.train_from == 'conv3'
+  step = parallel.jit_train_step(make_train_step(exp.model, exp.tx, exp.config), exp.mesh)
+  state = exp.init_state()
+  before = jax.device_get(state.params)   # the step donates the state's buffers
+  batch = next(exp.pipeline('train').train_epoch(0))
+  after, _, _ = step(state, parallel.shard_batch(batch, exp.mesh))
+  changed = {name: not np.array_equal(before[name]['kernel'], after.params[name]['kernel'])
+             for name in before}
+  assert changed == {'conv1': False, 'conv2': False, 'conv3': True, 'conv4': True,
+                     'dense1': True, 'logits': True}
+  with pytest.raises(validation.ConfigError, match="train_from='conv9' is not a layer with "
+                                                   "parameters of this model; its layers are: "
+                                                   "conv1, conv2, conv3, conv4, dense1, logits"):
+    experiment.build(make_config(train_from='conv9'), str(tmp_path / 'other'))
+  with pytest.raises(validation.ConfigError, match="leave config.trainable empty with it"):
+    experiment.build(make_config(train_from='conv3', trainable=('^logits/',)),
+                     str(tmp_path / 'third'))
+  assert not (tmp_path / 'other').exists() and not (tmp_path / 'third').exists()

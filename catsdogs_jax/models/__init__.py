@@ -1,18 +1,26 @@
-"""Model registry: every architecture is chosen by name from `config.model.name`."""
+"""Model registry: every architecture is chosen by name from `config.model.name`.
+
+Published weight sets are listed beside their models and gathered here in
+`WEIGHT_SETS` (`config.init_from='pretrained:NAME'`).
+"""
 
 import functools
-from typing import Any, Dict
+import re
+from typing import Any, Dict, List, Tuple
 
 import jax.numpy as jnp
 from flax import linen as nn
 
+from catsdogs_jax.models import efficientnet, resnet, vgg
 from catsdogs_jax.models.alexnet import AlexNet
-from catsdogs_jax.models.efficientnet import EfficientNet
+from catsdogs_jax.models.efficientnet import (EfficientNet, EfficientNetB0, EfficientNetLite0,
+                                              EfficientNetLite1, EfficientNetLite2)
 from catsdogs_jax.models.initializers import get_initializer
 from catsdogs_jax.models.mnist import MnistCNN, MnistMLP
 from catsdogs_jax.models.resnet import BasicBlock, Bottleneck, ResNet
 from catsdogs_jax.models.small_cnn import SmallCNN
 from catsdogs_jax.models.vgg import VGG
+from catsdogs_jax.train_state import abstract_variables
 
 VGG16 = functools.partial(VGG, stage_sizes=(2, 2, 3, 3, 3))
 VGG19 = functools.partial(VGG, stage_sizes=(2, 2, 4, 4, 4))
@@ -21,7 +29,6 @@ ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBl
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck)
 ResNet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck)
 ResNet152 = functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block_cls=Bottleneck)
-EfficientNetB0 = functools.partial(EfficientNet, width_coefficient=1.0, depth_coefficient=1.0)
 
 MODELS: Dict[str, Any] = {
     'small_cnn': SmallCNN,
@@ -36,7 +43,12 @@ MODELS: Dict[str, Any] = {
     'resnet101': ResNet101,
     'resnet152': ResNet152,
     'efficientnet_b0': EfficientNetB0,
+    'efficientnet_lite0': EfficientNetLite0,
+    'efficientnet_lite1': EfficientNetLite1,
+    'efficientnet_lite2': EfficientNetLite2,
 }
+
+WEIGHT_SETS = {**vgg.WEIGHT_SETS, **resnet.WEIGHT_SETS, **efficientnet.WEIGHT_SETS}
 
 # Config fields that only some architectures have; None in the config means
 # "the architecture's default".
@@ -75,3 +87,27 @@ def create_model(config) -> nn.Module:
                        f'config.model.{field} unset (None) for it.')
     kwargs[field] = value
   return factory(**kwargs)
+
+
+def layer_order(model: nn.Module, input_shape) -> List[str]:
+  """The model's top-level layers that have parameters, in the order its forward pass calls them."""
+  order = []
+
+  def record(next_fun, args, kwargs, context):
+    path = context.module.path
+    if len(path) == 1 and context.method_name == '__call__' and path[0] not in order:
+      order.append(path[0])
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    params = abstract_variables(model, input_shape)['params']
+  return [name for name in order if name in params]
+
+
+def layers_from(model: nn.Module, input_shape, first: str) -> Tuple[str, ...]:
+  """Regexes of the parameters of layer `first` and every layer after it (config.train_from)."""
+  order = layer_order(model, input_shape)
+  if first not in order:
+    raise ValueError(f'config.train_from={first!r} is not a layer with parameters of this model; '
+                     f'its layers are: {", ".join(order)}.')
+  return tuple(f'^{re.escape(name)}/' for name in order[order.index(first):])

@@ -10,6 +10,8 @@ is padded by kernel - 1 on every side ("full" padding) than with 'VALID' or
   the requested output;
 - kernel gradient: for each kernel offset, a matmul of the shifted input with the
   output gradient, summed over the batch, over blocks of rows that fit in cache;
+- depthwise convolution (groups == channels, any stride): a sum of shifted,
+  scaled copies of the input, one fused loop instead of a grouped convolution;
 - non-overlapping max-pool (window == stride), alone or fused with the ReLU before
   it: the forward pass keeps which tap of each window was the first maximum (the one
   XLA's select-and-scatter picks) in one byte, and the gradient puts the output
@@ -17,7 +19,8 @@ is padded by kernel - 1 on every side ("full" padding) than with 'VALID' or
 
 `implementation('auto')` (the default) uses them when JAX's default backend is the
 CPU and the layer fits: convolutions 2-D, NHWC, stride 1, no dilation, no groups,
-any padding ('VALID', 'SAME' or explicit); pooling without overlap or padding.
+any padding ('VALID', 'SAME' or explicit); depthwise convolutions 2-D, NHWC,
+any stride and padding, no dilation; pooling without overlap or padding.
 GPUs keep the plain forms, which cuDNN runs well.
 """
 
@@ -157,6 +160,13 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                             feature_group_count=feature_group_count, precision=precision,
                             **kwargs)
   ones = lambda d: d is None or all(v == 1 for v in d)
+  nhwc = lhs.ndim == 4 and _is_nhwc(dimension_numbers, lhs.shape, rhs.shape)
+  if (nhwc and feature_group_count > 1 and feature_group_count == lhs.shape[-1] == rhs.shape[-1]
+      and ones(lhs_dilation) and ones(rhs_dilation) and not kwargs and _fast()):
+    strides = tuple(window_strides or (1, 1))
+    if isinstance(padding, str):
+      padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+    return depthwise_conv2d(lhs, rhs, strides, tuple(tuple(p) for p in padding))
   fits = (lhs.ndim == 4 and feature_group_count == 1 and ones(window_strides) and
           ones(lhs_dilation) and ones(rhs_dilation) and not kwargs and
           rhs.shape[0] * rhs.shape[1] > 1 and
@@ -166,6 +176,26 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
   return conv2d(lhs, rhs, tuple(tuple(p) for p in padding))
+
+
+def depthwise_conv2d(x, w, strides, padding):
+  """NHWC depthwise correlation (w: [kh, kw, 1, C]) as a sum of kh * kw shifted, scaled copies.
+
+  XLA:CPU runs grouped convolutions 6-20x slower than this one fused elementwise
+  loop (measured on EfficientNet's shapes); autodiff of the slices gives the gradients.
+  """
+  kh, kw = w.shape[:2]
+  (plo_h, phi_h), (plo_w, phi_w) = padding
+  sh, sw = strides
+  xp = jnp.pad(x, ((0, 0), (plo_h, phi_h), (plo_w, phi_w), (0, 0)))
+  out_h = (xp.shape[1] - kh) // sh + 1
+  out_w = (xp.shape[2] - kw) // sw + 1
+  total = None
+  for i in range(kh):
+    for j in range(kw):
+      tap = xp[:, i:i + (out_h - 1) * sh + 1:sh, j:j + (out_w - 1) * sw + 1:sw] * w[i, j, 0]
+      total = tap if total is None else total + tap
+  return total
 
 
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)

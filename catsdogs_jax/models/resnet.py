@@ -13,6 +13,7 @@ from flax import linen as nn
 
 from catsdogs_jax.models.batch_norm import batch_norm
 from catsdogs_jax.models.layers import Conv, max_pool
+from catsdogs_jax.models.weight_sets import TORCHVISION, WeightSet
 
 
 def _conv(block, features: int, kernel: int, strides: int, name: str):
@@ -92,3 +93,13 @@ class ResNet(nn.Module):
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.Dense(self.num_outputs, dtype=self.dtype, name='fc')(x)
     return x.astype(jnp.float32)
+
+
+# torchvision's IMAGENET1K_V1 files; their names carry the start of their SHA-256.
+WEIGHT_SETS = {f'resnet{depth}_torchvision': WeightSet(
+    name=f'resnet{depth}_torchvision', model=f'resnet{depth}', format='torch',
+    file=f'resnet{depth}-{prefix}.pth', checksum=f'sha256:{prefix}', preprocess='torch',
+    input_size=224, interpolation='bilinear', crop_fraction=0.875,
+    licence='BSD-3-Clause (torchvision)', url=f'{TORCHVISION}resnet{depth}-{prefix}.pth')
+    for depth, prefix in ((18, 'f37072fd'), (34, 'b627a593'), (50, '0676ba61'),
+                          (101, '63fe2227'), (152, '394f9c45'))}

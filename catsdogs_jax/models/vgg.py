@@ -11,6 +11,7 @@ from flax import linen as nn
 
 from catsdogs_jax.models.heads import base_output
 from catsdogs_jax.models.layers import Conv, relu_max_pool
+from catsdogs_jax.models.weight_sets import KERAS_APPLICATIONS, TORCHVISION, WeightSet
 
 WIDTHS = (64, 128, 256, 512, 512)
 
@@ -53,3 +54,32 @@ class VGG(nn.Module):
     x = nn.Dense(self.num_outputs, kernel_init=self.kernel_init, dtype=self.dtype,
                  name='predictions')(x)
     return x.astype(jnp.float32)
+
+
+def _keras_vgg(depth: int, notop: bool, md5: str) -> WeightSet:
+  suffix = '_notop' if notop else ''
+  file = f'vgg{depth}_weights_tf_dim_ordering_tf_kernels{suffix}.h5'
+  return WeightSet(
+      name=f'vgg{depth}_keras{suffix}', model=f'vgg{depth}', format='keras_h5', file=file,
+      checksum=f'md5:{md5}', preprocess='caffe', input_size=224, interpolation='nearest',
+      crop_fraction=1.0, licence='CC-BY-4.0 (the VGG authors\' weights)', include_top=not notop,
+      num_classes=None if notop else 1000, url=f'{KERAS_APPLICATIONS}vgg{depth}/{file}')
+
+
+def _torchvision_vgg(depth: int, sha256_prefix: str) -> WeightSet:
+  file = f'vgg{depth}-{sha256_prefix}.pth'
+  return WeightSet(
+      name=f'vgg{depth}_torchvision', model=f'vgg{depth}', format='torch', file=file,
+      checksum=f'sha256:{sha256_prefix}', preprocess='torch', input_size=224,
+      interpolation='bilinear', crop_fraction=0.875, licence='BSD-3-Clause (torchvision)',
+      url=f'{TORCHVISION}{file}')
+
+
+WEIGHT_SETS = {ws.name: ws for ws in (
+    _keras_vgg(16, True, '6d6bbae143d832006294945121d1f1fc'),
+    _keras_vgg(16, False, '64373286793e3c8b2b4e3219cbf3544b'),
+    _keras_vgg(19, True, '253f8cb515780f3b799900260a226db6'),
+    _keras_vgg(19, False, 'cbe5617147190e668d6c5d5026f83318'),
+    _torchvision_vgg(16, '397923af'),
+    _torchvision_vgg(19, 'dcbb9e9d'),
+)}

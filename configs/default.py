@@ -84,6 +84,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.init_from = ml_collections.FieldReference(None, field_type=str)  # 'pretrained:NAME' (published
                                        # weights, README), a converted weights dir, or a workdir
   config.dont_load = ()                # regexes of parameter paths that init_from leaves freshly initialised
+  config.batch_norm_running_average = False  # every BatchNorm layer, trainable or not, normalises with
+                                       # and keeps its running statistics (Keras' fine-tuning advice:
+                                       # base(x, training=False)); False: only frozen ones do
 
   config.schedule = ml_collections.ConfigDict()
   config.schedule.name = 'constant'    # constant, step, cosine, plateau

@@ -2,8 +2,11 @@
 
 Everything loads from runs/lite0_transfer (efficientnet_lite0_transfer.py);
 `train_from` names the first layer that trains, and every layer after it trains
-too (their BatchNorm layers in training mode); the ones before stay frozen.
-Adam 1e-5 with a cosine decay, the same augmentation.
+too; the ones before stay frozen. Every BatchNorm layer keeps normalising with its
+ImageNet running statistics (batch_norm_running_average, Keras' advice for
+fine-tuning: in training mode, batch statistics of 32 augmented photos shift the
+features the head was trained on, and validation accuracy fell from 0.987 to 0.96
+in the first epoch). Adam 1e-5 with a cosine decay, the same augmentation.
   python main.py --config=configs/efficientnet_lite0_finetune.py --workdir=runs/lite0_finetune
 """
 
@@ -16,7 +19,8 @@ def get_config():
   config.dont_load = ()
   config.trainable = ()
   config.train_from = 'block6a_expand_conv'
+  config.batch_norm_running_average = True
   config.optimizer.learning_rate = 1e-5
   config.schedule.name = 'cosine'
-  config.num_epochs = 10
+  config.num_epochs = 8
   return config

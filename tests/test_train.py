@@ -89,24 +89,40 @@ def test_checkpoints_keep_the_last_n_and_the_best(make_config, tmp_path):
   assert ckpts.best_step() == 2 and ckpts.latest_step() == 4
 
 
-def test_frozen_batchnorm_keeps_its_statistics_trainable_batchnorm_learns(make_config, tmp_path):
-  """As Keras' trainable=False: frozen BatchNorm layers run in inference mode while training."""
+def _one_resnet18_step(make_config, tmp_path, **fields):
+  """(params, batch_stats) before and after one train step of ResNet-18 with `fields`."""
   from catsdogs_jax import parallel
   from catsdogs_jax.steps import make_train_step
   config = make_config(image_size=32, loss='softmax', trainable=('^layer4_', '^fc/'),
-                       **{'model.name': 'resnet18', 'model.kernel_init': 'he_normal'})
+                       **{'model.name': 'resnet18', 'model.kernel_init': 'he_normal', **fields})
   exp = experiment.build(config, str(tmp_path))
   state = exp.init_state()
-  before = jax.device_get(state.batch_stats)
+  before = jax.device_get((state.params, state.batch_stats))
   step = parallel.jit_train_step(make_train_step(exp.model, exp.tx, exp.config), exp.mesh)
   batch = next(exp.pipeline(config.train_split).train_epoch(0))
   state, _, finite = step(state, parallel.shard_batch(batch, exp.mesh))
   assert bool(finite)
-  after = jax.device_get(state.batch_stats)
+  return before, jax.device_get((state.params, state.batch_stats))
+
+
+def test_frozen_batchnorm_keeps_its_statistics_trainable_batchnorm_learns(make_config, tmp_path):
+  """As Keras' trainable=False: frozen BatchNorm layers run in inference mode while training."""
+  (_, before), (_, after) = _one_resnet18_step(make_config, tmp_path)
   unchanged = lambda *path: all(np.array_equal(_at(before, path)[k], _at(after, path)[k])
                                 for k in ('mean', 'var'))
   assert unchanged('bn1') and unchanged('layer1_0', 'bn2') and unchanged('layer3_1', 'bn1')
   assert not unchanged('layer4_0', 'bn1') and not unchanged('layer4_1', 'bn2')
+
+
+def test_batchnorm_running_average_keeps_all_statistics_while_its_scales_train(make_config,
+                                                                              tmp_path):
+  """Keras' fine-tuning advice (base(x, training=False)): trainable BatchNorm in inference mode."""
+  (params0, stats0), (params1, stats1) = _one_resnet18_step(
+      make_config, tmp_path, batch_norm_running_average=True)
+  for a, b in zip(jax.tree.leaves(stats0), jax.tree.leaves(stats1)):
+    np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(params0['layer4_0']['bn1']['scale'], params1['layer4_0']['bn1']['scale'])
+  np.testing.assert_array_equal(params0['bn1']['scale'], params1['bn1']['scale'])
 
 
 def _at(tree, path):

@@ -337,14 +337,15 @@ def _convert(path, output, source, model, include_top, num_classes, image_size, 
   variables = fill(abstract, tensors, mapping_fn(abstract), ignore)
   metadata = {'model': model, 'include_top': include_top, 'num_classes': num_classes,
               'image_size': image_size, 'preprocess': preprocess,
-              'source': source, 'file': os.path.basename(path), 'sha256': _sha256(path),
+              'source': source, 'file': os.path.basename(path), 'sha256': file_digest(path),
               **(extra or {})}
   save(output, variables, metadata)
   return metadata
 
 
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
+def file_digest(path: str, algorithm: str = 'sha256') -> str:
+  """The hex digest of a file ('sha256', 'md5', ...), read in chunks."""
+  digest = hashlib.new(algorithm)
   with open(path, 'rb') as f:
     for chunk in iter(lambda: f.read(1 << 20), b''):
       digest.update(chunk)
@@ -399,18 +400,21 @@ def _define_flags():
 
 def main(argv):
   del argv
-  from catsdogs_jax import pretrained   # it imports this module
+  # This file runs as __main__; the library's own copy of it is what pretrained
+  # calls, so its errors are the ones to catch.
+  from catsdogs_jax import convert, pretrained
   FLAGS = flags.FLAGS
+  if not (FLAGS.pretrained or (FLAGS.input and FLAGS.output)):
+    raise SystemExit('error: give --input and --output (or --pretrained=NAME).')
+  if FLAGS.input and not os.path.isfile(FLAGS.input):
+    raise SystemExit(f'error: --input={FLAGS.input} is not a file.')
   try:
     if FLAGS.pretrained:
       ws = pretrained.weight_set(FLAGS.pretrained)
-      path = FLAGS.input or pretrained.source_file(ws)
-      print(pretrained.convert_into_cache(ws, path))
-    elif not (FLAGS.input and FLAGS.output):
-      raise SystemExit('error: give --input and --output (or --pretrained=NAME).')
+      print(pretrained.convert_into_cache(ws, FLAGS.input or pretrained.source_file(ws)))
     else:
-      CONVERTERS[FLAGS.format](FLAGS.input, FLAGS.model, FLAGS.output)
-  except (ConversionError, pretrained.PretrainedError) as e:
+      convert.CONVERTERS[FLAGS.format](FLAGS.input, FLAGS.model, FLAGS.output)
+  except (convert.ConversionError, pretrained.PretrainedError) as e:
     raise SystemExit(f'error: {e}')
 
 

@@ -133,17 +133,17 @@ def build(config, workdir: str, read_only: bool = False,
   from catsdogs_jax import input_pipeline
   mesh = parallel.create_mesh(devices)
   validation.validate_config(config, num_devices=mesh.size)
+  model = models.create_model(config)
+  validation.check_image_size(config, model)
+  config = validation.resolve_train_from(config, model)
   loaded = None
-  if config.init_from:
+  if config.init_from:   # may download and convert published weights: after the cheap checks
     loaded = weights.read(config.init_from)
     config = config.copy_and_resolve_references()
     config.preprocess = preprocessing.resolve(config.preprocess, loaded[2])
     logging.info('initialising from %s (%s, preprocessing %r)', config.init_from,
                  loaded[2].get('source'), config.preprocess)
-  model = models.create_model(config)
-  validation.check_image_size(config, model)
   input_shape = (config.image_size, config.image_size, config.channels)
-  config = validation.resolve_train_from(config, model)
   info = input_pipeline.describe(config)
   steps_per_epoch = (info.num_examples['train'] // jax.process_count()) // (
       config.batch_size // jax.process_count())

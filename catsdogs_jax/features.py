@@ -47,7 +47,8 @@ def cache_key(config, split: str, weights_metadata, data_fingerprint: str) -> st
   description = {
       'weights': weights_metadata.get('sha256') or
                  f'{weights_metadata.get("file")}@{weights_metadata.get("step")}',
-      'model': config.model.name, 'image_size': config.image_size,
+      'model': config.model.name, 'pooling': config.model.pooling,
+      'include_top': config.model.include_top, 'image_size': config.image_size,
       'channels': config.channels, 'resize': config.resize_method,
       'preprocess': config.preprocess, 'dataset': config.dataset, 'split': split,
       'data': data_fingerprint, 'process': [jax.process_index(), jax.process_count()]}

@@ -9,11 +9,14 @@ The cache is `~/.cache/catsdogs_jax/weights/` (or `$CATSDOGS_JAX_WEIGHTS`):
   <name>-<checksum prefix>/      params/ + weights.json, as the converter writes them
   downloads/<file>               downloaded or hand-placed source files
 A download is tried once with a short timeout: offline, the error says where to
-put the file instead, within seconds.
+put the file instead, within seconds. Several processes (jax.distributed) read
+the cache but do not convert: the error names the command that fills it first.
 """
 
-import hashlib
+import errno
+import http.client
 import importlib.metadata
+import json
 import os
 import shutil
 import tempfile
@@ -21,6 +24,7 @@ import urllib.error
 import urllib.request
 from typing import Dict, Optional
 
+import jax
 from absl import logging
 
 from catsdogs_jax import convert
@@ -30,6 +34,8 @@ from catsdogs_jax.models.weight_sets import WeightSet
 PREFIX = 'pretrained:'
 DOWNLOADS_DIR = 'downloads'
 DOWNLOAD_TIMEOUT_S = 15
+# Raised when the converters change what they write: older cache entries are converted again.
+CONVERTER_VERSION = 1
 
 
 class PretrainedError(ValueError):
@@ -57,21 +63,14 @@ def metadata(ws: WeightSet) -> Dict:
   """What the converted entry records beside the converter's own fields."""
   return {'weight_set': ws.name, 'checksum': ws.checksum, 'input_size': ws.input_size,
           'interpolation': ws.interpolation, 'crop_fraction': ws.crop_fraction,
-          'licence': ws.licence, 'origin': ws.url or ws.package}
-
-
-def _digest(path: str, algorithm: str) -> str:
-  digest = hashlib.new(algorithm)
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      digest.update(chunk)
-  return digest.hexdigest()
+          'licence': ws.licence, 'origin': ws.url or ws.package,
+          'converter_version': CONVERTER_VERSION}
 
 
 def verify(ws: WeightSet, path: str):
   """Fails unless the file's checksum is the published one (a prefix where only that is published)."""
   algorithm, expected = ws.checksum.split(':')
-  actual = _digest(path, algorithm)
+  actual = convert.file_digest(path, algorithm)
   if not actual.startswith(expected):
     raise PretrainedError(
         f'{path} is not the published {ws.name} file: its {algorithm} is {actual}, '
@@ -94,6 +93,7 @@ def _package_file(ws: WeightSet) -> str:
 
 
 def _download(ws: WeightSet, target: str):
+  """Downloads the file into `target`, checked before it is kept; an error says where to put it."""
   os.makedirs(os.path.dirname(target), exist_ok=True)
   logging.info('downloading %s from %s', ws.name, ws.url)
   tmp = f'{target}.{os.getpid()}.part'
@@ -101,14 +101,16 @@ def _download(ws: WeightSet, target: str):
     with urllib.request.urlopen(ws.url, timeout=DOWNLOAD_TIMEOUT_S) as response, \
         open(tmp, 'wb') as f:
       shutil.copyfileobj(response, f, 1 << 20)
+    verify(ws, tmp)
     os.replace(tmp, target)
-  except (urllib.error.URLError, OSError) as e:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  except (OSError, http.client.HTTPException) as e:   # URLError and timeouts are OSErrors
     raise PretrainedError(
         f'Could not download {ws.name} from {ws.url} ({getattr(e, "reason", e)}). '
         f'Download {ws.file} elsewhere and place it at {target}, then run again '
         f'(or: python -m catsdogs_jax.convert --pretrained={ws.name} --input=FILE).') from None
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def source_file(ws: WeightSet, root: Optional[str] = None) -> str:
@@ -121,18 +123,40 @@ def source_file(ws: WeightSet, root: Optional[str] = None) -> str:
   return target
 
 
+def _complete(entry: str) -> bool:
+  """An entry the current converters wrote in full (weights.json is written last)."""
+  try:
+    with open(os.path.join(entry, convert.WEIGHTS_FILE)) as f:
+      return json.load(f).get('converter_version') == CONVERTER_VERSION
+  except (OSError, ValueError):
+    return False
+
+
 def convert_into_cache(ws: WeightSet, path: str, root: Optional[str] = None) -> str:
-  """Checks and converts `path` into the weight set's cache entry (complete or absent)."""
+  """Checks and converts `path` into the weight set's cache entry (complete or absent).
+
+  The conversion goes to a temporary folder renamed into place; when another process
+  has put a complete entry there meanwhile, that one is kept.
+  """
   verify(ws, path)
   entry = entry_dir(ws, root)
-  os.makedirs(os.path.dirname(entry), exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(entry)}.', dir=os.path.dirname(entry))
+  try:
+    os.makedirs(os.path.dirname(entry), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(entry)}.', dir=os.path.dirname(entry))
+  except OSError as e:
+    raise PretrainedError(f'Cannot write the weight cache {os.path.dirname(entry)} ({e}); '
+                          'set $CATSDOGS_JAX_WEIGHTS to a folder you can write.') from None
   try:
     convert.CONVERTERS[ws.format](path, ws.model, tmp, metadata=metadata(ws),
                                   preprocess=ws.preprocess)
-    if os.path.exists(entry):   # converted meanwhile by another process, or a stale entry
-      shutil.rmtree(entry)
-    os.replace(tmp, entry)
+    if not _complete(entry):
+      if os.path.exists(entry):   # a stale entry (older converter) or a partial copy
+        shutil.rmtree(entry)
+      try:
+        os.replace(tmp, entry)
+      except OSError as e:   # another process renamed its copy into place first
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not _complete(entry):
+          raise
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   logging.info('converted %s into %s', ws.name, entry)
@@ -143,6 +167,12 @@ def fetch(name: str, root: Optional[str] = None) -> str:
   """The converted directory of weight set `name`, converting it the first time."""
   ws = weight_set(name)
   entry = entry_dir(ws, root)
-  if os.path.exists(os.path.join(entry, convert.WEIGHTS_FILE)):
+  if _complete(entry):
     return entry
+  if jax.process_count() > 1:   # Orbax would write one checkpoint from every process at once
+    raise PretrainedError(
+        f'{ws.name} is not in the weight cache {os.path.dirname(entry)} yet; convert it once '
+        f'before starting several processes: python -m catsdogs_jax.convert '
+        f'--pretrained={ws.name} (on each host, or on a folder they share through '
+        '$CATSDOGS_JAX_WEIGHTS).')
   return convert_into_cache(ws, source_file(ws, root), root)

@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Sequence
 from absl import logging
 
 from catsdogs_jax.models import create_model
-from catsdogs_jax.validation import ConfigError, check_image_size, set_fields, validate_config
+from catsdogs_jax.validation import (ConfigError, check_image_size, resolve_train_from, set_fields,
+                                     validate_config)
 
 VARIANT_JSON = 'variant.json'   # in each run: variant name, overrides, seed
 DONE_JSON = 'done.json'         # in each run: written once trained and evaluated
@@ -88,7 +89,9 @@ def plan(config, variants: Sequence[Dict[str, Any]], num_seeds: int, workdir: st
     variant_config = apply_overrides(config, overrides, name)
     try:
       validate_config(variant_config)
-      check_image_size(variant_config, create_model(variant_config))
+      model = create_model(variant_config)
+      check_image_size(variant_config, model)
+      resolve_train_from(variant_config, model)
     except ConfigError as e:
       raise ConfigError(f'Sweep variant {name!r}: {e}') from e
     for s in range(num_seeds):

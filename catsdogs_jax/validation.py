@@ -64,9 +64,10 @@ def validate_config(config, num_devices: int = None):
   if config.model.head == 'dense' and not config.model.pooling:
     raise ConfigError("config.model.head='dense' is a dense layer on the pooled base; set "
                       "--config.model.pooling=avg (or max), or choose another head.")
-  if config.model.head == 'gmp_dense' and config.model.pooling:
-    raise ConfigError("config.model.head='gmp_dense' pools the feature map itself; leave "
-                      "config.model.pooling unset, or use --config.model.head=dense.")
+  if config.model.head and config.model.head != 'dense' and config.model.pooling:
+    raise ConfigError(f'config.model.head={config.model.head!r} works on the feature map; leave '
+                      'config.model.pooling unset, or use --config.model.head=dense on the pooled '
+                      'base.')
   if config.train_from and config.frozen:
     raise ConfigError(f'config.train_from={config.train_from!r} decides which layers train; '
                       'leave config.frozen (and config.trainable) empty with it.')

@@ -37,6 +37,20 @@ def test_resume_gives_the_same_parameters_and_log(make_config, tmp_path):
   assert len(history_a['epochs']) == len(history_b['epochs']) == 2
 
 
+def test_a_run_with_train_from_resumes_and_evaluates(make_config, tmp_path):
+  """config.json records the resolved trainable layers; the same command resumes."""
+  from catsdogs_jax import evaluate
+  train.train_and_evaluate(make_config(num_epochs=1, train_from='conv4'), str(tmp_path))
+  train.train_and_evaluate(make_config(num_epochs=2, train_from='conv4'), str(tmp_path))
+  state, history = _final_state(make_config(num_epochs=2, train_from='conv4'), tmp_path)
+  assert int(state.step) == 6 and len(history['epochs']) == 2
+  result = evaluate.evaluate_checkpoint(make_config(num_epochs=2, train_from='conv4'),
+                                        str(tmp_path), 'test')
+  assert result['num_images'] == 10
+  with pytest.raises(WorkdirError, match=r"\(trainable\).*train_from: 'conv4' -> 'conv2'"):
+    train.train_and_evaluate(make_config(num_epochs=3, train_from='conv2'), str(tmp_path))
+
+
 def test_finished_run_is_not_retrained(make_config, tmp_path, caplog):
   config = make_config()
   train.train_and_evaluate(config, str(tmp_path))

@@ -52,8 +52,10 @@ def test_batch_larger_than_the_training_split(make_config, tmp_path):
 @pytest.mark.parametrize('fields, message', [
     ({'model.head': 'dense'}, "head='dense' is a dense layer on the pooled base; set "
                               "--config.model.pooling=avg"),
-    ({'model.head': 'gmp_dense', 'model.pooling': 'avg'}, "'gmp_dense' pools the feature map "
-                                                           "itself; leave config.model.pooling"),
+    ({'model.head': 'gmp_dense', 'model.pooling': 'avg'}, "config.model.head='gmp_dense' works "
+                                                           "on the feature map; leave config."
+                                                           "model.pooling unset"),
+    ({'model.head': 'flatten_mlp', 'model.pooling': 'max'}, "head='flatten_mlp' works on the "),
     ({'train_from': 'conv3', 'frozen': ('^conv1/',)}, "leave config.frozen (and "
                                                       "config.trainable) empty with it"),
     ({'train_from': 'conv3', 'features.enabled': True}, 'trains only a head on cached features'),

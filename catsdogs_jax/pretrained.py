@@ -13,6 +13,7 @@ put the file instead, within seconds. Several processes (jax.distributed) read
 the cache but do not convert: the error names the command that fills it first.
 """
 
+import contextlib
 import errno
 import http.client
 import importlib.metadata
@@ -92,9 +93,20 @@ def _package_file(ws: WeightSet) -> str:
   return str(path)
 
 
+@contextlib.contextmanager
+def _writing_cache(directory: str):
+  """Within it, a folder of the cache that cannot be written says how to point the cache elsewhere."""
+  try:
+    yield
+  except OSError as e:
+    raise PretrainedError(f'Cannot write the weight cache {directory} ({e}); '
+                          'set $CATSDOGS_JAX_WEIGHTS to a folder you can write.') from None
+
+
 def _download(ws: WeightSet, target: str):
   """Downloads the file into `target`, checked before it is kept; an error says where to put it."""
-  os.makedirs(os.path.dirname(target), exist_ok=True)
+  with _writing_cache(os.path.dirname(target)):
+    os.makedirs(os.path.dirname(target), exist_ok=True)
   logging.info('downloading %s from %s', ws.name, ws.url)
   tmp = f'{target}.{os.getpid()}.part'
   try:
@@ -140,12 +152,9 @@ def convert_into_cache(ws: WeightSet, path: str, root: Optional[str] = None) -> 
   """
   verify(ws, path)
   entry = entry_dir(ws, root)
-  try:
+  with _writing_cache(os.path.dirname(entry)):
     os.makedirs(os.path.dirname(entry), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(entry)}.', dir=os.path.dirname(entry))
-  except OSError as e:
-    raise PretrainedError(f'Cannot write the weight cache {os.path.dirname(entry)} ({e}); '
-                          'set $CATSDOGS_JAX_WEIGHTS to a folder you can write.') from None
   try:
     convert.CONVERTERS[ws.format](path, ws.model, tmp, metadata=metadata(ws),
                                   preprocess=ws.preprocess)

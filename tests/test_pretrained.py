@@ -14,7 +14,7 @@ import pytest
 
 from catsdogs_jax import convert, experiment, models, preprocessing, pretrained, weights
 from catsdogs_jax.models.weight_sets import WeightSet
-from conftest import SHARED_DATA, override
+from conftest import SHARED_DATA
 
 torch = pytest.importorskip('torch')
 reference = pytest.importorskip('efficientnet_lite_pytorch')
@@ -268,7 +268,7 @@ def test_unreachable_download_names_where_to_put_the_file_within_seconds(make_co
     _build(make_config, tmp_path, 'pretrained:fake_lite0')
   assert time.monotonic() - start < 10
   target = tmp_path / 'cache' / pretrained.DOWNLOADS_DIR / 'fake_weights.pth'
-  assert f'Could not download fake_lite0 from http://127.0.0.1:9/fake_weights.pth' in str(
+  assert 'Could not download fake_lite0 from http://127.0.0.1:9/fake_weights.pth' in str(
       error.value)
   assert f'place it at {target}, then run again' in str(error.value)
   assert not target.exists() and not (tmp_path / 'run').exists()
@@ -305,3 +305,13 @@ def test_every_weight_set_names_a_model_and_a_converter():
     assert ws.name == name and ws.model in models.MODELS and ws.format in convert.CONVERTERS
     assert ws.model in (convert.TORCH_MODELS if ws.format == 'torch' else convert.KERAS_MODELS)
     assert ws.preprocess in preprocessing.PREPROCESSORS
+
+
+def test_a_cache_that_cannot_be_written_names_the_variable_to_move_it(tmp_path, monkeypatch):
+  (tmp_path / 'a_file').write_text('')
+  monkeypatch.setenv('CATSDOGS_JAX_WEIGHTS', str(tmp_path / 'a_file' / 'weights'))
+  for name in ('efficientnet_lite0', 'vgg16_keras_notop'):   # converting; downloading
+    with pytest.raises(pretrained.PretrainedError, match=r'Cannot write the weight cache .*a_file'
+                                                         r'.*set \$CATSDOGS_JAX_WEIGHTS to a '
+                                                         r'folder you can write'):
+      pretrained.fetch(name)

@@ -27,7 +27,7 @@ def apply_head(x, head: str, num_outputs: int, units: int, dropout_rate: float, 
       raise ValueError("config.model.head='dense' needs a pooled base: set "
                        "config.model.pooling='avg' (or 'max').")
   elif head == 'gmp_dense':
-    x = jnp.max(x, axis=(1, 2))
+    x = pool(x, 'max')
   elif head in ('flatten_dense', 'flatten_mlp'):
     x = x.reshape((x.shape[0], -1))
   else:

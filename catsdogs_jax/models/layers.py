@@ -167,10 +167,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     if isinstance(padding, str):
       padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
     return depthwise_conv2d(lhs, rhs, strides, tuple(tuple(p) for p in padding))
-  fits = (lhs.ndim == 4 and feature_group_count == 1 and ones(window_strides) and
+  fits = (nhwc and feature_group_count == 1 and ones(window_strides) and
           ones(lhs_dilation) and ones(rhs_dilation) and not kwargs and
-          rhs.shape[0] * rhs.shape[1] > 1 and
-          _is_nhwc(dimension_numbers, lhs.shape, rhs.shape))
+          rhs.shape[0] * rhs.shape[1] > 1)
   if not (fits and _fast()):
     return plain()
   if isinstance(padding, str):

@@ -24,7 +24,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from catsdogs_jax import summary
+from catsdogs_jax.tools import summary
 
 MODES = ('train', 'evaluate', 'predict', 'curves', 'summary', 'feature_maps', 'filters',
          'lr_find', 'preview_augment', 'compare')
@@ -54,7 +54,7 @@ flags.DEFINE_string('sweep', None, '--mode=train: a sweep file (configs/sweeps/*
 flags.DEFINE_integer('sweep_seeds', 1, '--sweep: seeds per variant (config.seed, +1, ...).')
 flags.DEFINE_bool('dry_run', False, '--sweep: print the variants and their main.py commands only.')
 flags.DEFINE_multi_string('workdirs', [], '--mode=compare: runs or sweep variants (globs allowed).')
-# Several processes (hosts): see catsdogs_jax/distributed.py and the README.
+# Several processes (hosts): see catsdogs_jax/runtime/distributed.py and the README.
 flags.DEFINE_bool('distributed', False, 'Start jax.distributed, letting JAX detect the cluster '
                   '(SLURM, Open MPI, Kubernetes, Cloud TPU) for what the flags below leave out.')
 flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 (or env '
@@ -76,7 +76,7 @@ def _quiet_orbax(record) -> bool:
 
 
 def run_sweep(config, workdir):
-  from catsdogs_jax import sweep
+  from catsdogs_jax.tools import sweep
   runs = sweep.plan(config, sweep.load_sweep(FLAGS.sweep), FLAGS.sweep_seeds, workdir)
   command_line = config_flags.get_override_values(FLAGS['config'])
   commands = sweep.commands(runs, config_flags.get_config_filename(FLAGS['config']), command_line)
@@ -92,8 +92,8 @@ def run_sweep(config, workdir):
 
 
 def run(config, workdir, mode):
-  from catsdogs_jax import (compare, curves, evaluate, layer_views, lr_find, predict, preview,
-                            train, validation)
+  from catsdogs_jax.tools import compare, curves, evaluate, layer_views, lr_find, predict, preview
+  from catsdogs_jax.training import train, config_checks
   if mode == 'compare':
     rows, out = compare.compare(FLAGS.workdirs, workdir)
     print(compare.markdown(rows))
@@ -119,13 +119,13 @@ def run(config, workdir, mode):
   elif mode == 'lr_find':
     lr_find.range_test(config, workdir)
   elif mode == 'preview_augment':
-    validation.validate_config(config)
+    config_checks.validate_config(config)
     preview.write_preview(config, workdir)
 
 
 def start_processes():
   """jax.distributed when asked; then every process must be running the same command."""
-  from catsdogs_jax import distributed
+  from catsdogs_jax.runtime import distributed
   if not distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                                 FLAGS.distributed, FLAGS.distributed_timeout,
                                 FLAGS.heartbeat_timeout):
@@ -153,16 +153,19 @@ def main(argv):
     raise app.UsageError(f'--mode={FLAGS.mode} needs --workdir=DIR.')
   logging.get_absl_handler().addFilter(_quiet_orbax)
   # Importing these touches no device, so jax.distributed can still start below.
-  from catsdogs_jax import (convert, distributed, input_pipeline, preemption, pretrained, train,
-                            validation, weights, workdir)
+  from catsdogs_jax.weights import converted, pretrained, loading
+  from catsdogs_jax.runtime import distributed, preemption, workdir_files
+  from catsdogs_jax.data import input_pipeline
+  from catsdogs_jax.training import train, config_checks
+  input_pipeline.keep_tensorflow_off_gpus()
   try:
     start_processes()
-    logging.info('%s', summary.environment())
+    logging.info('%s', distributed.environment())
     if FLAGS.config is not None:
       logging.info('config:\n%s', FLAGS.config)
     run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
-  except (validation.ConfigError, input_pipeline.DataError, workdir.WorkdirError,
-          weights.WeightsError, convert.ConversionError, pretrained.PretrainedError,
+  except (config_checks.ConfigError, input_pipeline.DataError, workdir_files.WorkdirError,
+          loading.WeightsError, converted.ConversionError, pretrained.PretrainedError,
           FileNotFoundError,
           preemption.Preempted, train.NonFiniteLossError, distributed.DistributedError) as e:
     # Mistakes in the command or the data: the message, not a traceback.

@@ -1,6 +1,6 @@
 """Fault injection at scale: many trials of every fault kind against an uninterrupted run.
 
-  python benchmarks/fault_injection.py --trials=50 [--seed=0] [--workdir=/tmp/faults]
+  python benchmarks/inject_fault.py --trials=50 [--seed=0] [--workdir=/tmp/faults]
 
 A tiny MLP trains 4 epochs of 3 steps on generated images, in a new process per
 run. Each trial injects one fault at a random point, goes on the way a user
@@ -32,7 +32,8 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from catsdogs_jax import checkpointing, fault_injection  # noqa: E402
+from catsdogs_jax.runtime import checkpointing
+import inject_fault
 
 CONFIG = os.path.join(ROOT, 'configs', 'mnist_mlp.py')
 STEPS, EPOCHS = 3, 4
@@ -62,13 +63,13 @@ def overrides(data: str, **fields):
 
 
 def run(data, workdir, fault=None, **fields):
-  return subprocess.run(fault_injection.command(CONFIG, workdir, overrides(data, **fields), fault),
+  return subprocess.run(inject_fault.command(CONFIG, workdir, overrides(data, **fields), fault),
                         cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
 def finished_same(workdir, reference) -> str:
   try:
-    return 'survived' if fault_injection.same_outcome(fault_injection.outcome(workdir),
+    return 'survived' if inject_fault.same_outcome(inject_fault.outcome(workdir),
                                                       reference) else 'different'
   except Exception:  # no checkpoint, no log: nothing to compare
     return 'lost'
@@ -97,7 +98,7 @@ def trial(kind: str, rng, data: str, workdir: str, reference) -> str:
     return 'survived' if steps and steps[-1] == good * STEPS else 'lost'
   if kind == 'second_run':   # the first run pauses mid-training while a second one starts
     first = subprocess.Popen(
-        fault_injection.command(CONFIG, workdir, overrides(data),
+        inject_fault.command(CONFIG, workdir, overrides(data),
                                 f'pause_step:{rng.integers(1, STEPS * EPOCHS + 1)}'),
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lock = os.path.join(workdir, 'lock.json')
@@ -138,7 +139,7 @@ def main():
   shutil.rmtree(reference_dir, ignore_errors=True)
   if run(data, reference_dir).returncode:
     sys.exit('the uninterrupted reference run failed')
-  reference = fault_injection.outcome(reference_dir)
+  reference = inject_fault.outcome(reference_dir)
   rng = np.random.default_rng(args.seed)
   counts = collections.defaultdict(collections.Counter)
   start = time.time()

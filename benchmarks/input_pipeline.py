@@ -21,8 +21,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from catsdogs_jax import augment, experiment, parallel  # noqa: E402
-from catsdogs_jax.steps import make_train_step  # noqa: E402
+from catsdogs_jax.data import augment
+from catsdogs_jax.training import experiment
+from catsdogs_jax.runtime import parallel
+from catsdogs_jax.training.steps import make_train_step
 from configs import small_cnn_aug  # noqa: E402
 
 flags.DEFINE_string('data', os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data',

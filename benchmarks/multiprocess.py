@@ -40,7 +40,7 @@ FLAGS = flags.FLAGS
 
 def launch(processes: int, devices: int, argv, out: str, timeout: int = 600) -> dict:
   """Runs this script's worker as `processes` processes of `devices` devices; process 0's result."""
-  from catsdogs_jax import distributed
+  from catsdogs_jax.runtime import distributed
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
   if processes > 1:
     env.update(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{distributed.free_port()}',
@@ -60,16 +60,18 @@ def launch(processes: int, devices: int, argv, out: str, timeout: int = 600) -> 
 def worker(config, steps: int, warmup: int, eval_examples: int, out: str):
   import jax
   import numpy as np
-  from catsdogs_jax import distributed, models, optimizers, parallel
-  from catsdogs_jax.evaluate import run_eval
-  from catsdogs_jax.features import FeaturePipeline
-  from catsdogs_jax.steps import make_eval_step, make_train_step
-  from catsdogs_jax.train_state import make_init_fn
+  from catsdogs_jax.runtime import distributed, parallel
+  from catsdogs_jax import models
+  from catsdogs_jax.training import optimizers
+  from catsdogs_jax.training.steps import run_eval
+  from catsdogs_jax.data.feature_cache import FeaturePipeline
+  from catsdogs_jax.training.steps import make_eval_step, make_train_step
+  from catsdogs_jax.training.train_state import make_init_fn
 
   distributed.initialize(heartbeat_timeout=30)   # from JAX_* variables, when launched as several
   index, count = jax.process_index(), jax.process_count()
   mesh = parallel.create_mesh()
-  shape = (config.image_size, config.image_size, config.channels)
+  shape = models.input_shape(config)
   model = models.create_model(config)
   tx, _ = optimizers.create_optimizer(config, steps_per_epoch=max(1, steps + warmup))
   init_fn = make_init_fn(model, tx, optimizers.create_plateau(config), shape)

@@ -19,9 +19,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from catsdogs_jax import models  # noqa: E402
+from catsdogs_jax import models
 from catsdogs_jax.models import layers  # noqa: E402
-from catsdogs_jax.train_state import init_variables  # noqa: E402
+from catsdogs_jax.models import init_variables
 
 flags.DEFINE_string('model', 'efficientnet_lite0', 'efficientnet_lite0, _lite1, _lite2, efficientnet_b0')
 flags.DEFINE_integer('image_size', 224, 'image size')

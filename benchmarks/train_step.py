@@ -73,7 +73,7 @@ def forward_gflop_per_image(config) -> float:
   import jax.numpy as jnp
   from catsdogs_jax import models
   from catsdogs_jax.models import layers
-  from catsdogs_jax.train_state import abstract_variables
+  from catsdogs_jax.models import abstract_variables
   with layers.implementation('plain'):
     model = models.create_model(config)
     size = (config.image_size, config.image_size, config.channels)
@@ -87,10 +87,12 @@ def forward_gflop_per_image(config) -> float:
 def project_images_per_second(config, impl: str, steps: int) -> float:
   import jax
   import numpy as np
-  from catsdogs_jax import models, optimizers, parallel
+  from catsdogs_jax import models
+  from catsdogs_jax.training import optimizers
+  from catsdogs_jax.runtime import parallel
   from catsdogs_jax.models import layers
-  from catsdogs_jax.steps import make_train_step
-  from catsdogs_jax.train_state import make_init_fn
+  from catsdogs_jax.training.steps import make_train_step
+  from catsdogs_jax.training.train_state import make_init_fn
   mesh = parallel.create_mesh()
   with layers.implementation(impl):
     model = models.create_model(config)

@@ -18,9 +18,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from catsdogs_jax import models, optimizers, parallel  # noqa: E402
-from catsdogs_jax.steps import make_train_step  # noqa: E402
-from catsdogs_jax.train_state import make_init_fn  # noqa: E402
+from catsdogs_jax import models
+from catsdogs_jax.training import optimizers
+from catsdogs_jax.runtime import parallel
+from catsdogs_jax.training.steps import make_train_step
+from catsdogs_jax.training.train_state import make_init_fn
 from configs import vgg16_transfer  # noqa: E402
 
 flags.DEFINE_integer('image_size', 64, 'image size')

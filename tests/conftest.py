@@ -7,12 +7,17 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=4').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+import sys  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from catsdogs_jax.validation import set_fields  # noqa: E402
+from catsdogs_jax.defaults import set_fields
 from configs import mnist_mlp, small_cnn  # noqa: E402
+
+# benchmarks/inject_fault.py: the fault-injection runner the fault tests share with the benchmark.
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'benchmarks'))
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data',
                            'cats_and_dogs_small')

@@ -11,12 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catsdogs_jax import (callbacks, checkpointing, curves, evaluate, experiment, layer_views,
-                          lr_find, models, predict, summary, train)
-from catsdogs_jax.folders import DataError
-from catsdogs_jax.steps import make_predict_step
-from catsdogs_jax.train_state import abstract_variables
-from catsdogs_jax.validation import ConfigError
+from catsdogs_jax.training import epoch_log, experiment, train
+from catsdogs_jax.tools import curves, evaluate, layer_views, lr_find, predict
+from catsdogs_jax.tools import summary as summary_tool
+from catsdogs_jax import models
+from catsdogs_jax.models import summary
+from catsdogs_jax.data.folders import DataError
+from catsdogs_jax.training.optimizers import is_frozen
+from catsdogs_jax.training.steps import make_predict_step
+from catsdogs_jax.models import abstract_variables
+from catsdogs_jax.training.config_checks import ConfigError
 from configs import efficientnet_b0_transfer, efficientnet_lite0_finetune, resnet50, small_cnn, vgg16, vgg16_finetune
 from conftest import override, tiny_config, tiny_mlp_config
 
@@ -85,7 +89,7 @@ def _forced_workdir(config, workdir):
             'logits': {'kernel': logits, 'bias': np.zeros_like(params['logits']['bias'])}}
   state = state.replace(params=jax.device_put(params, jax.tree.map(lambda x: x.sharding,
                                                                    state.params)))
-  exp.checkpoints.save(1, state, checkpointing.new_history(),
+  exp.checkpoints.save(1, state, train.History().to_json(),
                        metrics={'val_loss': 0.0, 'val_accuracy': 1.0})
   exp.checkpoints.wait()
   return str(workdir)
@@ -134,12 +138,12 @@ def test_evaluate_names_unvalidated_checkpoints_and_the_step_flag(image_folder, 
   with pytest.raises(FileNotFoundError, match=r"No checkpoint in .*train first"):
     evaluate.restore_for_inference(config, str(tmp_path / 'empty'))
   exp = experiment.build(config, str(tmp_path / 'run'))
-  exp.checkpoints.save(3, exp.init_state(), checkpointing.new_history(), metrics=None)
+  exp.checkpoints.save(3, exp.init_state(), train.History().to_json(), metrics=None)
   exp.checkpoints.wait()
   exp.checkpoints.close()
   with pytest.raises(FileNotFoundError, match=r"No validated checkpoint .*steps \[3\].*--step=3"):
     evaluate.restore_for_inference(config, str(tmp_path / 'run'))
-  assert evaluate.restore_for_inference(config, str(tmp_path / 'run'), step=3)[2] == 3
+  assert evaluate.restore_for_inference(config, str(tmp_path / 'run'), step=3).step == 3
   with pytest.raises(FileNotFoundError, match=r"No checkpoint at step 4 .*steps \[3\]"):
     evaluate.restore_for_inference(config, str(tmp_path / 'run'), step=4)
 
@@ -187,9 +191,11 @@ def test_evaluate_reports_per_class_metrics_and_the_top_losses(tmp_path):
     assert json.load(f)['eval_flip'] is False
   assert flipped['confusion'] == result['confusion']
 
-  exp, state, _ = evaluate.restore_for_inference(config, workdir)
-  probs, losses, labels, top = evaluate.predictions(exp, state, exp.pipeline('test'),
-                                                    keep_images=3)
+  restored = evaluate.restore_for_inference(config, workdir)
+  exp, state = restored.exp, restored.state
+  predicted = evaluate.predictions(exp, state, exp.pipeline('test'), keep_images=3)
+  probs, losses, labels = predicted.probabilities, predicted.losses, predicted.labels
+  top = [(t.loss, t.index, t.image) for t in predicted.top_losses]
   assert list(labels) == [0, 0, 0, 0, 1, 1, 1]
   assert [i for _, i, _ in top] == list(np.argsort(-losses, kind='stable')[:3])
   assert [loss for loss, _, _ in top] == pytest.approx(-np.log(probs[np.arange(7), labels])[
@@ -227,7 +233,7 @@ def test_curves_mark_learning_rate_changes_and_write_a_png(tmp_path):
            'learning_rate': 1e-3 if e < 4 else 1e-4 if e < 7 else 1e-5,
            'seconds': 1.0, 'images_per_second': 10.0} for e in range(1, 9)]
   assert curves.learning_rate_changes(rows) == [(4, 1e-4), (7, 1e-5)]
-  callbacks.write_csv(str(tmp_path / callbacks.LOG_CSV), rows)
+  epoch_log.write_csv(str(tmp_path / epoch_log.LOG_CSV), rows)
   assert _png_size(curves.write_curves(str(tmp_path))) == (1200, 450)
   with pytest.raises(FileNotFoundError, match='No log.csv'):
     curves.write_curves(str(tmp_path / 'elsewhere'))
@@ -246,7 +252,7 @@ def test_summary_has_the_spec_totals_and_keras_like_rows(module, size, total, st
   config.image_size = size
   if module is vgg16 or module is resnet50:
     config.num_classes, config.loss = 1000, 'softmax'
-  text = summary.config_summary(config)
+  text = summary_tool.config_summary(config)
   assert f'total parameters: {total:,} (trainable {total:,}, frozen 0); BatchNorm statistics: ' \
          f'{stats:,}' in text
   lines = text.splitlines()
@@ -257,16 +263,17 @@ def test_summary_has_the_spec_totals_and_keras_like_rows(module, size, total, st
 
 def test_summary_splits_trainable_and_frozen():
   config = vgg16_finetune.get_config()
-  text = summary.config_summary(config)
+  text = summary_tool.config_summary(config)
   assert 'total parameters: 16,812,353 (trainable 9,177,089, frozen 7,635,264)' in text
   config = efficientnet_b0_transfer.get_config()
   model = models.create_model(config)
   shape = (config.image_size,) * 2 + (3,)
-  text = summary.model_summary(model, abstract_variables(model, shape), shape, config)
+  text = summary.model_summary(model, abstract_variables(model, shape), shape,
+                               frozen=lambda path: is_frozen(path, config))
   assert 'frozen 4,007,548' in text and 'Keras counts them as non-trainable' in text
   # train_from: block6a_expand_conv and everything after it train: block6a 224,160 + block6b-d
   # 3 x 476,160 + block7a 605,440 + top_conv 409,600 + top_bn 2,560 + head 1,281.
-  text = summary.config_summary(efficientnet_lite0_finetune.get_config())
+  text = summary_tool.config_summary(efficientnet_lite0_finetune.get_config())
   assert 'total parameters: 3,372,289 (trainable 2,671,521, frozen 700,768)' in text
 
 
@@ -278,7 +285,8 @@ def test_feature_maps_are_the_layer_outputs_and_bad_layers_are_refused(make_conf
   config = make_config()
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(config, workdir)
-  exp, state, _ = evaluate.restore_for_inference(config, workdir)
+  restored = evaluate.restore_for_inference(config, workdir)
+  exp, state = restored.exp, restored.state
   images = exp.pipeline('test').eval_batches().__next__()['image'][:2]
   maps = layer_views.layer_activations(exp.model, exp.config, {'params': state.params}, images,
                                        ['conv1'])
@@ -335,7 +343,7 @@ def test_lr_find_suggests_a_rate_that_trains_and_leaves_the_workdir_alone(image_
   short = override(config.copy_and_resolve_references(),
                    **{'optimizer.learning_rate': suggested, 'num_epochs': 4})
   history = train.train_and_evaluate(short, str(tmp_path / 'short'))
-  losses = [row['loss'] for row in history['epochs']]
+  losses = [row['loss'] for row in history.epochs]
   assert losses[-1] < 0.8 * losses[0], (suggested, losses)
 
 
@@ -343,4 +351,4 @@ def test_lr_find_settings_are_checked():
   config = small_cnn.get_config()
   config.lr_find.min_lr = 20.0   # above max_lr
   with pytest.raises(ConfigError, match='min_lr < max_lr'):
-    summary.config_summary(config)
+    summary_tool.config_summary(config)

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from catsdogs_jax import augment, parallel
+from catsdogs_jax.data import augment
+from catsdogs_jax.runtime import parallel
 from configs import default, small_cnn_aug
 from conftest import override
 
@@ -103,19 +104,20 @@ def test_sharded_batch_gets_per_example_randomness_independent_of_devices():
 
 
 def test_invalid_settings_are_named():
-  from catsdogs_jax import validation
+  from catsdogs_jax.training import config_checks
   for field, value, message in (('augment.fill_mode', 'mirror', "config.augment.fill_mode 'mirror'"),
                                 ('augment.zoom_range', 1.0, 'zoom_range=1.0'),
                                 ('augment.rotation_range', -5.0, 'rotation_range must be >= 0')):
-    with pytest.raises(validation.ConfigError, match=message):
-      validation.validate_config(override(default.get_config(), **{field: value}), num_devices=4)
+    with pytest.raises(config_checks.ConfigError, match=message):
+      config_checks.validate_config(override(default.get_config(), **{field: value}), num_devices=4)
 
 
 def _losses_over_steps(aug_config):
   """Train losses of the same batch at steps 0 and 1, with a learning rate of 0."""
-  from catsdogs_jax import models, optimizers
-  from catsdogs_jax.steps import make_eval_step, make_train_step
-  from catsdogs_jax.train_state import make_init_fn
+  from catsdogs_jax import models
+  from catsdogs_jax.training import optimizers
+  from catsdogs_jax.training.steps import make_eval_step, make_train_step
+  from catsdogs_jax.training.train_state import make_init_fn
   config = override(aug_config, image_size=48, **{'optimizer.name': 'sgd',
                                                   'optimizer.learning_rate': 0.0,
                                                   'model.dropout_rate': 0.0})

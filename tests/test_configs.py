@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from catsdogs_jax import convert, experiment, models, parallel, validation
-from catsdogs_jax.steps import make_train_step
-from catsdogs_jax.train_state import abstract_variables
+from catsdogs_jax.weights import converted
+from catsdogs_jax.training import experiment, config_checks
+from catsdogs_jax import models
+from catsdogs_jax.runtime import parallel
+from catsdogs_jax.training.steps import make_train_step
+from catsdogs_jax.models import abstract_variables
 from conftest import SHARED_DATA, override
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), '..', 'configs')
@@ -32,10 +35,10 @@ def test_every_config_is_listed():
 @pytest.mark.parametrize('name', CONFIGS)
 def test_config_validates_and_its_model_initialises_at_full_size(name):
   config = _load(name)
-  validation.validate_config(config, num_devices=1)
+  config_checks.validate_config(config, num_devices=1)
   model = models.create_model(config)
-  validation.check_image_size(config, model)
-  size = (config.image_size, config.image_size, config.channels)
+  config_checks.check_image_size(config, model)
+  size = models.input_shape(config)
   variables = abstract_variables(model, size)
   logits = jax.eval_shape(lambda v, x: model.apply(v, x), variables,
                           jax.ShapeDtypeStruct((2, *size), np.float32))
@@ -50,13 +53,13 @@ def _random_weights(config, directory):
     config = override(config.copy_and_resolve_references(),
                       **{'model.head': None, 'model.head_units': None})
   model = models.create_model(config)
-  abstract = abstract_variables(model, (config.image_size, config.image_size, config.channels))
+  abstract = abstract_variables(model, models.input_shape(config))
   rng = np.random.default_rng(1)   # numpy, not the model's init: nothing to compile
   variables = jax.tree_util.tree_map_with_path(
       lambda path, leaf: np.abs(rng.normal(1, 0.1, leaf.shape)).astype(np.float32)
       if path[-1].key in ('var', 'scale') else rng.normal(0, 0.05, leaf.shape).astype(np.float32),
       abstract)
-  convert.save(directory, variables,
+  converted.save(directory, variables,
                {'model': config.model.name, 'include_top': True, 'num_classes':
                 config.num_classes, 'image_size': config.image_size, 'preprocess': 'torch',
                 'source': 'test'})
@@ -92,7 +95,7 @@ def test_config_trains_one_step_at_a_tiny_size(name, image_folder, tmp_path):
   config = override(_load(name), dataset=f'folder:{image_folder}', train_split='train',
                     eval_split='validation', test_split='test', batch_size=8, num_classes=2,
                     **{'features.cache_dir': str(tmp_path / 'features')})
-  config.image_size = max(32, validation.smallest_image_size(models.create_model(config),
+  config.image_size = max(32, config_checks.smallest_image_size(models.create_model(config),
                                                              config.channels))
   if config.init_from:
     config.init_from = _random_weights(config, str(tmp_path / 'weights'))

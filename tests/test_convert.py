@@ -6,8 +6,12 @@ import jax
 import numpy as np
 import pytest
 
-from catsdogs_jax import convert, experiment, models, parallel, preprocessing, weights
-from catsdogs_jax.steps import make_train_step
+from catsdogs_jax.weights import keras_h5, converted, loading
+from catsdogs_jax.training import experiment
+from catsdogs_jax import models
+from catsdogs_jax.runtime import parallel
+from catsdogs_jax.data import preprocessing
+from catsdogs_jax.training.steps import make_train_step
 from conftest import tiny_config, write_keras_h5
 
 SIZE = 64   # 2x2x512 before fc1: the flatten order matters
@@ -26,9 +30,9 @@ def _keras_vgg16(tmp_path, include_top, classes=5):
 @pytest.mark.parametrize('include_top', [True, False])
 def test_keras_vgg16_parity_with_preprocessing(tmp_path, include_top):
   keras_model, path = _keras_vgg16(tmp_path, include_top)
-  metadata = convert.convert_keras_h5(path, 'vgg16', str(tmp_path / 'converted'))
+  metadata = keras_h5.convert_keras_h5(path, 'vgg16', str(tmp_path / 'converted'))
   assert metadata['preprocess'] == 'caffe' and metadata['include_top'] == include_top
-  params, _, _ = weights.read(str(tmp_path / 'converted'))
+  params = loading.read(str(tmp_path / 'converted')).params
   model = models.MODELS['vgg16'](num_outputs=metadata['num_classes'] or 1,
                                  include_top=include_top)
   images = np.random.default_rng(0).integers(0, 256, (2, SIZE, SIZE, 3)).astype(np.float32)
@@ -44,17 +48,17 @@ def test_not_a_keras_file_and_a_mismatched_file_are_named(tmp_path):
   plain = str(tmp_path / 'plain.h5')
   with h5py.File(plain, 'w') as f:
     f.create_dataset('x', data=np.zeros(3))
-  with pytest.raises(convert.ConversionError, match='not a Keras weight file'):
-    convert.convert_keras_h5(plain, 'vgg16', str(tmp_path / 'out'))
+  with pytest.raises(converted.ConversionError, match='not a Keras weight file'):
+    keras_h5.convert_keras_h5(plain, 'vgg16', str(tmp_path / 'out'))
   _, path = _keras_vgg16(tmp_path, include_top=False)
-  with pytest.raises(convert.ConversionError, match=r'missing in the file: block3_conv4/0, block3_conv4/1, block4_conv4/0'):
-    convert.convert_keras_h5(path, 'vgg19', str(tmp_path / 'out19'))
+  with pytest.raises(converted.ConversionError, match=r'missing in the file: block3_conv4/0, block3_conv4/1, block4_conv4/0'):
+    keras_h5.convert_keras_h5(path, 'vgg19', str(tmp_path / 'out19'))
 
 
 @pytest.fixture
 def converted_top(tmp_path):
   _, path = _keras_vgg16(tmp_path, include_top=True)
-  convert.convert_keras_h5(path, 'vgg16', str(tmp_path / 'converted'))
+  keras_h5.convert_keras_h5(path, 'vgg16', str(tmp_path / 'converted'))
   return str(tmp_path / 'converted')
 
 
@@ -67,13 +71,13 @@ def _vgg_config(image_folder, converted, **fields):
 def test_init_from_loads_everything_but_dont_load_and_binds_preprocessing(
     image_folder, converted_top, tmp_path):
   config = _vgg_config(image_folder, converted_top)
-  with pytest.raises(weights.WeightsError, match=r'different shapes: predictions/bias file \(5,\)'):
+  with pytest.raises(loading.WeightsError, match=r'different shapes: predictions/bias file \(5,\)'):
     experiment.build(config, str(tmp_path / 'a'))
   config.dont_load = ('^predictions/',)
   exp = experiment.build(config, str(tmp_path / 'b'))
   assert exp.config.preprocess == 'caffe'          # bound to the weights, not 1/255
   state = jax.device_get(exp.init_state())
-  loaded, _, _ = weights.read(converted_top)
+  loaded = loading.read(converted_top).params
   np.testing.assert_array_equal(state.params['block3_conv2']['kernel'],
                                 loaded['block3_conv2']['kernel'])
   assert state.params['predictions']['kernel'].shape == (4096, 2)
@@ -107,7 +111,7 @@ def test_keras_1_weight_names_and_the_command_line(tmp_path):
   import sys
   h5py = pytest.importorskip('h5py')
   _, path = _keras_vgg16(tmp_path, include_top=False)
-  layers = convert.read_keras_h5(path)
+  layers = keras_h5.read_keras_h5(path)
   old_style = str(tmp_path / 'vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5')
   with h5py.File(old_style, 'w') as f:
     f.attrs['layer_names'] = [b'input_1'] + [n.encode() for n in layers]
@@ -119,15 +123,16 @@ def test_keras_1_weight_names_and_the_command_line(tmp_path):
       group.create_dataset(f'{name}_b_1:0', data=bias)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   result = subprocess.run(
-      [sys.executable, '-m', 'catsdogs_jax.convert', '--format=keras_h5', '--model=vgg16',
+      [sys.executable, '-m', 'catsdogs_jax.weights.convert', '--format=keras_h5', '--model=vgg16',
        f'--input={old_style}', f'--output={tmp_path / "cli"}'],
       cwd=root, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
-  params, _, metadata = weights.read(str(tmp_path / 'cli'))
+  weights = loading.read(str(tmp_path / 'cli'))
+  params, metadata = weights.params, weights.metadata
   assert metadata['file'] == os.path.basename(old_style) and len(metadata['sha256']) == 64
   np.testing.assert_array_equal(params['block5_conv3']['kernel'], layers['block5_conv3'][0])
   bad = subprocess.run(
-      [sys.executable, '-m', 'catsdogs_jax.convert', '--format=keras_h5', '--model=vgg19',
+      [sys.executable, '-m', 'catsdogs_jax.weights.convert', '--format=keras_h5', '--model=vgg19',
        f'--input={old_style}', f'--output={tmp_path / "bad"}'],
       cwd=root, capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and 'missing in the file: block3_conv4/0' in bad.stderr

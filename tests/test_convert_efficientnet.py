@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from catsdogs_jax import convert, models, preprocessing, weights
+from catsdogs_jax.weights import keras_h5, converted, loading
+from catsdogs_jax import models
+from catsdogs_jax.data import preprocessing
 from conftest import write_keras_h5
 
 
@@ -30,11 +32,12 @@ def _keras_efficientnet(tmp_path, include_top, size, classes=7):
 @pytest.mark.parametrize('include_top, size', [(True, 64), (False, 71)])
 def test_keras_efficientnet_b0_parity(tmp_path, include_top, size):
   keras_model, path = _keras_efficientnet(tmp_path, include_top, size)
-  metadata = convert.convert_keras_h5(path, 'efficientnet_b0', str(tmp_path / 'converted'))
+  metadata = keras_h5.convert_keras_h5(path, 'efficientnet_b0', str(tmp_path / 'converted'))
   # An untrained Keras model normalises with mean 0, variance 1 after Rescaling(1/255).
   assert metadata['preprocess'] == 'rescale' and metadata['include_top'] == include_top
   assert metadata['num_classes'] == (7 if include_top else None)
-  params, batch_stats, _ = weights.read(str(tmp_path / 'converted'))
+  weights = loading.read(str(tmp_path / 'converted'))
+  params, batch_stats = weights.params, weights.batch_stats
   model = models.MODELS['efficientnet_b0'](num_outputs=metadata['num_classes'] or 1,
                                            include_top=include_top)
   images = np.random.default_rng(0).integers(0, 256, (2, size, size, 3)).astype(np.float32)
@@ -49,14 +52,14 @@ def test_efficientnet_preprocessing_is_read_from_the_normalization_layer():
   layers = {'normalization': [np.array(preprocessing.TORCH_MEAN), np.array(preprocessing.TORCH_STD),
                               np.array(0)]}
   # The published ImageNet files: mean and, by Keras' known slip, the stddev as "variance".
-  assert convert._keras_normalization(layers) == 'torch'
+  assert keras_h5._keras_normalization(layers) == 'torch'
   layers['normalization'][1] = np.square(preprocessing.TORCH_STD)
-  assert convert._keras_normalization(layers) == 'torch'
+  assert keras_h5._keras_normalization(layers) == 'torch'
   layers['normalization'][0] = np.array([0.5, 0.5, 0.5])
-  with pytest.raises(convert.ConversionError, match=r"'normalization' has mean \[0.5, 0.5, 0.5\]"):
-    convert._keras_normalization(layers)
-  with pytest.raises(convert.ConversionError, match='Expected one Normalization layer'):
-    convert._keras_normalization({})
+  with pytest.raises(converted.ConversionError, match=r"'normalization' has mean \[0.5, 0.5, 0.5\]"):
+    keras_h5._keras_normalization(layers)
+  with pytest.raises(converted.ConversionError, match='Expected one Normalization layer'):
+    keras_h5._keras_normalization({})
 
 
 def test_a_vgg_file_is_not_taken_for_efficientnet(tmp_path):
@@ -64,5 +67,5 @@ def test_a_vgg_file_is_not_taken_for_efficientnet(tmp_path):
   keras = pytest.importorskip('keras')
   model = keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
   path = write_keras_h5(model, tmp_path / 'vgg16.h5')
-  with pytest.raises(convert.ConversionError, match='Expected one Normalization layer'):
-    convert.convert_keras_h5(path, 'efficientnet_b0', str(tmp_path / 'out'))
+  with pytest.raises(converted.ConversionError, match='Expected one Normalization layer'):
+    keras_h5.convert_keras_h5(path, 'efficientnet_b0', str(tmp_path / 'out'))

@@ -6,7 +6,9 @@ import pickle
 import numpy as np
 import pytest
 
-from catsdogs_jax import convert, models, preprocessing, weights
+from catsdogs_jax.weights import pytorch, converted, loading
+from catsdogs_jax import models
+from catsdogs_jax.data import preprocessing
 
 torch = pytest.importorskip('torch')
 nn = torch.nn
@@ -93,9 +95,10 @@ def _randomise_batchnorm(module):
 
 
 def _compare(torch_model, path, model_name, size, tmp_path):
-  metadata = convert.convert_torch(path, model_name, str(tmp_path / 'converted'))
+  metadata = pytorch.convert_torch(path, model_name, str(tmp_path / 'converted'))
   assert metadata['preprocess'] == 'torch'
-  params, stats, _ = weights.read(str(tmp_path / 'converted'))
+  weights = loading.read(str(tmp_path / 'converted'))
+  params, stats = weights.params, weights.batch_stats
   ours = models.MODELS[model_name](num_outputs=metadata['num_classes'], include_top=True)
   images = np.random.default_rng(0).integers(0, 256, (2, size, size, 3)).astype(np.float32)
   inputs = np.asarray(preprocessing.torch(images))
@@ -137,8 +140,8 @@ def test_a_pickle_that_runs_code_is_refused_and_never_runs(tmp_path):
   path = str(tmp_path / 'evil.pth')
   with open(path, 'wb') as f:
     pickle.dump({'conv1.weight': _Payload(marker)}, f)
-  with pytest.raises(convert.ConversionError, match='Refused to load'):
-    convert.convert_torch(path, 'resnet50', str(tmp_path / 'out'))
+  with pytest.raises(converted.ConversionError, match='Refused to load'):
+    pytorch.convert_torch(path, 'resnet50', str(tmp_path / 'out'))
   assert not os.path.exists(marker)
 
 
@@ -146,6 +149,6 @@ def test_wrong_architecture_lists_what_differs(tmp_path):
   torch.manual_seed(0)
   path = str(tmp_path / 'resnet50.pth')
   torch.save(TorchResNet50(classes=10).state_dict(), path)
-  with pytest.raises(convert.ConversionError,
+  with pytest.raises(converted.ConversionError,
                      match=r'in the file but not in the model: layer1\.0\.bn3\.bias, .*\(\d+ in all\)'):
-    convert.convert_torch(path, 'resnet34', str(tmp_path / 'out'))
+    pytorch.convert_torch(path, 'resnet34', str(tmp_path / 'out'))

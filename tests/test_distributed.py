@@ -16,7 +16,9 @@ import time
 import numpy as np
 import pytest
 
-from catsdogs_jax import callbacks, checkpointing, distributed, fault_injection
+from catsdogs_jax.training import epoch_log
+from catsdogs_jax.runtime import checkpointing, distributed
+import inject_fault
 from conftest import make_image_folder, tiny_mlp_fields
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,14 +43,13 @@ def _flags(folder, workdir, **fields):
           *(f'--config.{k}={v}' for k, v in fields.items())]
 
 
-def _start(folder, workdir, per_process=((), ()), module=None, **fields):
+def _start(folder, workdir, per_process=((), ()), program='main.py', **fields):
   """Starts one process per entry of `per_process` (extra arguments of each); returns them."""
   port = distributed.free_port()
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
              JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
              JAX_NUM_PROCESSES=str(len(per_process)))
-  program = ['-m', module] if module else ['main.py']
-  return [subprocess.Popen([sys.executable, *program, *_flags(folder, workdir, **fields),
+  return [subprocess.Popen([sys.executable, program, *_flags(folder, workdir, **fields),
                             *extra], cwd=ROOT, env=dict(env, JAX_PROCESS_ID=str(i)),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
           for i, extra in enumerate(per_process)]
@@ -93,7 +94,7 @@ def two_process_run(folder, tmp_path_factory):
 
 def test_main_writes_one_log_and_one_set_of_checkpoints(two_process_run):
   workdir, logs = two_process_run
-  rows = callbacks.read_csv(os.path.join(workdir, callbacks.LOG_CSV))
+  rows = epoch_log.read_csv(os.path.join(workdir, epoch_log.LOG_CSV))
   assert [int(r['step']) for r in rows] == [3, 6, 9, 12]
   # The last 3 (config.checkpoint.keep), nothing half-written.
   checkpoints = os.listdir(os.path.join(workdir, checkpointing.CHECKPOINTS_DIR))
@@ -110,7 +111,7 @@ def test_sigterm_then_kill_9_of_one_process_and_both_resume_exactly(folder, two_
                                                                      tmp_path):
   workdir = str(tmp_path / 'run')
   faulty = lambda fault: _start(folder, workdir, per_process=((), (f'--fault={fault}',)),
-                                module='catsdogs_jax.fault_injection')
+                                program='benchmarks/inject_fault.py')
   # SIGTERM to process 1 after step 1: both stop at the next sync point (log step 2).
   codes, logs = _finish(faulty('term_step:1'))
   assert codes == [1, 1], logs[0][-2000:]
@@ -135,8 +136,8 @@ def test_sigterm_then_kill_9_of_one_process_and_both_resume_exactly(folder, two_
   codes, logs = _finish(_start(folder, workdir))   # both again: the same command
   assert codes == [0, 0], logs[0][-3000:]
   assert f'resuming from the checkpoint at step {newest}' in logs[0]
-  assert fault_injection.same_outcome(fault_injection.outcome(workdir),
-                                      fault_injection.outcome(two_process_run[0]))
+  assert inject_fault.same_outcome(inject_fault.outcome(workdir),
+                                      inject_fault.outcome(two_process_run[0]))
 
 
 def test_processes_with_different_configs_are_refused(folder, tmp_path):

@@ -14,9 +14,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from catsdogs_jax import callbacks, fault_injection, metrics as metrics_lib, train
-from catsdogs_jax import workdir as workdir_files
-from catsdogs_jax.workdir import WorkdirError
+from catsdogs_jax.training import epoch_log, metrics as metrics_lib, train
+import inject_fault
+from catsdogs_jax.runtime import workdir_files
+from catsdogs_jax.runtime.workdir_files import WorkdirError
 from conftest import override, tiny_config, tiny_mlp_config, tiny_mlp_fields
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,13 +31,13 @@ def _overrides(folder):
 
 def _run(folder, workdir, fault=None):
   return subprocess.run(
-      fault_injection.command(os.path.join(ROOT, 'configs', 'mnist_mlp.py'), workdir,
+      inject_fault.command(os.path.join(ROOT, 'configs', 'mnist_mlp.py'), workdir,
                               _overrides(folder), fault),
       cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 def _assert_same(workdir, reference):
-  params, rows = fault_injection.outcome(workdir)
+  params, rows = inject_fault.outcome(workdir)
   assert rows == reference[1]
   jax.tree.map(np.testing.assert_array_equal, params, reference[0])
 
@@ -46,7 +47,7 @@ def reference(image_folder, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('reference') / 'run')
   result = _run(image_folder, workdir)
   assert result.returncode == 0, result.stderr[-3000:]
-  outcome = fault_injection.outcome(workdir)
+  outcome = inject_fault.outcome(workdir)
   assert len(outcome[1]) == EPOCHS
   return outcome
 
@@ -55,7 +56,7 @@ FAULTS = ('kill_step', 'kill_save', 'kill_eval')
 LIMITS = {'kill_step': STEPS_PER_EPOCH * EPOCHS, 'kill_save': EPOCHS, 'kill_eval': EPOCHS}
 
 
-# One of each kind here (benchmarks/fault_injection.py runs many more).
+# One of each kind here (benchmarks/inject_fault.py runs many more).
 @pytest.mark.parametrize('seed', range(len(FAULTS)))
 def test_kill_9_at_a_random_point_then_resume_equals_the_uninterrupted_run(
     seed, image_folder, tmp_path, reference):
@@ -81,7 +82,7 @@ def test_sigterm_mid_epoch_checkpoints_that_step_and_resumes_exactly(image_folde
           in stopped.stderr), stopped.stderr[-3000:]
   assert 'Run the same command again to resume' in stopped.stderr
   assert '4' in os.listdir(os.path.join(workdir, 'checkpoints'))
-  assert len(callbacks.read_csv(os.path.join(workdir, callbacks.LOG_CSV))) == 1
+  assert len(epoch_log.read_csv(os.path.join(workdir, epoch_log.LOG_CSV))) == 1
   resumed = _run(image_folder, workdir)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert 'resuming from the checkpoint at step 4' in resumed.stderr
@@ -109,7 +110,7 @@ def test_a_second_run_on_a_locked_workdir_refuses_and_a_stale_lock_is_taken_over
   train.train_and_evaluate(config, str(workdir))
   assert f'process {dead.pid} on {socket.gethostname()} that held it is no longer running' \
          in caplog.text
-  assert not lock.exists() and (workdir / callbacks.LOG_CSV).exists()
+  assert not lock.exists() and (workdir / epoch_log.LOG_CSV).exists()
 
 
 # ----------------------------------------------------------------- config changes on resume
@@ -122,7 +123,7 @@ def test_config_changes_on_resume_are_reported_or_refused(image_folder, tmp_path
   more = override(config.copy_and_resolve_references(),
                   **{'num_epochs': 2, 'model.dropout_rate': 0.2})
   history = train.train_and_evaluate(more, workdir)
-  assert len(history['epochs']) == 2
+  assert len(history.epochs) == 2
   assert "model.dropout_rate: 0.0 -> 0.2; num_epochs: 1 -> 2" in caplog.text
   for fields, differing in [({'optimizer.name': 'adam'}, 'optimizer.name'),
                             ({'image_size': 20}, 'image_size'),
@@ -151,7 +152,7 @@ def test_a_truncated_checkpoint_is_skipped_and_none_restoring_is_an_error(image_
     f.truncate(os.path.getsize(damaged) // 2)
   history = train.train_and_evaluate(override(config, num_epochs=3), workdir)
   assert 'The checkpoint at step 6' in caplog.text and 'does not restore' in caplog.text
-  assert [row['step'] for row in history['epochs']] == [3, 6, 9]   # epoch 2 trained again
+  assert [row['step'] for row in history.epochs] == [3, 6, 9]   # epoch 2 trained again
   # The damaged one is kept aside, and step 6 was written anew.
   assert [n.split('.')[0] for n in os.listdir(os.path.join(workdir, 'checkpoints_damaged'))] == ['6']
   _ = ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', '6', 'state'))
@@ -212,7 +213,7 @@ def test_skip_policy_skips_counts_and_stops_after_too_many_in_a_row(image_folder
                      match=r'^3 steps in a row .* skipped \(config.max_skipped_steps=3\)'):
     train.train_and_evaluate(_diverging(image_folder, nan_policy='skip', max_skipped_steps=3),
                              workdir)
-  rows = callbacks.read_csv(os.path.join(workdir, callbacks.LOG_CSV))
+  rows = epoch_log.read_csv(os.path.join(workdir, epoch_log.LOG_CSV))
   assert [r['skipped_steps'] for r in rows] == ['0', '1']
   assert np.isfinite(float(rows[1]['loss']))   # the skipped step's loss is left out
 
@@ -238,7 +239,7 @@ def test_enospc_while_saving_is_clear_and_the_previous_checkpoint_resumes(image_
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3']
   monkeypatch.setattr(ocp.CheckpointManager, 'save', save)
   history = train.train_and_evaluate(config, workdir)
-  assert [row['step'] for row in history['epochs']] == [3, 6]
+  assert [row['step'] for row in history.epochs] == [3, 6]
 
 
 def test_a_really_full_file_system(image_folder, tmp_path):
@@ -256,7 +257,7 @@ def test_a_really_full_file_system(image_folder, tmp_path):
     assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3']
     subprocess.run(['mount', '-o', 'remount,size=20m', str(mount)], check=True)
     history = train.train_and_evaluate(config, workdir)
-    assert [row['step'] for row in history['epochs']] == [3, 6, 9]
+    assert [row['step'] for row in history.epochs] == [3, 6, 9]
   finally:
     subprocess.run(['umount', '-l', str(mount)])   # lazy: open handles must not keep it
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catsdogs_jax import folders, input_pipeline
+from catsdogs_jax.data import folders, input_pipeline
 from conftest import make_image_folder, tiny_config
 
 

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from catsdogs_jax import input_pipeline
+from catsdogs_jax.data import input_pipeline
 from conftest import make_image_folder, tiny_config
 
 

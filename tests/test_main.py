@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from catsdogs_jax import callbacks
+from catsdogs_jax.training import epoch_log
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,9 +34,9 @@ def test_train_then_evaluate_end_to_end(image_folder, tmp_path):
   assert 'total parameters: 307,393' in result.stderr
   assert 'images/s' in result.stderr and 'ETA' in result.stderr
 
-  rows = callbacks.read_csv(os.path.join(workdir, 'log.csv'))
+  rows = epoch_log.read_csv(os.path.join(workdir, 'log.csv'))
   assert [r['epoch'] for r in rows] == ['1', '2']
-  assert set(callbacks.CSV_COLUMNS) == set(rows[0])
+  assert set(epoch_log.CSV_COLUMNS) == set(rows[0])
   assert float(rows[0]['learning_rate']) == pytest.approx(1e-3)
   assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']

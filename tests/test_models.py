@@ -4,8 +4,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from catsdogs_jax import models, summary
-from catsdogs_jax.train_state import abstract_variables, init_variables
+from catsdogs_jax import models
+from catsdogs_jax.models import summary
+from catsdogs_jax.models import abstract_variables, init_variables
 from configs import default
 
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from catsdogs_jax import optimizers
+from catsdogs_jax.training import optimizers
 from configs import default
 from conftest import override
 

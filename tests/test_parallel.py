@@ -6,10 +6,12 @@ import jax
 import numpy as np
 import pytest
 
-from catsdogs_jax import models, optimizers, parallel
+from catsdogs_jax import models
+from catsdogs_jax.training import optimizers
+from catsdogs_jax.runtime import parallel
 from catsdogs_jax.models.resnet import BasicBlock, ResNet
-from catsdogs_jax.steps import make_eval_step, make_train_step
-from catsdogs_jax.train_state import make_init_fn
+from catsdogs_jax.training.steps import make_eval_step, make_train_step
+from catsdogs_jax.training.train_state import make_init_fn
 from configs import default
 
 

@@ -12,7 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-from catsdogs_jax import convert, experiment, models, preprocessing, pretrained, weights
+from catsdogs_jax.weights import converted, keras_h5, pytorch, pretrained, loading
+from catsdogs_jax.training import experiment
+from catsdogs_jax import models
+from catsdogs_jax.data import preprocessing
 from catsdogs_jax.models.weight_sets import WeightSet
 from conftest import SHARED_DATA
 
@@ -46,7 +49,8 @@ def _ours(name, num_outputs=1000):
 
 
 def test_lite0_equals_the_reference_model_on_the_published_weights(cache_env):
-  params, stats, metadata = weights.read('pretrained:efficientnet_lite0')
+  loaded = loading.read('pretrained:efficientnet_lite0')
+  params, stats, metadata = loaded.params, loaded.batch_stats, loaded.metadata
   assert metadata['preprocess'] == 'inception' and metadata['input_size'] == 224
   assert metadata['sha256'].startswith('57934424') and metadata['licence'] == 'Apache-2.0'
   path = pretrained.source_file(pretrained.weight_set('efficientnet_lite0'))
@@ -75,10 +79,11 @@ def test_lite1_lite2_and_b0_equal_the_reference_model_on_random_weights(name, tm
       module.bias.data.copy_(torch.randn(c, generator=generator) * 0.2)
   path = str(tmp_path / f'{name}.pth')
   torch.save(ref.state_dict(), path)
-  metadata = convert.convert_torch(path, name, str(tmp_path / 'converted'))
+  metadata = pytorch.convert_torch(path, name, str(tmp_path / 'converted'))
   assert metadata['preprocess'] == ('torch' if name == 'efficientnet_b0' else 'inception')
   assert metadata['num_classes'] == 1000
-  params, stats, _ = weights.read(str(tmp_path / 'converted'))
+  loaded = loading.read(str(tmp_path / 'converted'))
+  params, stats = loaded.params, loaded.batch_stats
   images = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
   expected = _reference_logits(ref, images)
   ours = np.asarray(jax.jit(_ours(name).apply)({'params': params, 'batch_stats': stats}, images))
@@ -108,7 +113,8 @@ def test_lite0_imagenet_classifier_tells_cats_from_dogs_zero_shot(cache_env):
   """ImageNet top-1 of 20 test photos falls among cats or dogs; summed cat vs dog probabilities
   classify the whole shared test split (0.929 here, 19 of 20 in range)."""
   ws = pretrained.weight_set('efficientnet_lite0')
-  params, stats, _ = weights.read('pretrained:efficientnet_lite0')
+  loaded = loading.read('pretrained:efficientnet_lite0')
+  params, stats = loaded.params, loaded.batch_stats
   model = _ours('efficientnet_lite0')
   forward = jax.jit(lambda x: jax.nn.softmax(model.apply(
       {'params': params, 'batch_stats': stats}, preprocessing.inception(x))))
@@ -136,22 +142,23 @@ def test_lite0_imagenet_classifier_tells_cats_from_dogs_zero_shot(cache_env):
 
 def test_a_weight_set_is_converted_once_then_read_from_the_cache(tmp_path, monkeypatch):
   monkeypatch.setenv('CATSDOGS_JAX_WEIGHTS', str(tmp_path))
-  first = weights.read('pretrained:efficientnet_lite0')
+  first = loading.read('pretrained:efficientnet_lite0')
   entry = pretrained.entry_dir(pretrained.weight_set('efficientnet_lite0'))
   assert os.listdir(tmp_path) == [os.path.basename(entry)]   # no temporary left behind
 
   def no_conversion(*args, **kwargs):
     raise AssertionError('converted again')
 
-  monkeypatch.setitem(convert.CONVERTERS, 'torch', no_conversion)
-  second = weights.read('pretrained:efficientnet_lite0')
-  assert second[2] == first[2]
-  np.testing.assert_array_equal(second[0]['top_conv']['kernel'], first[0]['top_conv']['kernel'])
+  monkeypatch.setitem(pretrained.CONVERTERS, 'torch', no_conversion)
+  second = loading.read('pretrained:efficientnet_lite0')
+  assert second.metadata == first.metadata
+  np.testing.assert_array_equal(second.params['top_conv']['kernel'],
+                                first.params['top_conv']['kernel'])
 
 
 def _convert_command(cache, *args):
   env = {**os.environ, 'CATSDOGS_JAX_WEIGHTS': str(cache), 'JAX_PLATFORMS': 'cpu'}
-  return subprocess.run([sys.executable, '-m', 'catsdogs_jax.convert', *args],
+  return subprocess.run([sys.executable, '-m', 'catsdogs_jax.weights.convert', *args],
                         capture_output=True, text=True, env=env, timeout=300,
                         cwd=os.path.dirname(os.path.dirname(__file__)))
 
@@ -178,23 +185,23 @@ def test_a_failed_conversion_leaves_nothing_and_a_partial_or_stale_entry_is_repl
   monkeypatch.setenv('CATSDOGS_JAX_WEIGHTS', str(tmp_path))
   ws = pretrained.weight_set('efficientnet_lite0')
   entry = pretrained.entry_dir(ws)
-  real = convert.CONVERTERS['torch']
+  real = pretrained.CONVERTERS['torch']
 
   def fails_halfway(path, model, output, **kwargs):
-    os.makedirs(os.path.join(output, convert.PARAMS_DIR))
-    raise convert.ConversionError('stopped halfway')
+    os.makedirs(os.path.join(output, converted.PARAMS_DIR))
+    raise converted.ConversionError('stopped halfway')
 
-  monkeypatch.setitem(convert.CONVERTERS, 'torch', fails_halfway)
-  with pytest.raises(convert.ConversionError, match='stopped halfway'):
-    weights.read('pretrained:efficientnet_lite0')
+  monkeypatch.setitem(pretrained.CONVERTERS, 'torch', fails_halfway)
+  with pytest.raises(converted.ConversionError, match='stopped halfway'):
+    loading.read('pretrained:efficientnet_lite0')
   assert os.listdir(tmp_path) == []
-  monkeypatch.setitem(convert.CONVERTERS, 'torch', real)
-  os.makedirs(os.path.join(entry, convert.PARAMS_DIR))   # a copy cut short: no weights.json
-  assert weights.read('pretrained:efficientnet_lite0')[2]['weight_set'] == 'efficientnet_lite0'
+  monkeypatch.setitem(pretrained.CONVERTERS, 'torch', real)
+  os.makedirs(os.path.join(entry, converted.PARAMS_DIR))   # a copy cut short: no loading.json
+  assert loading.read('pretrained:efficientnet_lite0')[2]['weight_set'] == 'efficientnet_lite0'
   assert pretrained._complete(entry) and os.listdir(tmp_path) == [os.path.basename(entry)]
   monkeypatch.setattr(pretrained, 'CONVERTER_VERSION', pretrained.CONVERTER_VERSION + 1)
   assert not pretrained._complete(entry)   # written by an older converter: converted again
-  weights.read('pretrained:efficientnet_lite0')
+  loading.read('pretrained:efficientnet_lite0')
   assert pretrained._complete(entry)
 
 
@@ -203,7 +210,7 @@ def test_an_entry_another_process_finished_first_is_kept(tmp_path, monkeypatch):
   theirs = pretrained.fetch('efficientnet_lite0')
   monkeypatch.setenv('CATSDOGS_JAX_WEIGHTS', str(tmp_path / 'ours'))
   ours = pretrained.entry_dir(pretrained.weight_set('efficientnet_lite0'))
-  real = convert.CONVERTERS['torch']
+  real = pretrained.CONVERTERS['torch']
 
   def converts_while_another_finishes(*args, **kwargs):
     result = real(*args, **kwargs)
@@ -212,7 +219,7 @@ def test_an_entry_another_process_finished_first_is_kept(tmp_path, monkeypatch):
       pass
     return result
 
-  monkeypatch.setitem(convert.CONVERTERS, 'torch', converts_while_another_finishes)
+  monkeypatch.setitem(pretrained.CONVERTERS, 'torch', converts_while_another_finishes)
   assert pretrained.fetch('efficientnet_lite0') == ours
   assert os.path.exists(os.path.join(ours, 'theirs'))   # kept, not replaced under its readers
   assert os.listdir(tmp_path / 'ours') == [os.path.basename(ours)]
@@ -297,13 +304,13 @@ def test_a_server_that_never_answers_times_out_with_the_same_advice(make_config,
 def test_unknown_weight_set_lists_the_known_ones():
   with pytest.raises(pretrained.PretrainedError,
                      match=r"Unknown weight set 'lite9'.*efficientnet_lite0, efficientnet_lite1"):
-    weights.read('pretrained:lite9')
+    loading.read('pretrained:lite9')
 
 
 def test_every_weight_set_names_a_model_and_a_converter():
   for name, ws in models.WEIGHT_SETS.items():
-    assert ws.name == name and ws.model in models.MODELS and ws.format in convert.CONVERTERS
-    assert ws.model in (convert.TORCH_MODELS if ws.format == 'torch' else convert.KERAS_MODELS)
+    assert ws.name == name and ws.model in models.MODELS and ws.format in pretrained.CONVERTERS
+    assert ws.model in (pytorch.TORCH_MODELS if ws.format == 'torch' else keras_h5.KERAS_MODELS)
     assert ws.preprocess in preprocessing.PREPROCESSORS
 
 

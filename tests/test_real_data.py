@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from catsdogs_jax import train
+from catsdogs_jax.training import train
 from conftest import SHARED_DATA, tiny_config
 
 
@@ -13,8 +13,8 @@ def test_small_cnn_learns_cats_vs_dogs(tmp_path):
   config = tiny_config(os.path.abspath(SHARED_DATA), image_size=48, batch_size=32, num_epochs=5,
                        log_every_steps=1000, **{'optimizer.learning_rate': 1e-3})
   history = train.train_and_evaluate(config, str(tmp_path))
-  last = history['epochs'][-1]
+  last = history.epochs[-1]
   # 1,000 validation images: chance is 0.50 +- 0.016, so 0.62 is beyond any broken
   # pipeline (shuffled labels, unmasked padding, wrong preprocessing); we reach ~0.70.
-  assert last['val_accuracy'] > 0.62, history['epochs']
-  assert last['loss'] < history['epochs'][0]['loss']
+  assert last['val_accuracy'] > 0.62, history.epochs
+  assert last['loss'] < history.epochs[0]['loss']

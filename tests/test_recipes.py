@@ -5,8 +5,10 @@ import os
 import numpy as np
 import pytest
 
-from catsdogs_jax import convert, evaluate, train
-from catsdogs_jax.validation import ConfigError
+from catsdogs_jax.weights import keras_h5
+from catsdogs_jax.tools import evaluate
+from catsdogs_jax.training import train
+from catsdogs_jax.training.config_checks import ConfigError
 from configs import vgg16_finetune, vgg16_frozen_aug, vgg16_transfer
 from conftest import SHARED_DATA, override, write_keras_h5
 
@@ -22,7 +24,7 @@ def keras_notop(tmp_path_factory):
   keras.utils.set_random_seed(0)
   model = keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
   path = write_keras_h5(model, directory / 'vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5')
-  convert.convert_keras_h5(path, 'vgg16', str(directory / 'vgg16_keras_notop'))
+  keras_h5.convert_keras_h5(path, 'vgg16', str(directory / 'vgg16_keras_notop'))
   return str(directory / 'vgg16_keras_notop')
 
 
@@ -37,7 +39,7 @@ def _small(config, init_from):
 def test_transfer_recipes_run_end_to_end(keras_notop, tmp_path):
   transfer = _small(vgg16_transfer.get_config(), keras_notop)
   history = train.train_and_evaluate(transfer, str(tmp_path / 'transfer'))
-  assert len(history['epochs']) == 1 and np.isfinite(history['epochs'][0]['loss'])
+  assert len(history.epochs) == 1 and np.isfinite(history.epochs[0]['loss'])
   result = evaluate.evaluate_checkpoint(transfer, str(tmp_path / 'transfer'))
   assert result['num_images'] == 16
 
@@ -46,31 +48,33 @@ def test_transfer_recipes_run_end_to_end(keras_notop, tmp_path):
 
   finetune = _small(vgg16_finetune.get_config(), str(tmp_path / 'frozen_aug'))
   history = train.train_and_evaluate(finetune, str(tmp_path / 'finetune'))
-  assert len(history['epochs']) == 1
+  assert len(history.epochs) == 1
 
   # Fine-tuning started from the frozen run: block1 still equals the converted weights.
-  from catsdogs_jax import weights
-  converted, _, _ = weights.read(keras_notop)
-  tuned, _, metadata = weights.read(str(tmp_path / 'finetune'))
+  from catsdogs_jax.weights import loading
+  converted, _, _ = loading.read(keras_notop)
+  tuned, _, metadata = loading.read(str(tmp_path / 'finetune'))
   np.testing.assert_array_equal(tuned['block1_conv1']['kernel'],
                                 converted['block1_conv1']['kernel'])
   assert not np.array_equal(tuned['block5_conv3']['kernel'], converted['block5_conv3']['kernel'])
   assert metadata['preprocess'] == 'caffe'   # carried from the converted Keras weights
 
 
-def test_feature_extraction_caches_and_reuses_features(keras_notop, tmp_path):
-  from catsdogs_jax import features
+def test_feature_extraction_caches_and_reuses_features(keras_notop, tmp_path, monkeypatch):
+  from catsdogs_jax.data import feature_cache
   from configs import vgg16_features
   config = _small(vgg16_features.get_config(), keras_notop)
   config.features.cache_dir = str(tmp_path / 'cache')
-  before = features.extractions
+  extractions, extract = [], feature_cache.extract
+  monkeypatch.setattr(feature_cache, 'extract',
+                      lambda *a, **k: extractions.append(1) or extract(*a, **k))
   first = train.train_and_evaluate(config, str(tmp_path / 'first'))
-  assert features.extractions - before == 2           # train and validation, once each
+  assert len(extractions) == 2           # train and validation, once each
   assert len(os.listdir(tmp_path / 'cache')) == 2
   second = train.train_and_evaluate(config, str(tmp_path / 'second'))
-  assert features.extractions - before == 2           # read back, not recomputed
+  assert len(extractions) == 2           # read back, not recomputed
   strip = lambda h: [{k: v for k, v in r.items() if k not in ('seconds', 'images_per_second')}
-                     for r in h['epochs']]
+                     for r in h.epochs]
   assert strip(first) == strip(second)                # the same head training
   result = evaluate.evaluate_checkpoint(config, str(tmp_path / 'second'))
   assert result['num_images'] == 16

@@ -7,8 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from catsdogs_jax import callbacks, compare, sweep
-from catsdogs_jax.validation import ConfigError
+from catsdogs_jax.training import epoch_log
+from catsdogs_jax.tools import compare, sweep
+from catsdogs_jax.training.config_checks import ConfigError
 from conftest import tiny_mlp_config
 
 VARIANTS = [{}, {'optimizer.learning_rate': 0.02}, {'model.dropout_rate': 0.5}]
@@ -32,7 +33,7 @@ def test_sweep_trains_each_variant_and_seed_once_and_compare_reads_their_logs(im
   assert runs[3].config.optimizer.learning_rate == 0.02 and runs[3].config.seed == 1
   assert len(sweep.run_sweep(runs)) == 6
   for run in runs:
-    assert len(callbacks.read_csv(os.path.join(run.workdir, callbacks.LOG_CSV))) == 2
+    assert len(epoch_log.read_csv(os.path.join(run.workdir, epoch_log.LOG_CSV))) == 2
   before = _snapshot(workdir)
   assert sweep.run_sweep(runs) == []        # nothing retrains, nothing is re-evaluated
   assert _snapshot(workdir) == before
@@ -43,7 +44,7 @@ def test_sweep_trains_each_variant_and_seed_once_and_compare_reads_their_logs(im
     table = {r['variant']: r for r in csv.DictReader(f)}
   assert set(table) == {'baseline', 'optimizer.learning_rate=0.02', 'model.dropout_rate=0.5'}
   for name in table:
-    logs = [callbacks.read_csv(os.path.join(workdir, name, f'seed_{s}', callbacks.LOG_CSV))
+    logs = [epoch_log.read_csv(os.path.join(workdir, name, f'seed_{s}', epoch_log.LOG_CSV))
             for s in (0, 1)]
     best = [max(float(r['val_accuracy']) for r in log) for log in logs]
     final = [float(log[-1]['val_accuracy']) for log in logs]

@@ -4,8 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from catsdogs_jax import callbacks, checkpointing, experiment, train
-from catsdogs_jax.workdir import WorkdirError
+from catsdogs_jax.training import epoch_log, experiment, train
+from catsdogs_jax.runtime import checkpointing
+from catsdogs_jax.runtime.workdir_files import WorkdirError
 
 
 def _final_state(config, workdir):
@@ -15,8 +16,8 @@ def _final_state(config, workdir):
 
 
 def _rows_without_timing(workdir):
-  rows = callbacks.read_csv(str(workdir / callbacks.LOG_CSV))
-  return [{k: v for k, v in r.items() if k not in callbacks.TIMING_COLUMNS} for r in rows]
+  rows = epoch_log.read_csv(str(workdir / epoch_log.LOG_CSV))
+  return [{k: v for k, v in r.items() if k not in epoch_log.TIMING_COLUMNS} for r in rows]
 
 
 def test_resume_gives_the_same_parameters_and_log(make_config, tmp_path):
@@ -34,16 +35,16 @@ def test_resume_gives_the_same_parameters_and_log(make_config, tmp_path):
   assert int(a.step) == int(b.step) == 6
   jax.tree.map(np.testing.assert_array_equal, a, b)   # bit for bit
   assert _rows_without_timing(straight) == _rows_without_timing(resumed)
-  assert len(history_a['epochs']) == len(history_b['epochs']) == 2
+  assert len(history_a.epochs) == len(history_b.epochs) == 2
 
 
 def test_a_run_with_train_from_resumes_and_evaluates(make_config, tmp_path):
   """config.json records the resolved trainable layers; the same command resumes."""
-  from catsdogs_jax import evaluate
+  from catsdogs_jax.tools import evaluate
   train.train_and_evaluate(make_config(num_epochs=1, train_from='conv4'), str(tmp_path))
   train.train_and_evaluate(make_config(num_epochs=2, train_from='conv4'), str(tmp_path))
   state, history = _final_state(make_config(num_epochs=2, train_from='conv4'), tmp_path)
-  assert int(state.step) == 6 and len(history['epochs']) == 2
+  assert int(state.step) == 6 and len(history.epochs) == 2
   result = evaluate.evaluate_checkpoint(make_config(num_epochs=2, train_from='conv4'),
                                         str(tmp_path), 'test')
   assert result['num_images'] == 10
@@ -58,7 +59,7 @@ def test_finished_run_is_not_retrained(make_config, tmp_path, caplog):
   with caplog.at_level('INFO'):
     history = train.train_and_evaluate(config, str(tmp_path))
   assert 'already finished' in caplog.text
-  assert len(history['epochs']) == 1
+  assert len(history.epochs) == 1
   assert checkpointing.Checkpoints(str(tmp_path), config).latest_step() == step
 
 
@@ -68,8 +69,8 @@ def test_early_stopping_ends_training_and_is_remembered(make_config, tmp_path):
                                         'early_stopping.patience': 1,
                                         'early_stopping.min_delta': 100.0})
   history = train.train_and_evaluate(config, str(tmp_path))
-  assert len(history['epochs']) == 2 and 'early stopping' in history['stop_reason']
-  assert len(train.train_and_evaluate(config, str(tmp_path))['epochs']) == 2
+  assert len(history.epochs) == 2 and 'early stopping' in history.stop_reason
+  assert len(train.train_and_evaluate(config, str(tmp_path)).epochs) == 2
 
 
 def test_plateau_divides_the_learning_rate(make_config, tmp_path):
@@ -77,7 +78,7 @@ def test_plateau_divides_the_learning_rate(make_config, tmp_path):
                                         'schedule.plateau_patience': 1,
                                         'schedule.plateau_min_delta': 100.0})
   history = train.train_and_evaluate(config, str(tmp_path))
-  rates = [row['learning_rate'] for row in history['epochs']]
+  rates = [row['learning_rate'] for row in history.epochs]
   # Epoch 1 sets the best value; epoch 2 does not improve on it (patience 1), so
   # epoch 3 trains at a tenth, as Keras' ReduceLROnPlateau would.
   np.testing.assert_allclose(rates, [1e-4, 1e-4, 1e-5], rtol=1e-5)
@@ -96,7 +97,7 @@ def test_checkpoints_keep_the_last_n_and_the_best(make_config, tmp_path):
   ckpts = checkpointing.Checkpoints(str(tmp_path), config)
   state = {'w': np.zeros(3, np.float32)}
   for step, accuracy in zip((1, 2, 3, 4), (0.5, 0.9, 0.6, 0.7)):
-    ckpts.save(step, state, checkpointing.new_history(),
+    ckpts.save(step, state, train.History().to_json(),
                metrics={'val_accuracy': accuracy, 'val_loss': 1 - accuracy})
   ckpts.wait()
   assert sorted(ckpts.manager.all_steps()) == [2, 4]   # the best and the latest
@@ -105,8 +106,8 @@ def test_checkpoints_keep_the_last_n_and_the_best(make_config, tmp_path):
 
 def _one_resnet18_step(make_config, tmp_path, **fields):
   """(params, batch_stats) before and after one train step of ResNet-18 with `fields`."""
-  from catsdogs_jax import parallel
-  from catsdogs_jax.steps import make_train_step
+  from catsdogs_jax.runtime import parallel
+  from catsdogs_jax.training.steps import make_train_step
   config = make_config(image_size=32, loss='softmax', trainable=('^layer4_', '^fc/'),
                        **{'model.name': 'resnet18', 'model.kernel_init': 'he_normal', **fields})
   exp = experiment.build(config, str(tmp_path))

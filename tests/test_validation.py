@@ -4,8 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from catsdogs_jax import experiment, models, parallel, validation
-from catsdogs_jax.steps import make_train_step
+from catsdogs_jax.training import experiment, config_checks
+from catsdogs_jax import models
+from catsdogs_jax.runtime import parallel
+from catsdogs_jax.training.steps import make_train_step
 from configs import default
 from conftest import override
 
@@ -17,35 +19,37 @@ from conftest import override
     ('loss', 'hinge', "Unknown config.loss 'hinge'"),
     ('preprocess', 'imagenet', "Unknown config.preprocess 'imagenet'"),
     ('early_stopping.monitor', 'loss', "Unknown config.early_stopping.monitor 'loss'"),
+    ('model.head', 'mlp', "Unknown config.model.head 'mlp'; choose one of: dense, flatten_dense"),
+    ('model.pooling', 'min', "Unknown config.model.pooling 'min'; choose one of: avg, max."),
     ('num_classes', 3, 'use --config.loss=softmax'),
     ('batch_size', 6, 'not divisible by the 4 devices'),
     ('num_epochs', 0, 'config.num_epochs must be positive'),
 ])
 def test_invalid_values_are_named(field, value, message):
   config = override(default.get_config(), **{field: value})
-  with pytest.raises(validation.ConfigError) as error:
-    validation.validate_config(config, num_devices=4)
+  with pytest.raises(config_checks.ConfigError) as error:
+    config_checks.validate_config(config, num_devices=4)
   assert message in str(error.value)
 
 
 def test_image_too_small_names_the_minimum():
   config = default.get_config()
   config.model.name, config.loss, config.image_size = 'vgg16', 'softmax', 16
-  with pytest.raises(validation.ConfigError,
+  with pytest.raises(config_checks.ConfigError,
                      match=r"image_size=16 is too small for model 'vgg16'.*image_size=32 or more"):
-    validation.check_image_size(config, models.create_model(config))
+    config_checks.check_image_size(config, models.create_model(config))
   config.image_size = 32
-  validation.check_image_size(config, models.create_model(config))
+  config_checks.check_image_size(config, models.create_model(config))
 
 
 def test_dataset_with_other_classes_than_the_config(make_config, tmp_path):
   config = make_config(num_classes=3, loss='softmax')
-  with pytest.raises(validation.ConfigError, match=r'2 classes \(cats, dogs\).*num_classes=2'):
+  with pytest.raises(config_checks.ConfigError, match=r'2 classes \(cats, dogs\).*num_classes=2'):
     experiment.build(config, str(tmp_path))
 
 
 def test_batch_larger_than_the_training_split(make_config, tmp_path):
-  with pytest.raises(validation.ConfigError, match='larger than the training split'):
+  with pytest.raises(config_checks.ConfigError, match='larger than the training split'):
     experiment.build(make_config(batch_size=64), str(tmp_path))
 
 
@@ -61,8 +65,8 @@ def test_batch_larger_than_the_training_split(make_config, tmp_path):
     ({'train_from': 'conv3', 'features.enabled': True}, 'trains only a head on cached features'),
 ])
 def test_head_and_train_from_conflicts_are_named(fields, message):
-  with pytest.raises(validation.ConfigError) as error:
-    validation.validate_config(override(default.get_config(), **fields), num_devices=1)
+  with pytest.raises(config_checks.ConfigError) as error:
+    config_checks.validate_config(override(default.get_config(), **fields), num_devices=1)
   assert message in str(error.value)
 
 
@@ -79,11 +83,11 @@ def test_train_from_trains_that_layer_and_the_ones_after_it(make_config, tmp_pat
              for name in before}
   assert changed == {'conv1': False, 'conv2': False, 'conv3': True, 'conv4': True,
                      'dense1': True, 'logits': True}
-  with pytest.raises(validation.ConfigError, match="train_from='conv9' is not a layer with "
+  with pytest.raises(config_checks.ConfigError, match="train_from='conv9' is not a layer with "
                                                    "parameters of this model; its layers are: "
                                                    "conv1, conv2, conv3, conv4, dense1, logits"):
     experiment.build(make_config(train_from='conv9'), str(tmp_path / 'other'))
-  with pytest.raises(validation.ConfigError, match="leave config.trainable empty with it"):
+  with pytest.raises(config_checks.ConfigError, match="leave config.trainable empty with it"):
     experiment.build(make_config(train_from='conv3', trainable=('^logits/',)),
                      str(tmp_path / 'third'))
   assert not (tmp_path / 'other').exists() and not (tmp_path / 'third').exists()

@@ -6,8 +6,9 @@ Published weight sets are listed beside their models and gathered here in
 
 import functools
 import re
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
+import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
@@ -20,7 +21,6 @@ from catsdogs_jax.models.mnist import MnistCNN, MnistMLP
 from catsdogs_jax.models.resnet import BasicBlock, Bottleneck, ResNet
 from catsdogs_jax.models.small_cnn import SmallCNN
 from catsdogs_jax.models.vgg import VGG
-from catsdogs_jax.train_state import abstract_variables
 
 VGG16 = functools.partial(VGG, stage_sizes=(2, 2, 3, 3, 3))
 VGG19 = functools.partial(VGG, stage_sizes=(2, 2, 4, 4, 4))
@@ -59,6 +59,11 @@ def _module_class(factory):
   return factory.func if isinstance(factory, functools.partial) else factory
 
 
+def input_shape(config) -> Tuple[int, int, int]:
+  """(H, W, C) of the images a config's model takes."""
+  return (config.image_size, config.image_size, config.channels)
+
+
 def num_outputs(config) -> int:
   """One logit for a binary sigmoid head, one per class for softmax."""
   return 1 if config.loss == 'sigmoid' else config.num_classes
@@ -89,6 +94,16 @@ def create_model(config) -> nn.Module:
   return factory(**kwargs)
 
 
+def path_string(path: Tuple[str, ...]) -> str:
+  return '/'.join(str(p) for p in path)
+
+
+def matches_any(path: Tuple[str, ...], patterns: Sequence[str]) -> bool:
+  """True when a parameter path ('block1_conv1/kernel') matches any regex."""
+  name = path_string(path)
+  return any(re.search(p, name) for p in patterns)
+
+
 def layer_order(model: nn.Module, input_shape) -> List[str]:
   """The model's top-level layers that have parameters, in the order its forward pass calls them."""
   order = []
@@ -111,3 +126,16 @@ def layers_from(model: nn.Module, input_shape, first: str) -> Tuple[str, ...]:
     raise ValueError(f'config.train_from={first!r} is not a layer with parameters of this model; '
                      f'its layers are: {", ".join(order)}.')
   return tuple(f'^{re.escape(name)}/' for name in order[order.index(first):])
+
+
+def init_variables(model, rng, image_shape):
+  """Initialises a model's variables for inputs of shape (H, W, C)."""
+  params_rng, dropout_rng = jax.random.split(rng)
+  dummy = jnp.zeros((1, *image_shape), jnp.float32)
+  return model.init({'params': params_rng, 'dropout': dropout_rng}, dummy, train=False)
+
+
+def abstract_variables(model, image_shape):
+  """Shapes and dtypes of a model's variables, computed without running it."""
+  return jax.eval_shape(lambda rng: init_variables(model, rng, image_shape),
+                        jax.random.PRNGKey(0))

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 from flax import linen as nn
 
-from catsdogs_jax.models.layers import Conv, max_pool
+from catsdogs_jax.models.layers import PLAIN, LayerForms
 
 # (features, kernel, stride, padding, max-pool after)
 CONVS = ((96, 11, 4, 0, True), (256, 5, 1, 2, True), (384, 3, 1, 1, False),
@@ -25,15 +25,17 @@ class AlexNet(nn.Module):
   dropout_rate: float = 0.5
   kernel_init: Callable = nn.initializers.normal(stddev=0.01)
   dtype: Any = jnp.float32
+  layers: LayerForms = PLAIN        # convolution and pooling forms (layers.py)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     for i, (features, kernel, stride, pad, pool) in enumerate(CONVS, start=1):
-      x = Conv(features, (kernel, kernel), (stride, stride), padding=[(pad, pad)] * 2,
-               kernel_init=self.kernel_init, dtype=self.dtype, name=f'conv{i}')(x)
+      x = self.layers.conv(features, (kernel, kernel), (stride, stride),
+                           padding=[(pad, pad)] * 2, kernel_init=self.kernel_init,
+                           dtype=self.dtype, name=f'conv{i}')(x)
       x = nn.relu(x)
       if pool:
-        x = max_pool(x, (3, 3), strides=(2, 2))
+        x = self.layers.max_pool(x, (3, 3), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     for i in (6, 7):
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

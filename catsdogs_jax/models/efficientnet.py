@@ -27,7 +27,7 @@ from flax import linen as nn
 
 from catsdogs_jax.models.batch_norm import batch_norm
 from catsdogs_jax.models.heads import base_output
-from catsdogs_jax.models.layers import Conv
+from catsdogs_jax.models.layers import PLAIN, LayerForms
 from catsdogs_jax.models.weight_sets import WeightSet
 
 # (kernel, repeats, filters_in, filters_out, expand_ratio, strides) per stage, B0.
@@ -77,11 +77,12 @@ class EfficientNet(nn.Module):
   fixed_stem_head: bool = False        # Lite: stem, head and the first and last stages unscaled
   kernel_init: Callable = CONV_INIT
   dtype: Any = jnp.float32
+  layers: LayerForms = PLAIN        # convolution and pooling forms (layers.py)
 
   def _conv(self, features, kernel, name, strides=1, groups=1, use_bias=False):
-    return Conv(features, (kernel, kernel), (strides, strides), padding='SAME',
-                feature_group_count=groups, use_bias=use_bias,
-                kernel_init=self.kernel_init, dtype=self.dtype, name=name)
+    return self.layers.conv(features, (kernel, kernel), (strides, strides), padding='SAME',
+                            feature_group_count=groups, use_bias=use_bias,
+                            kernel_init=self.kernel_init, dtype=self.dtype, name=name)
 
   def _bn(self, train, name):
     return batch_norm(train, name, momentum=0.99, epsilon=1e-3, dtype=self.dtype)

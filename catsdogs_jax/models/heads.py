@@ -4,11 +4,62 @@ Called inside a model's compact `__call__`, so the head's layers sit beside the
 base's (`head_dense`, `head_logits`) and converted base weights load unchanged.
 """
 
+import dataclasses
+from typing import Callable, Dict
+
 import jax.numpy as jnp
 from flax import linen as nn
 
-HEADS = ('flatten_dense', 'flatten_mlp', 'gmp_dense', 'dense')
-POOLINGS = ('avg', 'max')
+# config.model.pooling -> [B, H, W, C] map -> [B, C] vector (None keeps the map).
+POOLINGS: Dict[str, Callable] = {
+    'avg': lambda x: jnp.mean(x, axis=(1, 2)),
+    'max': lambda x: jnp.max(x, axis=(1, 2)),
+}
+
+
+def pool(x, pooling):
+  """Global average or max pooling of a [B, H, W, C] map; None keeps the map."""
+  if pooling is None:
+    return x
+  if pooling not in POOLINGS:
+    raise ValueError(f'Unknown pooling {pooling!r} (config.model.pooling); '
+                     f'choose one of: {", ".join(POOLINGS)} (or None).')
+  return POOLINGS[pooling](x)
+
+
+def _flatten(x):
+  return x.reshape((x.shape[0], -1))
+
+
+def _pooled(x):
+  if x.ndim != 2:
+    raise ValueError("config.model.head='dense' needs a pooled base: set "
+                     "config.model.pooling='avg' (or 'max').")
+  return x
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+  """The layers of a head, in order: `features`, Dense(units, relu), Dropout, Dense(outputs)."""
+  features: Callable  # the base's output -> [B, D]
+  hidden: bool  # whether the Dense(units, relu) layer is there
+  dropout: bool  # whether the Dropout is there
+
+
+# config.model.head -> its Head.
+HEADS: Dict[str, Head] = {
+    'flatten_dense': Head(_flatten, hidden=False, dropout=False),
+    'flatten_mlp': Head(_flatten, hidden=True, dropout=True),
+    'gmp_dense': Head(lambda x: pool(x, 'max'), hidden=False, dropout=True),
+    'dense': Head(_pooled, hidden=False, dropout=True),
+}
+
+
+def get_head(name: str) -> Head:
+  if name not in HEADS:
+    raise ValueError(f'Unknown head {name!r} (config.model.head); '
+                     f'choose one of: {", ".join(HEADS)}.')
+  return HEADS[name]
 
 
 def apply_head(x, head: str, num_outputs: int, units: int, dropout_rate: float, train: bool,
@@ -21,20 +72,12 @@ def apply_head(x, head: str, num_outputs: int, units: int, dropout_rate: float, 
   dense:         Dropout - Dense(outputs) on the pooled base (config.model.pooling: logistic
                  regression on global-average-pooled features, with pooling='avg')
   """
+  spec = get_head(head)
   dense = lambda n, name: nn.Dense(n, kernel_init=kernel_init, dtype=dtype, name=name)
-  if head == 'dense':
-    if x.ndim != 2:
-      raise ValueError("config.model.head='dense' needs a pooled base: set "
-                       "config.model.pooling='avg' (or 'max').")
-  elif head == 'gmp_dense':
-    x = pool(x, 'max')
-  elif head in ('flatten_dense', 'flatten_mlp'):
-    x = x.reshape((x.shape[0], -1))
-  else:
-    raise ValueError(f'Unknown head {head!r} (config.model.head); choose one of {HEADS}.')
-  if head == 'flatten_mlp':
+  x = spec.features(x)
+  if spec.hidden:
     x = nn.relu(dense(units, 'head_dense')(x))
-  if head != 'flatten_dense':
+  if spec.dropout:
     x = nn.Dropout(dropout_rate, deterministic=not train)(x)
   return dense(num_outputs, 'head_logits')(x).astype(jnp.float32)
 
@@ -51,15 +94,3 @@ def base_output(module, x, train: bool):
     return apply_head(x, module.head, module.num_outputs, module.head_units,
                       module.dropout_rate, train, module.kernel_init, module.dtype)
   return x.astype(jnp.float32)
-
-
-def pool(x, pooling):
-  """Global average or max pooling of a [B, H, W, C] map; None keeps the map."""
-  if pooling == 'avg':
-    x = jnp.mean(x, axis=(1, 2))
-  elif pooling == 'max':
-    x = jnp.max(x, axis=(1, 2))
-  elif pooling is not None:
-    raise ValueError(f'Unknown pooling {pooling!r} (config.model.pooling); '
-                     f'choose one of {POOLINGS} or None.')
-  return x

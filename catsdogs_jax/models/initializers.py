@@ -1,9 +1,18 @@
 """Kernel initialisers selectable by name from the config (`config.model.kernel_init`)."""
 
+from typing import Callable, Dict
+
 import jax.numpy as jnp
 from flax import linen as nn
 
-INITIALIZERS = ('glorot_uniform', 'he_normal', 'lecun_normal', 'normal')
+# config.model.kernel_init -> (config.model.init_stddev) -> the flax initialiser.
+INITIALIZERS: Dict[str, Callable[[float], Callable]] = {
+    'glorot_uniform': lambda stddev: nn.initializers.glorot_uniform(),
+    # torchvision uses kaiming_normal with fan_out for convolutions.
+    'he_normal': lambda stddev: nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
+    'lecun_normal': lambda stddev: nn.initializers.lecun_normal(),
+    'normal': lambda stddev: nn.initializers.normal(stddev=stddev),
+}
 
 
 def get_initializer(name: str, stddev: float = 0.01):
@@ -12,18 +21,10 @@ def get_initializer(name: str, stddev: float = 0.01):
   `glorot_uniform` is Keras' default (what the tutorials used); `normal` is the
   VGG paper's N(0, stddev) scheme; `he_normal` matches torchvision's ResNets.
   """
-  if name == 'glorot_uniform':
-    return nn.initializers.glorot_uniform()
-  if name == 'he_normal':
-    # torchvision uses kaiming_normal with fan_out for convolutions.
-    return nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-  if name == 'lecun_normal':
-    return nn.initializers.lecun_normal()
-  if name == 'normal':
-    return nn.initializers.normal(stddev=stddev)
-  raise ValueError(
-      f'Unknown kernel initialiser {name!r}; choose one of {", ".join(INITIALIZERS)} '
-      '(config.model.kernel_init).')
+  if name not in INITIALIZERS:
+    raise ValueError(f'Unknown kernel initialiser {name!r} (config.model.kernel_init); '
+                     f'choose one of: {", ".join(INITIALIZERS)}.')
+  return INITIALIZERS[name](stddev)
 
 
 DEFAULT_DTYPE = jnp.float32

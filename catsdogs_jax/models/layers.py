@@ -1,9 +1,9 @@
-"""Convolution and max-pooling in the forms XLA:CPU runs fast; the plain lax forms elsewhere.
+"""Layer forms a model is built from: plain Flax, or forms XLA:CPU runs fast.
 
 XLA's CPU backend runs a stride-1 convolution several times faster when the input
 is padded by kernel - 1 on every side ("full" padding) than with 'VALID' or
 'SAME', and its kernel-gradient convolution and `reduce_window` max-pool gradient
-(select-and-scatter) are slow. These layers compute exactly what
+(select-and-scatter) are slow. The CPU forms compute exactly what
 `lax.conv_general_dilated` and `nn.max_pool` compute, but through custom VJPs:
 
 - convolution forward and input gradient: one full-padded convolution, sliced to
@@ -12,47 +12,32 @@ is padded by kernel - 1 on every side ("full" padding) than with 'VALID' or
   output gradient, summed over the batch, over blocks of rows that fit in cache;
 - depthwise convolution (groups == channels, any stride): a sum of shifted,
   scaled copies of the input, one fused loop instead of a grouped convolution;
-- non-overlapping max-pool (window == stride), alone or fused with the ReLU before
-  it: the forward pass keeps which tap of each window was the first maximum (the one
-  XLA's select-and-scatter picks) in one byte, and the gradient puts the output
-  gradient there, elementwise instead of select-and-scatter.
+- non-overlapping max-pool (window == stride): the forward pass keeps which tap of
+  each window was the first maximum (the one XLA's select-and-scatter picks) in one
+  byte, and the gradient puts the output gradient there, elementwise instead of
+  select-and-scatter.
 
-`implementation('auto')` (the default) uses them when JAX's default backend is the
-CPU and the layer fits: convolutions 2-D, NHWC, stride 1, no dilation, no groups,
-any padding ('VALID', 'SAME' or explicit); depthwise convolutions 2-D, NHWC,
-any stride and padding, no dilation; pooling without overlap or padding.
-GPUs keep the plain forms, which cuDNN runs well.
+A model takes a `LayerForms` field (`PLAIN` by default, plain Flax) and builds its
+convolutions with `layers.conv` (as `nn.Conv`) and pools with `layers.max_pool`
+(as `nn.max_pool`). `LAYER_FORMS` names them; `layer_forms('auto')`, called when
+the model is created, picks `CPU` when JAX's default backend is the CPU (GPUs keep
+the plain forms, which cuDNN runs well). The CPU forms fall back to the plain
+computation for layers they do not fit; they fit convolutions 2-D, NHWC, stride 1,
+no dilation, no groups, any padding ('VALID', 'SAME' or explicit); depthwise
+convolutions 2-D, NHWC, any stride and padding, no dilation; pooling without
+overlap or padding.
 """
 
-import contextlib
+import dataclasses
 import functools
-from typing import Sequence
+from typing import Any, Callable, Dict, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
 
-_IMPLEMENTATIONS = ('auto', 'fast', 'plain')
 _BLOCK_BYTES = 1 << 20   # inputs of one block of the kernel gradient (measured best on this CPU)
-_state = {'implementation': 'auto'}
-
-
-@contextlib.contextmanager
-def implementation(name: str):
-  """Within this context (at trace time) layers use 'auto', 'fast' or 'plain' forms."""
-  if name not in _IMPLEMENTATIONS:
-    raise ValueError(f'Unknown layer implementation {name!r}; choose one of {_IMPLEMENTATIONS}.')
-  previous, _state['implementation'] = _state['implementation'], name
-  try:
-    yield
-  finally:
-    _state['implementation'] = previous
-
-
-def _fast() -> bool:
-  name = _state['implementation']
-  return name == 'fast' or (name == 'auto' and jax.default_backend() == 'cpu')
 
 
 # ----- convolution
@@ -153,7 +138,7 @@ def _is_nhwc(dimension_numbers, lhs_shape, rhs_shape) -> bool:
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          precision=None, **kwargs):
-  """`lax.conv_general_dilated`, routed through `conv2d` where that is faster (see above)."""
+  """`lax.conv_general_dilated` through `depthwise_conv2d` or `conv2d` where they fit."""
   plain = functools.partial(lax.conv_general_dilated, lhs, rhs, window_strides, padding,
                             lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
                             dimension_numbers=dimension_numbers,
@@ -162,7 +147,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   ones = lambda d: d is None or all(v == 1 for v in d)
   nhwc = lhs.ndim == 4 and _is_nhwc(dimension_numbers, lhs.shape, rhs.shape)
   if (nhwc and feature_group_count > 1 and feature_group_count == lhs.shape[-1] == rhs.shape[-1]
-      and ones(lhs_dilation) and ones(rhs_dilation) and not kwargs and _fast()):
+      and ones(lhs_dilation) and ones(rhs_dilation) and not kwargs):
     strides = tuple(window_strides or (1, 1))
     if isinstance(padding, str):
       padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
@@ -170,7 +155,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   fits = (nhwc and feature_group_count == 1 and ones(window_strides) and
           ones(lhs_dilation) and ones(rhs_dilation) and not kwargs and
           rhs.shape[0] * rhs.shape[1] > 1)
-  if not (fits and _fast()):
+  if not fits:
     return plain()
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
@@ -195,9 +180,6 @@ def depthwise_conv2d(x, w, strides, padding):
       tap = xp[:, i:i + (out_h - 1) * sh + 1:sh, j:j + (out_w - 1) * sw + 1:sw] * w[i, j, 0]
       total = tap if total is None else total + tap
   return total
-
-
-Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
 
 # ----- max-pooling, with or without a ReLU before it
@@ -247,18 +229,59 @@ _pool2d.defvjp(_pool2d_fwd, _pool2d_bwd)
 
 
 def max_pool(x, window_shape: Sequence[int], strides: Sequence[int] = None, padding='VALID'):
-  """`nn.max_pool`; non-overlapping unpadded 2-D pooling takes the fast form on CPU."""
+  """`nn.max_pool`; non-overlapping unpadded 2-D pooling through `_pool2d`."""
   return _max_pool(x, window_shape, strides, padding, relu=False)
 
 
 def relu_max_pool(x, window_shape: Sequence[int], strides: Sequence[int] = None,
                   padding='VALID'):
-  """`max_pool(nn.relu(x), ...)`; on CPU as one pass over x that keeps a small residual."""
+  """`max_pool(nn.relu(x), ...)` as one pass over x that keeps a small residual."""
   return _max_pool(x, window_shape, strides, padding, relu=True)
 
 
 def _max_pool(x, window_shape, strides, padding, relu: bool):
   window, strides = tuple(window_shape), tuple(strides or window_shape)
-  if x.ndim == 4 and window == strides and padding == 'VALID' and _fast():
+  if x.ndim == 4 and window == strides and padding == 'VALID':
     return _pool2d(x, window, tuple(x.shape[1:3]), relu)
   return nn.max_pool(nn.relu(x) if relu else x, window, strides=strides, padding=padding)
+
+
+def _plain_relu_max_pool(x, window_shape, strides=None, padding='VALID'):
+  return nn.max_pool(nn.relu(x), window_shape, strides=strides, padding=padding)
+
+
+# ----- the forms, by name
+
+ModuleDef = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerForms:
+  """The convolution and pooling a model is built from.
+
+  Attributes:
+    name: the key in `LAYER_FORMS`.
+    conv: a module class used as `nn.Conv` (depthwise: `feature_group_count`).
+    max_pool: a function used as `nn.max_pool`.
+    relu_max_pool: `max_pool(nn.relu(x), ...)`, fused in the CPU forms.
+  """
+  name: str
+  conv: ModuleDef
+  max_pool: Callable
+  relu_max_pool: Callable
+
+
+PLAIN = LayerForms('plain', nn.Conv, nn.max_pool, _plain_relu_max_pool)
+CPU = LayerForms('cpu', functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated),
+                 max_pool, relu_max_pool)
+LAYER_FORMS: Dict[str, LayerForms] = {forms.name: forms for forms in (PLAIN, CPU)}
+
+
+def layer_forms(name: str = 'auto') -> LayerForms:
+  """The forms named `name`; 'auto' is the CPU forms on a CPU backend, else the plain ones."""
+  if name == 'auto':
+    name = 'cpu' if jax.default_backend() == 'cpu' else 'plain'
+  if name not in LAYER_FORMS:
+    raise ValueError(f'Unknown layer forms {name!r}; choose one of: auto, '
+                     f'{", ".join(LAYER_FORMS)}.')
+  return LAYER_FORMS[name]

@@ -5,7 +5,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 from flax import linen as nn
 
-from catsdogs_jax.models.layers import Conv, relu_max_pool
+from catsdogs_jax.models.layers import PLAIN, LayerForms
 
 
 class MnistMLP(nn.Module):
@@ -33,12 +33,14 @@ class MnistCNN(nn.Module):
   dropout_rate: float = 0.0
   kernel_init: Callable = nn.initializers.glorot_uniform()
   dtype: Any = jnp.float32
+  layers: LayerForms = PLAIN        # convolution and pooling forms (layers.py)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = Conv(64, (5, 5), padding='VALID', kernel_init=self.kernel_init,
-             dtype=self.dtype, name='conv1')(x)
-    x = relu_max_pool(x, (2, 2), strides=(2, 2))
+    x = self.layers.conv(64, (5, 5), padding='VALID', kernel_init=self.kernel_init,
+                         dtype=self.dtype, name='conv1')(x)
+    x = nn.relu(x)
+    x = self.layers.max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.Dense(100, kernel_init=self.kernel_init, dtype=self.dtype, name='dense1')(x)

@@ -12,15 +12,15 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from catsdogs_jax.models.batch_norm import batch_norm
-from catsdogs_jax.models.layers import Conv, max_pool
+from catsdogs_jax.models.layers import PLAIN, LayerForms
 from catsdogs_jax.models.weight_sets import TORCHVISION, WeightSet
 
 
 def _conv(block, features: int, kernel: int, strides: int, name: str):
   """Bias-free convolution with torchvision's "same" padding (kernel // 2)."""
-  return Conv(features, (kernel, kernel), (strides, strides),
-              padding=[(kernel // 2, kernel // 2)] * 2, use_bias=False,
-              kernel_init=block.kernel_init, dtype=block.dtype, name=name)
+  return block.layers.conv(features, (kernel, kernel), (strides, strides),
+                           padding=[(kernel // 2, kernel // 2)] * 2, use_bias=False,
+                           kernel_init=block.kernel_init, dtype=block.dtype, name=name)
 
 
 def _shortcut(block, x, y, features: int, train: bool):
@@ -42,6 +42,7 @@ class _Block(nn.Module):
   strides: int = 1
   kernel_init: Callable = nn.initializers.he_normal()
   dtype: Any = jnp.float32
+  layers: LayerForms = PLAIN        # convolution and pooling forms (layers.py)
 
 
 class BasicBlock(_Block):
@@ -75,18 +76,20 @@ class ResNet(nn.Module):
   dropout_rate: float = 0.0
   kernel_init: Callable = nn.initializers.he_normal()
   dtype: Any = jnp.float32
+  layers: LayerForms = PLAIN        # convolution and pooling forms (layers.py)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = Conv(64, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False,
-             kernel_init=self.kernel_init, dtype=self.dtype, name='conv1')(x)
+    x = self.layers.conv(64, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False,
+                         kernel_init=self.kernel_init, dtype=self.dtype, name='conv1')(x)
     x = nn.relu(_batch_norm(train, self.dtype, 'bn1')(x))
-    x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = self.layers.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
         x = self.block_cls(64 * 2**i, strides=strides, kernel_init=self.kernel_init,
-                           dtype=self.dtype, name=f'layer{i + 1}_{j}')(x, train)
+                           dtype=self.dtype, layers=self.layers,
+                           name=f'layer{i + 1}_{j}')(x, train)
     x = jnp.mean(x, axis=(1, 2))
     if not self.include_top:
       return x.astype(jnp.float32)

@@ -5,7 +5,7 @@ from typing import Any, Callable, Sequence
 import jax.numpy as jnp
 from flax import linen as nn
 
-from catsdogs_jax.models.layers import Conv, relu_max_pool
+from catsdogs_jax.models.layers import PLAIN, LayerForms
 
 
 class SmallCNN(nn.Module):
@@ -16,13 +16,15 @@ class SmallCNN(nn.Module):
   dropout_rate: float = 0.0
   kernel_init: Callable = nn.initializers.glorot_uniform()
   dtype: Any = jnp.float32
+  layers: LayerForms = PLAIN        # convolution and pooling forms (layers.py)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     for i, features in enumerate(self.features, start=1):
-      x = Conv(features, (3, 3), padding='VALID', kernel_init=self.kernel_init,
-               dtype=self.dtype, name=f'conv{i}')(x)
-      x = relu_max_pool(x, (2, 2), strides=(2, 2))
+      x = self.layers.conv(features, (3, 3), padding='VALID', kernel_init=self.kernel_init,
+                           dtype=self.dtype, name=f'conv{i}')(x)
+      x = nn.relu(x)
+      x = self.layers.max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     # The tutorial puts its dropout between Flatten and the first Dense.
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

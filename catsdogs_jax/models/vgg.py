@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from catsdogs_jax.models.heads import base_output
-from catsdogs_jax.models.layers import Conv, relu_max_pool
+from catsdogs_jax.models.layers import PLAIN, LayerForms
 from catsdogs_jax.models.weight_sets import KERAS_APPLICATIONS, TORCHVISION, WeightSet
 
 WIDTHS = (64, 128, 256, 512, 512)
@@ -33,16 +33,16 @@ class VGG(nn.Module):
   dropout_rate: float = 0.5
   kernel_init: Callable = nn.initializers.glorot_uniform()
   dtype: Any = jnp.float32
+  layers: LayerForms = PLAIN        # convolution and pooling forms (layers.py)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     for block, (num_convs, width) in enumerate(zip(self.stage_sizes, WIDTHS), start=1):
       for conv in range(1, num_convs + 1):
-        x = Conv(width, (3, 3), padding='SAME', kernel_init=self.kernel_init,
-                 dtype=self.dtype, name=f'block{block}_conv{conv}')(x)
-        if conv < num_convs:   # the block's last ReLU goes with its pooling
-          x = nn.relu(x)
-      x = relu_max_pool(x, (2, 2), strides=(2, 2))
+        x = self.layers.conv(width, (3, 3), padding='SAME', kernel_init=self.kernel_init,
+                             dtype=self.dtype, name=f'block{block}_conv{conv}')(x)
+        x = nn.relu(x)
+      x = self.layers.max_pool(x, (2, 2), strides=(2, 2))
     if not self.include_top:
       return base_output(self, x, train)
     x = x.reshape((x.shape[0], -1))

@@ -3,7 +3,7 @@
 A weight set names everything needed to start a model from it without
 guessing: where the file comes from (an installed package's file, or an
 official URL), the checksum its publisher gives, the format our converter reads,
-and how the images it was trained on were prepared. `catsdogs_jax.pretrained`
+and how the images it was trained on were prepared. `catsdogs_jax.weights.pretrained`
 fetches, checks, converts and caches them (`config.init_from='pretrained:NAME'`).
 """
 

@@ -1,0 +1,220 @@
+"""Input pipeline: tfds datasets by name, or image folders (`folder:PATH`), to numpy batches.
+
+With `folders`, the only module that needs TensorFlow. Images are decoded and resized by
+tf.data in parallel and shipped as uint8; preprocessing runs on the device
+(`catsdogs_jax.data.preprocessing`).
+
+Batch counts, order and padding follow `catsdogs_jax.data.batching`: a resumed run
+sees exactly the batches an uninterrupted one would, and evaluation counts
+every image once.
+"""
+
+import dataclasses
+import hashlib
+import os
+from typing import Dict, Iterator, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from catsdogs_jax.data import folders
+from catsdogs_jax.data.batching import Batching, epoch_seed, pad_batch
+from catsdogs_jax.data.folders import DataError
+
+FOLDER_PREFIX = 'folder:'
+CATS_VS_DOGS_ZIP = 'kagglecatsanddogs_5340.zip'
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  class_names: Tuple[str, ...]
+  num_examples: Dict[str, int]   # split name -> number of images (all processes)
+
+
+def keep_tensorflow_off_gpus():
+  """JAX owns the accelerators; tf.data needs only the CPU. Call before TensorFlow runs an op
+  (main.py does; so does the first pipeline built); afterwards TensorFlow refuses, harmlessly."""
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:   # TensorFlow already initialised its devices
+    pass
+
+
+def is_folder(dataset: str) -> bool:
+  return dataset.startswith(FOLDER_PREFIX)
+
+
+def config_splits(config) -> Dict[str, str]:
+  return {'train': config.train_split, 'validation': config.eval_split,
+          'test': config.test_split}
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def _folder_root(config) -> str:
+  root = os.path.expanduser(config.dataset[len(FOLDER_PREFIX):])
+  if not os.path.isdir(root):
+    raise DataError(
+        f'Dataset folder {root!r} does not exist (config.dataset={config.dataset!r}). '
+        'Expected a folder laid out as split/label/image, e.g. '
+        'PATH/train/cats/cat.1.jpg; pass --config.dataset=folder:PATH.')
+  return root
+
+
+# --------------------------------------------------------------------------- tfds
+
+
+def _tfds_builder(config):
+  try:
+    builder = tfds.builder(config.dataset, data_dir=config.data_dir)
+  except Exception as e:  # tfds raises several types for unknown names
+    raise DataError(
+        f'Unknown dataset {config.dataset!r}: not a tfds name, and not '
+        f'"{FOLDER_PREFIX}PATH" for an image folder. ({e})') from e
+  if builder.is_prepared():
+    return builder
+  manual = os.path.join(builder.data_dir_root, 'downloads', 'manual')
+  advice = (
+      'To train on an image folder instead, pass --config.dataset=folder:PATH '
+      '(PATH/train/<label>/*.jpg, PATH/validation/..., PATH/test/...).')
+  if config.dataset == 'cats_vs_dogs':
+    advice += (f' Or place the official {CATS_VS_DOGS_ZIP} in {manual}/ and run again: '
+               'tfds prepares the dataset from it without downloading.')
+  if not config.download:
+    raise DataError(f'tfds dataset {config.dataset!r} is not prepared in '
+                    f'{builder.data_dir_root} and config.download is False. {advice}')
+  try:
+    builder.download_and_prepare()
+  except Exception as e:
+    raise DataError(f'Could not download tfds dataset {config.dataset!r} ({type(e).__name__}: '
+                    f'{str(e)[:300]}). {advice}') from e
+  return builder
+
+
+def _tfds_process_split(split: str, index: int, count: int) -> str:
+  return split if count == 1 else tfds.even_splits(split, n=count, drop_remainder=False)[index]
+
+
+def _tfds_num_examples(builder, split: str) -> int:
+  try:
+    return builder.info.splits[split].num_examples
+  except (KeyError, ValueError) as e:
+    raise DataError(f'tfds dataset {builder.name!r} has no split {split!r} '
+                    f'(available: {", ".join(builder.info.splits)}). ({e})') from e
+
+
+# --------------------------------------------------------------------------- describe
+
+
+def describe(config) -> DatasetInfo:
+  """Checks that every split exists and is non-empty; cheap, no decoding."""
+  keep_tensorflow_off_gpus()
+  splits = config_splits(config)
+  if is_folder(config.dataset):
+    root = _folder_root(config)
+    class_names = folders.class_names(root, config.train_split)
+    if not class_names:
+      raise DataError(f'Split {config.train_split!r} of {root!r} has no label folders.')
+    counts = {}
+    for role, split in splits.items():
+      extra = sorted(set(folders.class_names(root, split)) - set(class_names))
+      if extra:
+        raise DataError(f'Split {split!r} of {root!r} has labels {extra} that the '
+                        f'training split {config.train_split!r} lacks ({list(class_names)}).')
+      counts[role] = len(_folder_split(config, split, class_names).paths)
+    return DatasetInfo(class_names, counts)
+  builder = _tfds_builder(config)
+  label = builder.info.features[config.label_key]
+  counts = {role: _tfds_num_examples(builder, split) for role, split in splits.items()}
+  for role, n in counts.items():
+    if n == 0:
+      raise DataError(f'Split {splits[role]!r} of {config.dataset!r} is empty.')
+  return DatasetInfo(tuple(label.names), counts)
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def _folder_split(config, split: str, class_names) -> folders.FolderSplit:
+  return folders.read_split(_folder_root(config), split, tuple(class_names),
+                            config.verify_images, tuple(config.flat_split_fractions))
+
+
+class ImagePipeline(Batching):
+  """One split of a dataset, this process's part of it, as numpy batches."""
+
+  def __init__(self, config, split: str, class_names: Sequence[str],
+               process_index: Optional[int] = None, process_count: Optional[int] = None,
+               files: Optional[folders.FolderSplit] = None):
+    """`files` (from `folders.read_files`) replaces the split: images to predict on."""
+    self.config = config
+    self.split = split
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    if config.batch_size % count:
+      raise DataError(f'config.batch_size={config.batch_size} is not divisible by the '
+                      f'{count} processes.')
+    self.local_batch = config.batch_size // count
+    self._from_path = is_folder(config.dataset) or files is not None
+    if self._from_path:
+      found = files if files is not None else _folder_split(config, split, class_names)
+      self.examples_per_process = [len(found.paths[i::count]) for i in range(count)]
+      self.fingerprint = hashlib.sha256('\n'.join(found.paths).encode()).hexdigest()
+      part = slice(index, None, count)
+      self._source = tf.data.Dataset.from_tensor_slices(
+          (found.paths[part], found.inline[part], found.labels[part]))
+    else:
+      builder = _tfds_builder(config)
+      subsplits = [_tfds_process_split(split, i, count) for i in range(count)]
+      self.examples_per_process = [_tfds_num_examples(builder, s) for s in subsplits]
+      self.fingerprint = f'{builder.name}:{builder.version}:{split}'  # tfds data is versioned
+      ds = builder.as_dataset(split=subsplits[index], shuffle_files=False,
+                              decoders={config.image_key: tfds.decode.SkipDecoding()})
+      self._source = ds.map(lambda d: ('', d[config.image_key],
+                                       tf.cast(d[config.label_key], tf.int32)))
+    self.num_examples = self.examples_per_process[index]
+    self._decoded = self._source.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE)
+    if config.cache:
+      self._decoded = self._decoded.cache()
+
+  def _decode(self, path, contents, label):
+    """`contents` holds the encoded image, or is empty and the image is read from `path`."""
+    c = self.config
+    data = tf.cond(tf.strings.length(contents) > 0, lambda: contents,
+                   lambda: tf.io.read_file(path))
+    image = tf.io.decode_image(data, channels=c.channels, expand_animations=False)
+    image = tf.image.resize(image, (c.image_size, c.image_size), method=c.resize_method,
+                            antialias=True)
+    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    return {'image': tf.ensure_shape(image, (c.image_size, c.image_size, c.channels)),
+            'label': label}
+
+  def train_epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[dict]:
+    """Shuffled full batches of epoch `epoch`, starting after `skip_batches`."""
+    seed = epoch_seed(self.config.seed, epoch)
+    if self.config.cache:
+      ds = self._decoded.shuffle(self.num_examples, seed=seed, reshuffle_each_iteration=False)
+    else:
+      # Shuffling paths / encoded bytes before decoding keeps the buffer cheap.
+      buffer = self.num_examples if self._from_path else self.config.shuffle_buffer
+      ds = self._source.shuffle(buffer, seed=seed, reshuffle_each_iteration=False)
+      ds = ds.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(self.local_batch, drop_remainder=True).take(self.steps_per_epoch)
+    ds = ds.skip(skip_batches).prefetch(tf.data.AUTOTUNE)
+    return ds.as_numpy_iterator()
+
+  def eval_batches(self) -> Iterator[dict]:
+    """Every example once, in order; padded batches carry `mask` 0 on padding."""
+    ds = self._decoded.batch(self.local_batch).prefetch(tf.data.AUTOTUNE)
+    yielded = 0
+    for batch in ds.as_numpy_iterator():
+      yield pad_batch(batch, self.local_batch)
+      yielded += 1
+    empty = {'image': np.zeros((0, self.config.image_size, self.config.image_size,
+                                 self.config.channels), np.uint8),
+             'label': np.zeros((0,), np.int32)}
+    for _ in range(self.num_eval_batches - yielded):
+      yield pad_batch(empty, self.local_batch)

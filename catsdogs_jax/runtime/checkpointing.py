@@ -1,0 +1,162 @@
+"""Orbax checkpoints of a workdir: the last N epochs plus the best, with the run's history.
+
+Each checkpoint holds two items: `state` (the TrainState pytree) and `history`
+(JSON: one row per finished epoch and why training stopped), so that log.csv,
+early stopping and "already finished" are all restored with the weights.
+"""
+
+import contextlib
+import errno
+import glob
+import os
+import shutil
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from orbax.checkpoint import checkpoint_managers as policies
+
+from catsdogs_jax.runtime import distributed
+from catsdogs_jax.runtime.workdir_files import WorkdirError
+
+STATE, HISTORY = 'state', 'history'
+CHECKPOINTS_DIR = 'checkpoints'        # in a workdir: one folder per saved step
+TMP_MARKER = '.orbax-checkpoint-tmp'   # how Orbax names a save still in progress
+DAMAGED_DIR = 'checkpoints_damaged'    # checkpoints that did not restore, kept for inspection
+
+
+def monitor_mode(metric: str) -> str:
+  """'max' for accuracies, 'min' for losses."""
+  return 'max' if 'accuracy' in metric else 'min'
+
+
+def has_checkpoints(workdir: str) -> bool:
+  directory = os.path.join(workdir, CHECKPOINTS_DIR)
+  return os.path.isdir(directory) and bool(os.listdir(directory))
+
+
+def saved_steps(workdir: str) -> List[int]:
+  """Steps whose checkpoint folder was committed, read from the disk (no Orbax manager)."""
+  return sorted(int(n) for n in os.listdir(os.path.join(workdir, CHECKPOINTS_DIR)) if n.isdigit())
+
+
+class Checkpoints:
+  """The checkpoints of one workdir (`workdir/checkpoints/<step>`)."""
+
+  def __init__(self, workdir: str, config, read_only: bool = False):
+    self.workdir = os.path.abspath(workdir)
+    monitor = config.checkpoint.best_monitor
+    mode = monitor_mode(monitor)
+    best_fn = lambda metrics: metrics[monitor]
+    policy = policies.AnyPreservationPolicy([
+        policies.LatestN(n=config.checkpoint.keep),
+        policies.BestN(get_metric_fn=best_fn, reverse=(mode == 'min'), n=1,
+                       keep_checkpoints_without_metrics=False),
+    ])
+    self.directory = os.path.join(self.workdir, CHECKPOINTS_DIR)
+    self.read_only = read_only
+    if not read_only and jax.process_index() == 0:
+      for path in glob.glob(os.path.join(self.directory, f'*{TMP_MARKER}*')):
+        logging.warning('Removing %s: a checkpoint a crash left half-written (never restored).',
+                        path)
+    options = ocp.CheckpointManagerOptions(
+        best_fn=best_fn, best_mode=mode, preservation_policy=policy,
+        create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=(STATE, HISTORY))
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def best_step(self) -> Optional[int]:
+    return self.manager.best_step()
+
+  def all_steps(self) -> List[int]:
+    return sorted(self.manager.all_steps())
+
+  def save(self, step: int, state, history: Dict[str, Any], metrics: Dict[str, float]):
+    with self._disk_full_is_clear():
+      self.manager.save(step, args=ocp.args.Composite(**{
+          STATE: ocp.args.StandardSave(state), HISTORY: ocp.args.JsonSave(history)}),
+          metrics=metrics)
+
+  @contextlib.contextmanager
+  def _disk_full_is_clear(self):
+    """A full disk while saving: the unfinished save is removed, and the error says so.
+
+    Saves run in the background, so the failure may surface at the next save.
+    """
+    try:
+      yield
+    except Exception as e:  # Orbax and TensorStore wrap the OSError in their own types
+      if 'No space left on device' not in str(e) and getattr(e, 'errno', None) != errno.ENOSPC:
+        raise
+      try:
+        self.manager.wait_until_finished()   # let background threads settle before cleaning up
+      except Exception:  # the same failure again
+        pass
+      for path in glob.glob(os.path.join(self.directory, f'*{TMP_MARKER}*')):
+        shutil.rmtree(path, ignore_errors=True)
+      usage = shutil.disk_usage(self.directory)
+      intact = saved_steps(self.workdir)
+      raise WorkdirError(
+          f'The disk holding {self.directory} is full ({usage.free / 2**20:.1f} MiB free of '
+          f'{usage.total / 2**20:.1f} MiB) while saving a checkpoint; the unfinished save was '
+          'removed. ' + (f'The checkpoint at step {intact[-1]} is intact: free space (or lower '
+                         'config.checkpoint.keep) and run the same command again to resume '
+                         'from it.' if intact else 'Free space and run the same command again.')
+      ) from e
+
+  def restore_newest(self, abstract_state) -> Optional[Tuple[Any, Dict[str, Any]]]:
+    """(state, history) of the newest checkpoint that restores; None when there is none.
+
+    One that fails (a truncated or tampered file) is skipped with a warning
+    naming it, and moved aside to `checkpoints_damaged/` once an older one has
+    restored, so that training can write that step again. When checkpoints
+    exist but none restores, this fails and changes nothing.
+    """
+    failures, damaged = [], []
+    for step in reversed(self.all_steps()):
+      try:
+        restored = self.restore(step, abstract_state)
+      except Exception as e:  # Orbax and TensorStore raise many types for damaged files
+        first_line = (str(e).splitlines() or [''])[0][:160]
+        failures.append(f'step {step}: {type(e).__name__}: {first_line}')
+        damaged.append(step)
+        logging.warning('The checkpoint at step %d in %s does not restore (%s); trying the one '
+                        'before it.', step, self.directory, failures[-1])
+        continue
+      self._set_aside(damaged)
+      return restored
+    if failures:
+      raise WorkdirError(f'No checkpoint in {self.directory} restores ({"; ".join(failures)}). '
+                         'Nothing was changed; move the checkpoints away to start afresh.')
+    return None
+
+  def _set_aside(self, steps):
+    if self.read_only or not steps:
+      return
+    if jax.process_index() == 0:   # every process found the same ones damaged
+      aside = os.path.join(self.workdir, DAMAGED_DIR)
+      os.makedirs(aside, exist_ok=True)
+      for step in steps:
+        target = os.path.join(aside, f'{step}.{time.strftime("%Y%m%d-%H%M%S")}')
+        shutil.move(os.path.join(self.directory, str(step)), target)
+        logging.warning('Moved the damaged checkpoint at step %d to %s.', step, target)
+    distributed.barrier('damaged checkpoints set aside')
+    self.manager.reload()
+
+  def restore(self, step: int, abstract_state) -> Tuple[Any, Dict[str, Any]]:
+    """Restores `step` into the structure, dtypes and shardings of `abstract_state`."""
+    restored = self.manager.restore(step, args=ocp.args.Composite(**{
+        STATE: ocp.args.StandardRestore(abstract_state), HISTORY: ocp.args.JsonRestore()}))
+    return restored[STATE], restored[HISTORY]
+
+  def wait(self):
+    with self._disk_full_is_clear():
+      self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.close()

@@ -1,0 +1,193 @@
+"""What a workdir holds besides its checkpoints: the lock, the run's config, its model's signature.
+
+One run per workdir (a lock naming host and process); a re-run with a changed
+config is told what changed, and refused before restoring when the change
+would alter the structure of the parameters or optimizer state.
+"""
+
+import json
+import os
+import socket
+import time
+from typing import Any, Callable, Dict, List
+
+import jax
+import ml_collections
+from absl import logging
+from flax import traverse_util
+
+from catsdogs_jax.defaults import set_fields
+
+MODEL_FILE = 'model.json'
+CONFIG_FILE = 'config.json'
+LOCK_FILE = 'lock.json'
+
+
+class WorkdirError(ValueError):
+  """The workdir cannot be used for this config; the message says why."""
+
+
+# --------------------------------------------------------------------------- lock
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True   # another user's process
+  try:   # a killed child its parent has not reaped yet is not running either
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().split(')')[-1].split()[0] != 'Z'
+  except OSError:
+    return True
+
+
+def _read_lock(path: str):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None   # removed meanwhile, or half-written by a process that died writing it
+
+
+class Lock:
+  """Holds `workdir/lock.json` (host, pid, start time) until `release()`; process 0 only."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, LOCK_FILE)
+    self.held = False
+    if jax.process_index() != 0:
+      return
+    try:
+      os.makedirs(workdir, exist_ok=True)
+      probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
+      open(probe, 'w').close()
+      os.remove(probe)
+    except OSError as e:
+      raise WorkdirError(f'Cannot write to --workdir={workdir!r} ({e.strerror}: {e.filename}); '
+                         'choose a folder this user can write to.') from e
+    me = {'host': socket.gethostname(), 'pid': os.getpid(),
+          'since': time.strftime('%Y-%m-%d %H:%M:%S')}
+    while not self.held:
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+      except FileExistsError:
+        self._take_over_if_stale(workdir, me['host'])
+        continue
+      with os.fdopen(fd, 'w') as f:
+        json.dump(me, f)
+      self.held = True
+
+  def _take_over_if_stale(self, workdir: str, host: str):
+    holder = _read_lock(self.path)
+    if holder is not None and (holder.get('host') != host or _alive(holder.get('pid', -1))):
+      raise WorkdirError(
+          f'{workdir!r} is in use by process {holder.get("pid")} on {holder.get("host")} '
+          f'(since {holder.get("since")}): one run per workdir. Wait for it or stop it, or use '
+          f'another --workdir. If that process is gone, delete {self.path}.')
+    logging.warning('Taking over the lock of %s: %s.', workdir,
+                    'its file was unreadable' if holder is None else
+                    f'process {holder["pid"]} on {host} that held it is no longer running')
+    try:
+      os.remove(self.path)
+    except FileNotFoundError:
+      pass
+
+  def release(self):
+    if self.held and (_read_lock(self.path) or {}).get('pid') == os.getpid():
+      os.remove(self.path)
+    self.held = False
+
+
+# --------------------------------------------------------------------------- config
+def write_run_config(workdir: str, config):
+  """The resolved config of the run, for reproducing it and for `init_from`."""
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
+      f.write(config.to_json_best_effort(indent=1))
+
+
+def read_run_config(workdir: str):
+  """The config a workdir was trained with, as a ConfigDict."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise WorkdirError(f'{workdir!r} has no {CONFIG_FILE}: it was not written by this code.')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def model_signature(config, abstract_params) -> Dict[str, Any]:
+  """What identifies a model for resuming: its name and every parameter's shape."""
+  shapes = {'/'.join(str(getattr(k, 'key', k)) for k in path): list(leaf.shape)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+  return {'model': config.model.name, 'parameters': shapes}
+
+
+def check_model(workdir: str, signature: Dict[str, Any], write: bool = True):
+  """Fails before training when `workdir` holds checkpoints of another model."""
+  path = os.path.join(workdir, MODEL_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = json.load(f)
+    if previous != signature:
+      old, new = previous['parameters'], signature['parameters']
+      differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+      raise WorkdirError(
+          f'Workdir {workdir!r} holds checkpoints of a different model '
+          f'({previous["model"]!r}, now {signature["model"]!r}; {len(differ)} parameters '
+          f'differ, e.g. {", ".join(differ[:3])}). Use a new --workdir, or the config that '
+          'trained it.')
+  elif write and jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, 'w') as f:
+      json.dump(signature, f, indent=1)
+
+
+def differences(before: Dict[str, Any], now: Dict[str, Any]) -> Dict[str, tuple]:
+  """Dotted field -> (value before, value now) for the fields in which two nested dicts differ."""
+  before, now = (traverse_util.flatten_dict(d, sep='.') for d in (before, now))
+  return {k: (before.get(k), now.get(k)) for k in sorted(set(before) | set(now))
+          if before.get(k) != now.get(k)}
+
+
+def config_differences(previous: Dict[str, Any], config) -> Dict[str, tuple]:
+  """Dotted field -> (value in the workdir's config.json, value now), for fields that differ."""
+  return differences(previous, json.loads(config.to_json_best_effort()))
+
+
+def check_config_change(workdir: str, config, state_signature: Callable[[Any], Any]):
+  """Reports how `config` differs from the one the workdir's checkpoints were trained with.
+
+  A difference that changes `state_signature(config)` (the structure, shapes
+  and dtypes of the train state) cannot resume: refused, naming the fields.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    differences = config_differences(json.load(f), config)
+  if not differences:
+    return
+  now = state_signature(config)
+  structural: List[str] = []
+  for key, (old, new) in differences.items():
+    try:
+      # JSON holds tuples as lists: a list now means a tuple field.
+      reverted = set_fields(config.copy_and_resolve_references(),
+                            {key: tuple(old) if isinstance(new, list) else old})
+      if state_signature(reverted) != now:
+        structural.append(key)
+    except (KeyError, AttributeError, TypeError, ValueError):
+      structural.append(key)   # a field this code no longer has, or cannot take the old value
+  listing = '; '.join(f'{k}: {old!r} -> {new!r}' for k, (old, new) in differences.items())
+  if structural:
+    raise WorkdirError(
+        f'The config differs from the one {workdir!r} was trained with in fields that change '
+        f'the parameters or optimizer state ({", ".join(structural)}); its checkpoints cannot '
+        f'resume with it. All differences: {listing}. Either train in a new --workdir, or '
+        f'start from this run\'s weights with --config.init_from={workdir}.')
+  logging.warning('The config differs from the one %s was trained with (resuming with the new '
+                  'values): %s', workdir, listing)

@@ -1,0 +1,63 @@
+"""Per-example losses and correctness for 1-logit sigmoid and softmax heads."""
+
+import dataclasses
+from typing import Callable, Dict
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
+  """What a head's loss decides: the loss, the predicted class and the class probabilities.
+
+  Each takes the [B, 1] (sigmoid) or [B, C] (softmax) logits.
+  """
+  per_example: Callable  # (float32 logits, integer labels) -> [B] cross-entropy
+  predictions: Callable  # logits -> [B] int32 class index
+  probabilities: Callable  # float32 logits -> [B, num_classes]
+
+
+def _sigmoid_cross_entropy(logits, labels):
+  return optax.sigmoid_binary_cross_entropy(logits[:, 0], labels.astype(jnp.float32))
+
+
+def _sigmoid_probabilities(logits):
+  p = jax.nn.sigmoid(logits[:, 0])
+  return jnp.stack([1.0 - p, p], axis=-1)
+
+
+# config.loss -> its Loss.
+LOSSES: Dict[str, Loss] = {
+    'sigmoid': Loss(
+        per_example=_sigmoid_cross_entropy,
+        predictions=lambda logits: (logits[:, 0] > 0).astype(jnp.int32),
+        probabilities=_sigmoid_probabilities),
+    'softmax': Loss(
+        per_example=optax.softmax_cross_entropy_with_integer_labels,
+        predictions=lambda logits: jnp.argmax(logits, axis=-1).astype(jnp.int32),
+        probabilities=lambda logits: jax.nn.softmax(logits, axis=-1)),
+}
+
+
+def get_loss(name: str) -> Loss:
+  if name not in LOSSES:
+    raise ValueError(f'Unknown loss {name!r} (config.loss); '
+                     f'choose one of: {", ".join(LOSSES)}.')
+  return LOSSES[name]
+
+
+def per_example_loss(logits, labels, loss: str):
+  """Cross-entropy per example; `logits` is [B, 1] for sigmoid, [B, C] for softmax."""
+  return get_loss(loss).per_example(logits.astype(jnp.float32), labels)
+
+
+def predictions(logits, loss: str):
+  """Predicted class index per example."""
+  return get_loss(loss).predictions(logits)
+
+
+def probabilities(logits, loss: str):
+  """[B, num_classes] class probabilities; a sigmoid head's 1 logit gives [1 - p, p]."""
+  return get_loss(loss).probabilities(logits.astype(jnp.float32))

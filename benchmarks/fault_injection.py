@@ -55,10 +55,10 @@ def make_data(root: str) -> str:
 
 
 def overrides(data: str, **fields):
-  return {'dataset': f'folder:{data}', 'train_split': 'train', 'eval_split': 'validation',
-          'test_split': 'test', 'image_size': 16, 'channels': 3, 'num_classes': 2,
-          'batch_size': 8, 'loss': 'softmax', 'preprocess': 'rescale',
-          'optimizer.weight_decay': 0.0, 'log_every_steps': 2, 'cache': True,
+  return {'data.dataset': f'folder:{data}', 'data.train_split': 'train', 'data.eval_split': 'validation',
+          'data.test_split': 'test', 'data.image_size': 16, 'data.channels': 3, 'data.num_classes': 2,
+          'batch_size': 8, 'loss': 'softmax', 'data.preprocess': 'rescale',
+          'optimizer.weight_decay': 0.0, 'log_every_steps': 2, 'data.cache': True,
           'num_epochs': EPOCHS, 'model.dropout_rate': 0.3, 'checkpoint.keep': 2, **fields}
 
 
@@ -89,7 +89,7 @@ def trial(kind: str, rng, data: str, workdir: str, reference) -> str:
     return resume(data, workdir, reference)
   if kind == 'nan':   # diverges after 1 to 3 good epochs; the good checkpoints must stay
     good = int(rng.integers(1, EPOCHS))
-    cnn = {'model.name': 'small_cnn', 'image_size': 48, 'model.dropout_rate': 0.0}
+    cnn = {'model.name': 'small_cnn', 'data.image_size': 48, 'model.dropout_rate': 0.0}
     run(data, workdir, num_epochs=good, **cnn, **{'optimizer.learning_rate': 1e-2})
     diverged = run(data, workdir, **cnn, **{'optimizer.learning_rate': 1e3})
     if diverged.returncode == 0 or 'Non-finite loss' not in diverged.stderr:

@@ -4,7 +4,7 @@
 
 Measures, on an image folder, images/s of (1) tf.data decode+resize alone, (2) the same
 plus the on-device augmentation with the tutorial's settings, (3) augmentation alone on
-an in-memory batch, (4) decoded images cached in memory (config.cache) plus augmentation,
+an in-memory batch, (4) decoded images cached in memory (config.data.cache) plus augmentation,
 and (5) the small CNN's train step (with augmentation) fed by the
 real pipeline versus fed one constant in-memory batch. Prints a table and writes JSON.
 """
@@ -38,9 +38,9 @@ FLAGS = flags.FLAGS
 
 def _config():
   config = small_cnn_aug.get_config()
-  config.dataset = f'folder:{os.path.abspath(FLAGS.data)}'
-  config.train_split, config.eval_split, config.test_split = 'train', 'validation', 'test'
-  config.image_size, config.batch_size = FLAGS.image_size, FLAGS.batch_size
+  config.data.dataset = f'folder:{os.path.abspath(FLAGS.data)}'
+  config.data.train_split, config.data.eval_split, config.data.test_split = 'train', 'validation', 'test'
+  config.data.image_size, config.batch_size = FLAGS.image_size, FLAGS.batch_size
   return config
 
 
@@ -57,26 +57,26 @@ def main(_):
   config = _config()
   t0 = time.perf_counter()
   exp = experiment.build(config, tempfile.mkdtemp())
-  pipeline = exp.pipeline(config.train_split)
+  pipeline = exp.pipeline(config.data.train_split)
   scan_seconds = time.perf_counter() - t0
   augment_fn = jax.jit(lambda k, x: augment.augment_batch(k, x, config.augment))
   key = jax.random.PRNGKey(0)
   constant = next(pipeline.train_epoch(0))
   jax.block_until_ready(augment_fn(key, constant['image']))   # compile
 
-  results = {'image_size': config.image_size, 'batch_size': config.batch_size,
+  results = {'image_size': config.data.image_size, 'batch_size': config.batch_size,
              'devices': jax.device_count(), 'platform': jax.devices()[0].platform,
              'setup_seconds': round(scan_seconds, 2)}
   results['decode_resize'] = _rate(pipeline.train_epoch(1))
   results['decode_resize_augment'] = _rate(
       pipeline.train_epoch(2), lambda b: augment_fn(key, b['image']))
   results['augment_only'] = _rate([constant] * 20, lambda b: augment_fn(key, b['image']))
-  # With config.cache the decoded images stay in memory after the first epoch.
-  config.cache = True
-  cached = exp.pipeline(config.train_split)
+  # With config.data.cache the decoded images stay in memory after the first epoch.
+  config.data.cache = True
+  cached = exp.pipeline(config.data.train_split)
   _rate(cached.train_epoch(0))   # fills the cache
   results['cached_augment'] = _rate(cached.train_epoch(1), lambda b: augment_fn(key, b['image']))
-  config.cache = False
+  config.data.cache = False
 
   step = parallel.jit_train_step(make_train_step(exp.model, exp.tx, config), exp.mesh)
   state = exp.init_state()
@@ -100,7 +100,7 @@ def main(_):
                                                                     exp.mesh))
   results['pipeline_headroom'] = results['decode_resize'] / results['train_step_constant_batch']
 
-  print(f'\nimage folder {FLAGS.data} at {config.image_size} px, batch {config.batch_size}, '
+  print(f'\nimage folder {FLAGS.data} at {config.data.image_size} px, batch {config.batch_size}, '
         f'{results["devices"]} {results["platform"]} device(s); setup (checks, folder scan) '
         f'{results["setup_seconds"]} s')
   for name in ('decode_resize', 'decode_resize_augment', 'augment_only', 'cached_augment',

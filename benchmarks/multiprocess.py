@@ -1,7 +1,7 @@
 """Train steps as several processes (jax.distributed on 127.0.0.1) against one process.
 
   python benchmarks/multiprocess.py --layouts=1x2,2x1 [--config=configs/small_cnn.py]
-      [--config.image_size=64] [--steps=20] [--json=FILE]
+      [--config.data.image_size=64] [--steps=20] [--json=FILE]
 
 A layout PxD runs P processes with D simulated CPU devices each (gloo collectives).
 Every layout trains the config's model on the same global batches (fixed random
@@ -82,7 +82,7 @@ def worker(config, steps: int, warmup: int, eval_examples: int, out: str):
   batch, local = config.batch_size, config.batch_size // count
   num_batches = steps + warmup
   images = rng.integers(0, 256, (num_batches, batch, *shape), dtype=np.uint8)
-  labels = rng.integers(0, config.num_classes, (num_batches, batch)).astype(np.int32)
+  labels = rng.integers(0, config.data.num_classes, (num_batches, batch)).astype(np.int32)
   mine = slice(index * local, (index + 1) * local)
   batches = [parallel.shard_batch({'image': images[i, mine], 'label': labels[i, mine]}, mesh)
              for i in range(num_batches)]
@@ -101,7 +101,7 @@ def worker(config, steps: int, warmup: int, eval_examples: int, out: str):
   losses = [float(m.compute()['loss']) for m in losses]
 
   eval_images = rng.integers(0, 256, (eval_examples, *shape), dtype=np.uint8)
-  eval_labels = rng.integers(0, config.num_classes, eval_examples).astype(np.int32)
+  eval_labels = rng.integers(0, config.data.num_classes, eval_examples).astype(np.int32)
   parts = [len(range(p, eval_examples, count)) for p in range(count)]
   pipeline = FeaturePipeline(config, eval_images[index::count], eval_labels[index::count],
                              parts, local)
@@ -135,7 +135,7 @@ def main(argv):
     results.append(launch(processes, devices, passed, out))
     os.remove(out)
   config = FLAGS.config
-  print(f'{config.model.name}, {config.image_size} px, global batch {config.batch_size}, '
+  print(f'{config.model.name}, {config.data.image_size} px, global batch {config.batch_size}, '
         f'{FLAGS.steps} steps\n{"layout":<10}{"images/s":>10}{"ms/step":>10}{"final loss":>12}'
         f'{"eval images":>13}')
   for layout, r in zip(FLAGS.layouts, results):

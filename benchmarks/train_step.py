@@ -63,7 +63,7 @@ def matmul_gflops(dtype='float32', n: int = 2048) -> float:
 def _config(name: str):
   module, size, batch = SETUPS[name]
   config = importlib.import_module(f'configs.{module}').get_config()
-  config.image_size, config.batch_size, config.num_classes = size, batch, 2
+  config.data.image_size, config.batch_size, config.data.num_classes = size, batch, 2
   return config
 
 
@@ -76,7 +76,7 @@ def forward_gflop_per_image(config) -> float:
   from catsdogs_jax.models import abstract_variables
   with layers.implementation('plain'):
     model = models.create_model(config)
-    size = (config.image_size, config.image_size, config.channels)
+    size = (config.data.image_size, config.data.image_size, config.data.channels)
     compiled = jax.jit(lambda v, x: model.apply(v, x)).lower(
         abstract_variables(model, size), jax.ShapeDtypeStruct((1, *size), jnp.float32)).compile()
   analysis = compiled.cost_analysis()
@@ -97,7 +97,7 @@ def project_images_per_second(config, impl: str, steps: int) -> float:
   with layers.implementation(impl):
     model = models.create_model(config)
     tx, _ = optimizers.create_optimizer(config, 100)
-    size = (config.image_size, config.image_size, config.channels)
+    size = (config.data.image_size, config.data.image_size, config.data.channels)
     state = parallel.jit_init(make_init_fn(model, tx, optimizers.create_plateau(config), size),
                               mesh)(jax.random.PRNGKey(0))
     train_step = parallel.jit_train_step(make_train_step(model, tx, config), mesh)
@@ -115,7 +115,7 @@ def keras_images_per_second(name: str, steps: int) -> float:
   import keras
   import numpy as np
   config = _config(name)
-  size = config.image_size
+  size = config.data.image_size
   if name == 'small_cnn':
     layers = [keras.Input((size, size, 3))]
     for features in (32, 64, 128, 128):
@@ -168,13 +168,13 @@ def main(_):
     for impl, dtype in runs:
       config.half_precision = dtype == 'bfloat16'
       rate = project_images_per_second(config, impl, FLAGS.steps)
-      rows.append({'model': name, 'image_size': config.image_size,
+      rows.append({'model': name, 'image_size': config.data.image_size,
                    'batch_size': config.batch_size, 'implementation': f'project, {impl} layers',
                    'dtype': dtype, 'images_per_second': rate, 'gflops': rate * gflop,
                    'roofline_fraction': rate * gflop / roofline,
                    'vs_keras': rate / keras_rate if keras_rate else None})
     if keras_rate:
-      rows.append({'model': name, 'image_size': config.image_size,
+      rows.append({'model': name, 'image_size': config.data.image_size,
                    'batch_size': config.batch_size, 'implementation': 'Keras 3, TensorFlow',
                    'dtype': 'float32', 'images_per_second': keras_rate,
                    'gflops': keras_rate * gflop, 'roofline_fraction': keras_rate * gflop / roofline,

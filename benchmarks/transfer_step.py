@@ -33,19 +33,19 @@ FLAGS = flags.FLAGS
 
 def images_per_second(trainable) -> float:
   config = vgg16_transfer.get_config()
-  config.image_size, config.batch_size, config.trainable = (FLAGS.image_size, FLAGS.batch_size,
+  config.data.image_size, config.batch_size, config.trainable = (FLAGS.image_size, FLAGS.batch_size,
                                                             trainable)
   config.init_from = None
   mesh = parallel.create_mesh()
   model = models.create_model(config)
   tx, _ = optimizers.create_optimizer(config, 100)
   init = make_init_fn(model, tx, optimizers.create_plateau(config),
-                      (config.image_size, config.image_size, 3))
+                      (config.data.image_size, config.data.image_size, 3))
   state = parallel.jit_init(init, mesh)(jax.random.PRNGKey(0))
   step = parallel.jit_train_step(make_train_step(model, tx, config), mesh)
   rng = np.random.default_rng(0)
   batch = parallel.shard_batch(
-      {'image': rng.integers(0, 256, (config.batch_size, config.image_size, config.image_size, 3),
+      {'image': rng.integers(0, 256, (config.batch_size, config.data.image_size, config.data.image_size, 3),
                              dtype=np.uint8),
        'label': rng.integers(0, 2, (config.batch_size,), dtype=np.int32)}, mesh)
   state, _, _ = step(state, batch)   # compile

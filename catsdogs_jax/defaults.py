@@ -17,27 +17,28 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0                      # parameter init, dropout and data order
 
-  # ----- data
-  config.dataset = 'cats_vs_dogs'      # a tfds name, or 'folder:PATH' (PATH/split/label/image)
-  config.data_dir = ml_collections.FieldReference(None, field_type=str)  # tfds data_dir (None: tfds default)
-  config.download = True               # let tfds download and prepare a missing dataset
-  config.train_split = 'train[:80%]'   # tfds split (slicing allowed) or folder sub-folder name
-  config.eval_split = 'train[80%:90%]'  # validation split, evaluated after every epoch
-  config.test_split = 'train[90%:]'    # test split, used by --mode=evaluate
-  config.verify_images = True          # folders: decode every file once at start, skip unreadable ones
-                                       # (False: name and size checks only; a corrupt file then fails mid-epoch)
-  config.flat_split_fractions = (0.8, 0.1, 0.1)  # flat folders (cat.1.jpg...): train/validation/test
-  config.image_key = 'image'           # tfds feature holding the image
-  config.label_key = 'label'           # tfds feature holding the class label
-  config.image_size = 150              # images are resized to image_size x image_size
-  config.channels = 3                  # 3 for RGB, 1 for grayscale (MNIST)
-  config.resize_method = 'bilinear'    # tf.image.resize method ('bilinear', 'nearest', 'bicubic', 'area')
-  config.cache = False                 # keep decoded, resized images in memory after the first epoch
-  config.shuffle_buffer = 10_000       # tfds datasets: shuffle buffer of encoded images
-  config.preprocess = 'auto'           # on-device: 'auto' (the init_from weights' own, else 1/255),
-                                       # 'rescale' (1/255), 'caffe' (Keras VGG), 'torch' (torchvision),
-                                       # 'inception' ((x - 127) / 128, EfficientNet-Lite), 'none'
-  config.num_classes = 2               # must equal the dataset's number of labels
+  # ----- data (config.data.*: what the input pipeline reads, and how)
+  config.data = ml_collections.ConfigDict()
+  config.data.dataset = 'cats_vs_dogs'      # a tfds name, or 'folder:PATH' (PATH/split/label/image)
+  config.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # tfds data_dir (None: tfds default)
+  config.data.download = True               # let tfds download and prepare a missing dataset
+  config.data.train_split = 'train[:80%]'   # tfds split (slicing allowed) or folder sub-folder name
+  config.data.eval_split = 'train[80%:90%]'  # validation split, evaluated after every epoch
+  config.data.test_split = 'train[90%:]'    # test split, used by --mode=evaluate
+  config.data.verify_images = True          # folders: decode every file once at start, skip unreadable ones
+                                            # (False: name and size checks only; a corrupt file then fails mid-epoch)
+  config.data.flat_split_fractions = (0.8, 0.1, 0.1)  # flat folders (cat.1.jpg...): train/validation/test
+  config.data.image_key = 'image'           # tfds feature holding the image
+  config.data.label_key = 'label'           # tfds feature holding the class label
+  config.data.image_size = 150              # images are resized to image_size x image_size
+  config.data.channels = 3                  # 3 for RGB, 1 for grayscale (MNIST)
+  config.data.resize_method = 'bilinear'    # tf.image.resize method ('bilinear', 'nearest', 'bicubic', 'area')
+  config.data.cache = False                 # keep decoded, resized images in memory after the first epoch
+  config.data.shuffle_buffer = 10_000       # tfds datasets: shuffle buffer of encoded images
+  config.data.preprocess = 'auto'           # on-device: 'auto' (the init_from weights' own, else 1/255),
+                                            # 'rescale' (1/255), 'caffe' (Keras VGG), 'torch' (torchvision),
+                                            # 'inception' ((x - 127) / 128, EfficientNet-Lite), 'none'
+  config.data.num_classes = 2               # must equal the dataset's number of labels
 
   # ----- augmentation (training only; on the device, Keras ImageDataGenerator semantics)
   config.augment = ml_collections.ConfigDict()

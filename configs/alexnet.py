@@ -14,7 +14,7 @@ def get_config():
   config.model.dropout_rate = 0.5
   config.model.kernel_init = 'normal'
   config.model.init_stddev = 0.01
-  config.image_size = 227
+  config.data.image_size = 227
   config.loss = 'softmax'
   config.optimizer.name = 'sgd'
   config.optimizer.learning_rate = 0.01

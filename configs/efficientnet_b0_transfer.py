@@ -16,7 +16,7 @@ def get_config():
   config.model.include_top = False
   config.model.head = 'gmp_dense'
   config.model.dropout_rate = 0.2
-  config.image_size = 224
+  config.data.image_size = 224
   config.loss = 'softmax'
   config.augment = small_cnn_aug.get_config().augment
   config.init_from = 'pretrained:efficientnet_b0_keras_notop'

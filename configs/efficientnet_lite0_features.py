@@ -19,8 +19,8 @@ def get_config():
   config.model.pooling = 'avg'
   config.model.head = 'dense'
   config.model.dropout_rate = 0.2
-  config.image_size = 224
-  config.resize_method = 'bicubic'
+  config.data.image_size = 224
+  config.data.resize_method = 'bicubic'
   config.loss = 'sigmoid'
   config.init_from = 'pretrained:efficientnet_lite0'
   config.dont_load = ('^head_', '^predictions/')   # our new head; the ImageNet classifier unused

@@ -5,14 +5,14 @@ from configs import default
 
 def get_config():
   config = default.get_config()
-  config.dataset = 'mnist'
-  config.train_split = 'train'
-  config.eval_split = 'test'
-  config.test_split = 'test'
-  config.image_size = 28
-  config.channels = 1
-  config.num_classes = 10
-  config.cache = True
+  config.data.dataset = 'mnist'
+  config.data.train_split = 'train'
+  config.data.eval_split = 'test'
+  config.data.test_split = 'test'
+  config.data.image_size = 28
+  config.data.channels = 1
+  config.data.num_classes = 10
+  config.data.cache = True
   config.model.name = 'mnist_cnn'
   config.loss = 'softmax'
   config.optimizer.name = 'adam'

@@ -7,7 +7,7 @@ def get_config():
   config = default.get_config()
   config.model.name = 'resnet50'
   config.model.kernel_init = 'he_normal'
-  config.image_size = 224
+  config.data.image_size = 224
   config.loss = 'softmax'
   config.batch_size = 64
   config.optimizer.name = 'sgd'

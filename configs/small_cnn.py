@@ -9,7 +9,7 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.model.name = 'small_cnn'
-  config.image_size = 150
+  config.data.image_size = 150
   config.loss = 'sigmoid'
   config.optimizer.name = 'rmsprop'
   config.optimizer.learning_rate = 1e-4

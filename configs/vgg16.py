@@ -11,7 +11,7 @@ from configs import alexnet
 def get_config():
   config = alexnet.get_config()
   config.model.name = 'vgg16'
-  config.image_size = 224
+  config.data.image_size = 224
   config.batch_size = 32
   config.num_epochs = 74
   config.early_stopping.enabled = True

@@ -11,13 +11,13 @@ from configs import default
 
 def get_config():
   config = default.get_config()
-  config.dataset = 'cats_vs_dogs'
-  config.train_split = 'train[:20000]'
-  config.eval_split = 'train[20000:]'
-  config.test_split = 'train[20000:]'
+  config.data.dataset = 'cats_vs_dogs'
+  config.data.train_split = 'train[:20000]'
+  config.data.eval_split = 'train[20000:]'
+  config.data.test_split = 'train[20000:]'
   config.model.name = 'vgg16'
   config.model.dropout_rate = 0.5
-  config.image_size = 50
+  config.data.image_size = 50
   config.loss = 'softmax'
   config.optimizer.name = 'adam'
   config.optimizer.learning_rate = 1e-6

@@ -14,7 +14,7 @@ def get_config():
   config.model.head = 'flatten_mlp'
   config.model.head_units = 256
   config.model.dropout_rate = 0.5
-  config.image_size = 150
+  config.data.image_size = 150
   config.loss = 'sigmoid'
   config.optimizer.name = 'rmsprop'
   config.optimizer.learning_rate = 2e-5

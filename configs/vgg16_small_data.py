@@ -16,7 +16,7 @@ def get_config():
   config = small_cnn_aug.get_config()   # augmentation, dropout 0.5, batch 32, sigmoid
   config.model.name = 'vgg16'
   config.model.kernel_init = 'he_normal'
-  config.image_size = 50
+  config.data.image_size = 50
   config.optimizer.name = 'adam'
   config.optimizer.learning_rate = 1e-5
   config.num_epochs = 20

@@ -15,7 +15,7 @@ def get_config():
   config.model.name = 'vgg16'
   config.model.include_top = False
   config.model.head = 'flatten_dense'
-  config.image_size = 224
+  config.data.image_size = 224
   config.loss = 'softmax'
   config.init_from = 'pretrained:vgg16_keras_notop'
   config.dont_load = ('^head_',)

@@ -61,13 +61,13 @@ def override(config, **fields):
 def tiny_config(folder, **overrides):
   """The small CNN on a generated folder at 48 px: seconds per epoch."""
   config = small_cnn.get_config()
-  config.dataset = f'folder:{folder}'
-  config.train_split, config.eval_split, config.test_split = 'train', 'validation', 'test'
-  config.image_size = 48
+  config.data.dataset = f'folder:{folder}'
+  config.data.train_split, config.data.eval_split, config.data.test_split = 'train', 'validation', 'test'
+  config.data.image_size = 48
   config.batch_size = 8
   config.num_epochs = 1
   config.log_every_steps = 2
-  config.cache = True
+  config.data.cache = True
   return override(config, **overrides)
 
 
@@ -78,10 +78,10 @@ def make_config(image_folder):
 
 def tiny_mlp_fields(folder, size=16):
   """The fields that make configs/mnist_mlp.py tiny_mlp_config (also as --config.* flags)."""
-  return {'dataset': f'folder:{folder}', 'train_split': 'train', 'eval_split': 'validation',
-          'test_split': 'test', 'image_size': size, 'channels': 3, 'num_classes': 2,
-          'batch_size': 8, 'loss': 'softmax', 'preprocess': 'rescale',
-          'optimizer.weight_decay': 0.0, 'num_epochs': 1, 'log_every_steps': 2, 'cache': True}
+  return {'data.dataset': f'folder:{folder}', 'data.train_split': 'train', 'data.eval_split': 'validation',
+          'data.test_split': 'test', 'data.image_size': size, 'data.channels': 3, 'data.num_classes': 2,
+          'batch_size': 8, 'loss': 'softmax', 'data.preprocess': 'rescale',
+          'optimizer.weight_decay': 0.0, 'num_epochs': 1, 'log_every_steps': 2, 'data.cache': True}
 
 
 def tiny_mlp_config(folder, size=16, **overrides):

@@ -249,9 +249,9 @@ def test_curves_mark_learning_rate_changes_and_write_a_png(tmp_path):
 ])
 def test_summary_has_the_spec_totals_and_keras_like_rows(module, size, total, stats, first_row):
   config = module.get_config()
-  config.image_size = size
+  config.data.image_size = size
   if module is vgg16 or module is resnet50:
-    config.num_classes, config.loss = 1000, 'softmax'
+    config.data.num_classes, config.loss = 1000, 'softmax'
   text = summary_tool.config_summary(config)
   assert f'total parameters: {total:,} (trainable {total:,}, frozen 0); BatchNorm statistics: ' \
          f'{stats:,}' in text
@@ -267,7 +267,7 @@ def test_summary_splits_trainable_and_frozen():
   assert 'total parameters: 16,812,353 (trainable 9,177,089, frozen 7,635,264)' in text
   config = efficientnet_b0_transfer.get_config()
   model = models.create_model(config)
-  shape = (config.image_size,) * 2 + (3,)
+  shape = (config.data.image_size,) * 2 + (3,)
   text = summary.model_summary(model, abstract_variables(model, shape), shape,
                                frozen=lambda path: is_frozen(path, config))
   assert 'frozen 4,007,548' in text and 'Keras counts them as non-trainable' in text

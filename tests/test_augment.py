@@ -118,7 +118,7 @@ def _losses_over_steps(aug_config):
   from catsdogs_jax.training import optimizers
   from catsdogs_jax.training.steps import make_eval_step, make_train_step
   from catsdogs_jax.training.train_state import make_init_fn
-  config = override(aug_config, image_size=48, **{'optimizer.name': 'sgd',
+  config = override(aug_config, **{'data.image_size': 48, 'optimizer.name': 'sgd',
                                                   'optimizer.learning_rate': 0.0,
                                                   'model.dropout_rate': 0.0})
   model = models.create_model(config)

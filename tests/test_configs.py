@@ -61,7 +61,7 @@ def _random_weights(config, directory):
       abstract)
   converted.save(directory, variables,
                {'model': config.model.name, 'include_top': True, 'num_classes':
-                config.num_classes, 'image_size': config.image_size, 'preprocess': 'torch',
+                config.data.num_classes, 'image_size': config.data.image_size, 'preprocess': 'torch',
                 'source': 'test'})
   return directory
 
@@ -92,16 +92,17 @@ RECIPES_RUN = os.path.isdir(SHARED_DATA) and importlib.util.find_spec('keras') i
 def test_config_trains_one_step_at_a_tiny_size(name, image_folder, tmp_path):
   if name in END_TO_END and RECIPES_RUN:
     pytest.skip('trained end to end by tests/test_recipes.py')
-  config = override(_load(name), dataset=f'folder:{image_folder}', train_split='train',
-                    eval_split='validation', test_split='test', batch_size=8, num_classes=2,
-                    **{'features.cache_dir': str(tmp_path / 'features')})
-  config.image_size = max(32, config_checks.smallest_image_size(models.create_model(config),
-                                                             config.channels))
+  config = override(_load(name), batch_size=8, **{
+      'data.dataset': f'folder:{image_folder}', 'data.train_split': 'train',
+      'data.eval_split': 'validation', 'data.test_split': 'test', 'data.num_classes': 2,
+      'features.cache_dir': str(tmp_path / 'features')})
+  config.data.image_size = max(32, config_checks.smallest_image_size(models.create_model(config),
+                                                             config.data.channels))
   if config.init_from:
     config.init_from = _random_weights(config, str(tmp_path / 'weights'))
   exp = experiment.build(config, str(tmp_path / 'run'))
   step = parallel.jit_train_step(make_train_step(exp.model, exp.tx, exp.config), exp.mesh)
-  batch = next(exp.pipeline(config.train_split).train_epoch(0))
+  batch = next(exp.pipeline(config.data.train_split).train_epoch(0))
   state, metrics, finite = step(exp.init_state(), parallel.shard_batch(batch, exp.mesh))
   assert bool(finite) and int(state.step) == 1
   assert np.isfinite(metrics.compute()['loss'])

@@ -63,8 +63,8 @@ def converted_top(tmp_path):
 
 
 def _vgg_config(image_folder, converted, **fields):
-  return tiny_config(image_folder, image_size=SIZE, loss='softmax', init_from=converted,
-                     **{'model.name': 'vgg16', 'optimizer.name': 'sgd',
+  return tiny_config(image_folder, loss='softmax', init_from=converted,
+                     **{'data.image_size': SIZE, 'model.name': 'vgg16', 'optimizer.name': 'sgd',
                         'optimizer.learning_rate': 1e-3, **fields})
 
 
@@ -75,14 +75,14 @@ def test_init_from_loads_everything_but_dont_load_and_binds_preprocessing(
     experiment.build(config, str(tmp_path / 'a'))
   config.dont_load = ('^predictions/',)
   exp = experiment.build(config, str(tmp_path / 'b'))
-  assert exp.config.preprocess == 'caffe'          # bound to the weights, not 1/255
+  assert exp.config.data.preprocess == 'caffe'          # bound to the weights, not 1/255
   state = jax.device_get(exp.init_state())
   loaded = loading.read(converted_top).params
   np.testing.assert_array_equal(state.params['block3_conv2']['kernel'],
                                 loaded['block3_conv2']['kernel'])
   assert state.params['predictions']['kernel'].shape == (4096, 2)
-  config.preprocess = 'rescale'                    # overridable
-  assert experiment.build(config, str(tmp_path / 'c')).config.preprocess == 'rescale'
+  config.data.preprocess = 'rescale'                    # overridable
+  assert experiment.build(config, str(tmp_path / 'c')).config.data.preprocess == 'rescale'
 
 
 def test_frozen_base_stays_bit_identical_and_has_no_optimizer_state(
@@ -93,7 +93,7 @@ def test_frozen_base_stays_bit_identical_and_has_no_optimizer_state(
   state = exp.init_state()
   before = jax.device_get(state.params)
   step = parallel.jit_train_step(make_train_step(exp.model, exp.tx, exp.config), exp.mesh)
-  batch = next(exp.pipeline(config.train_split).train_epoch(0))
+  batch = next(exp.pipeline(config.data.train_split).train_epoch(0))
   for _ in range(2):
     state, _, finite = step(state, parallel.shard_batch(batch, exp.mesh))
   assert bool(finite)

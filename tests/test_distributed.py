@@ -64,9 +64,9 @@ def test_two_processes_train_and_evaluate_like_one():
   out = os.path.join(os.environ.get('TMPDIR', '/tmp'), f'layouts_{os.getpid()}.json')
   result = subprocess.run(
       [sys.executable, 'benchmarks/multiprocess.py', '--layouts=1x4,2x2', f'--json={out}',
-       f'--config={MLP}', '--config.image_size=8', '--config.channels=3',
-       '--config.num_classes=2', '--config.batch_size=8', '--config.loss=softmax',
-       '--config.preprocess=rescale', '--config.model.dropout_rate=0.3', '--steps=3',
+       f'--config={MLP}', '--config.data.image_size=8', '--config.data.channels=3',
+       '--config.data.num_classes=2', '--config.batch_size=8', '--config.loss=softmax',
+       '--config.data.preprocess=rescale', '--config.model.dropout_rate=0.3', '--steps=3',
        '--warmup=1', '--eval_examples=13'],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]

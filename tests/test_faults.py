@@ -126,7 +126,7 @@ def test_config_changes_on_resume_are_reported_or_refused(image_folder, tmp_path
   assert len(history.epochs) == 2
   assert "model.dropout_rate: 0.0 -> 0.2; num_epochs: 1 -> 2" in caplog.text
   for fields, differing in [({'optimizer.name': 'adam'}, 'optimizer.name'),
-                            ({'image_size': 20}, 'image_size'),
+                            ({'data.image_size': 20}, 'data.image_size'),
                             ({'optimizer.momentum': 0.9, 'seed': 3}, 'optimizer.momentum')]:
     changed = override(more.copy_and_resolve_references(), **fields)
     with pytest.raises(WorkdirError, match=rf'change the parameters or optimizer state '

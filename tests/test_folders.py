@@ -58,7 +58,7 @@ def test_messy_split_keeps_every_decodable_image_and_skips_the_rest(messy_folder
 
 def test_every_kept_image_reaches_the_model_as_rgb(messy_folder):
   root, good = messy_folder
-  config = tiny_config(root, batch_size=4, cache=False)
+  config = tiny_config(root, batch_size=4, **{'data.cache': False})
   pipe = input_pipeline.ImagePipeline(config, 'train', ('cats', 'dogs'))
   batches = list(pipe.eval_batches())
   images = np.concatenate([b['image'][b['mask'] == 1] for b in batches])
@@ -119,7 +119,7 @@ def test_flat_kaggle_layout_labels_from_names_and_a_fixed_split(flat_folder):
 
 
 def test_flat_layout_with_an_unknown_split_name(flat_folder):
-  config = tiny_config(flat_folder, test_split='holdout')
+  config = tiny_config(flat_folder, **{'data.test_split': 'holdout'})
   with pytest.raises(folders.DataError, match="flat folder .* not 'holdout'"):
     input_pipeline.describe(config)
 

@@ -99,16 +99,16 @@ def test_empty_split_is_an_error(tmp_path):
 
 def test_unprepared_tfds_dataset_says_how_to_use_a_folder(tmp_path):
   config = tiny_config(tmp_path)
-  config.dataset, config.data_dir, config.download = 'cats_vs_dogs', str(tmp_path), False
+  config.data.dataset, config.data.data_dir, config.data.download = 'cats_vs_dogs', str(tmp_path), False
   with pytest.raises(input_pipeline.DataError) as error:
     input_pipeline.describe(config)
   message = str(error.value)
-  assert '--config.dataset=folder:PATH' in message
+  assert '--config.data.dataset=folder:PATH' in message
   assert input_pipeline.CATS_VS_DOGS_ZIP in message and 'downloads/manual' in message
 
 
 def test_unknown_tfds_name_is_an_error(tmp_path):
   config = tiny_config(tmp_path)
-  config.dataset = 'cats_and_dogz'
+  config.data.dataset = 'cats_and_dogz'
   with pytest.raises(input_pipeline.DataError, match="Unknown dataset 'cats_and_dogz'"):
     input_pipeline.describe(config)

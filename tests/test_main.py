@@ -19,9 +19,9 @@ def _main(*args, timeout=300):
 
 
 def _folder_flags(folder):
-  return [f'--config.dataset=folder:{folder}', '--config.train_split=train',
-          '--config.eval_split=validation', '--config.test_split=test',
-          '--config.image_size=48', '--config.batch_size=8', '--config.log_every_steps=2']
+  return [f'--config.data.dataset=folder:{folder}', '--config.data.train_split=train',
+          '--config.data.eval_split=validation', '--config.data.test_split=test',
+          '--config.data.image_size=48', '--config.batch_size=8', '--config.log_every_steps=2']
 
 
 def test_train_then_evaluate_end_to_end(image_folder, tmp_path):
@@ -83,7 +83,7 @@ def test_typo_in_a_config_file_is_an_error(tmp_path):
 @pytest.mark.parametrize('flags, message', [
     (['--config.model.name=vgg17'], "Unknown config.model.name 'vgg17'; choose one of"),
     (['--config.optimizer.name=adamax'], "Unknown config.optimizer.name 'adamax'"),
-    (['--config.image_size=32'], 'config.image_size=32 is too small'),
+    (['--config.data.image_size=32'], 'config.data.image_size=32 is too small'),
 ])
 def test_bad_config_values_fail_with_a_message_not_a_traceback(image_folder, tmp_path, flags,
                                                                 message):

@@ -12,7 +12,7 @@ from configs import default
 
 def _config(name, num_classes=2, loss='softmax', **model_fields):
   config = default.get_config()
-  config.model.name, config.num_classes, config.loss = name, num_classes, loss
+  config.model.name, config.data.num_classes, config.loss = name, num_classes, loss
   for k, v in model_fields.items():
     config.model[k] = v
   return config

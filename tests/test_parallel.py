@@ -20,7 +20,7 @@ def _setup(config, devices):
   model = models.create_model(config)
   tx, _ = optimizers.create_optimizer(config, steps_per_epoch=10)
   init = make_init_fn(model, tx, optimizers.create_plateau(config),
-                      (config.image_size, config.image_size, 3))
+                      (config.data.image_size, config.data.image_size, 3))
   state = parallel.jit_init(init, mesh)(jax.random.PRNGKey(0))
   step = parallel.jit_train_step(make_train_step(model, tx, config), mesh)
   return mesh, state, step, model
@@ -67,8 +67,8 @@ def test_sharded_step_equals_single_device_step(name, loss, monkeypatch):
   config.optimizer.momentum = 0.9
   config.optimizer.learning_rate = 1e-3
   config.model.dropout_rate = 0.5 if name == 'small_cnn' else 0.0
-  config.image_size = 48 if name == 'small_cnn' else 32
-  batch = _batch(16, config.image_size)
+  config.data.image_size = 48 if name == 'small_cnn' else 32
+  batch = _batch(16, config.data.image_size)
 
   single = _setup(config, jax.devices()[:1])
   (one, loss_one, next_one), _ = _two_steps(config, jax.devices()[:1], batch, single)
@@ -99,7 +99,7 @@ def test_sharded_step_equals_single_device_step(name, loss, monkeypatch):
 
 def test_eval_step_masks_padding():
   config = default.get_config()
-  config.image_size = 48
+  config.data.image_size = 48
   mesh, state, _, model = _setup(config, jax.devices())
   eval_step = parallel.jit_eval_step(make_eval_step(model, config), mesh)
   batch = _batch(8, 48)

@@ -234,7 +234,7 @@ def _fake_set(**fields):
 
 def _build(make_config, tmp_path, init_from):
   config = make_config(**{'model.name': 'efficientnet_lite0', 'model.include_top': False,
-                          'model.pooling': 'avg', 'model.head': 'dense', 'image_size': 32,
+                          'model.pooling': 'avg', 'model.head': 'dense', 'data.image_size': 32,
                           'init_from': init_from, 'dont_load': ('^head_', '^predictions/')})
   return experiment.build(config, str(tmp_path / 'run'))
 

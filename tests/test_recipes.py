@@ -30,10 +30,9 @@ def keras_notop(tmp_path_factory):
 
 def _small(config, init_from):
   """The recipe on 16 + 8 + 8 photos per class at 32 px: a few steps."""
-  return override(config, dataset=f'folder:{os.path.abspath(SHARED_DATA)}',
-                  train_split='train[:16]', eval_split='validation[:8]',
-                  test_split='test[:8]', image_size=32, batch_size=8, num_epochs=1,
-                  init_from=init_from, log_every_steps=2)
+  return override(config, batch_size=8, num_epochs=1, init_from=init_from, log_every_steps=2, **{
+      'data.dataset': f'folder:{os.path.abspath(SHARED_DATA)}', 'data.train_split': 'train[:16]',
+      'data.eval_split': 'validation[:8]', 'data.test_split': 'test[:8]', 'data.image_size': 32})
 
 
 def test_transfer_recipes_run_end_to_end(keras_notop, tmp_path):

@@ -94,13 +94,13 @@ def test_sweep_files_and_dry_run_commands(tmp_path, image_folder):
   assert len(variants) == 8 and variants[0] == {}
   config = tiny_mlp_config(image_folder)
   runs = sweep.plan(config, variants[:2], num_seeds=1, workdir='runs/ab')
-  cmds = sweep.commands(runs, 'configs/small_cnn_aug.py', {'image_size': 64,
-                                                           'dataset': 'folder:my data'})
+  cmds = sweep.commands(runs, 'configs/small_cnn_aug.py', {'data.image_size': 64,
+                                                           'data.dataset': 'folder:my data'})
   assert cmds[1] == (
       "python main.py --config=configs/small_cnn_aug.py "
-      "--workdir=runs/ab/augment.rotation_range=0.0/seed_0 --config.image_size=64 "
-      "--config.dataset='folder:my data' --config.augment.rotation_range=0.0 --config.seed=0 && "
+      "--workdir=runs/ab/augment.rotation_range=0.0/seed_0 --config.data.image_size=64 "
+      "--config.data.dataset='folder:my data' --config.augment.rotation_range=0.0 --config.seed=0 && "
       "python main.py --config=configs/small_cnn_aug.py "
-      "--workdir=runs/ab/augment.rotation_range=0.0/seed_0 --config.image_size=64 "
-      "--config.dataset='folder:my data' --config.augment.rotation_range=0.0 --config.seed=0 "
+      "--workdir=runs/ab/augment.rotation_range=0.0/seed_0 --config.data.image_size=64 "
+      "--config.data.dataset='folder:my data' --config.augment.rotation_range=0.0 --config.seed=0 "
       "--mode=evaluate")

@@ -108,13 +108,13 @@ def _one_resnet18_step(make_config, tmp_path, **fields):
   """(params, batch_stats) before and after one train step of ResNet-18 with `fields`."""
   from catsdogs_jax.runtime import parallel
   from catsdogs_jax.training.steps import make_train_step
-  config = make_config(image_size=32, loss='softmax', trainable=('^layer4_', '^fc/'),
-                       **{'model.name': 'resnet18', 'model.kernel_init': 'he_normal', **fields})
+  config = make_config(loss='softmax', trainable=('^layer4_', '^fc/'),
+                       **{'data.image_size': 32, 'model.name': 'resnet18', 'model.kernel_init': 'he_normal', **fields})
   exp = experiment.build(config, str(tmp_path))
   state = exp.init_state()
   before = jax.device_get((state.params, state.batch_stats))
   step = parallel.jit_train_step(make_train_step(exp.model, exp.tx, exp.config), exp.mesh)
-  batch = next(exp.pipeline(config.train_split).train_epoch(0))
+  batch = next(exp.pipeline(config.data.train_split).train_epoch(0))
   state, _, finite = step(state, parallel.shard_batch(batch, exp.mesh))
   assert bool(finite)
   return before, jax.device_get((state.params, state.batch_stats))

@@ -17,11 +17,11 @@ from conftest import override
     ('optimizer.name', 'adamax', "Unknown config.optimizer.name 'adamax'; choose one of: adam, "),
     ('schedule.name', 'linear', "Unknown config.schedule.name 'linear'; choose one of: constant"),
     ('loss', 'hinge', "Unknown config.loss 'hinge'"),
-    ('preprocess', 'imagenet', "Unknown config.preprocess 'imagenet'"),
+    ('data.preprocess', 'imagenet', "Unknown config.data.preprocess 'imagenet'"),
     ('early_stopping.monitor', 'loss', "Unknown config.early_stopping.monitor 'loss'"),
     ('model.head', 'mlp', "Unknown config.model.head 'mlp'; choose one of: dense, flatten_dense"),
     ('model.pooling', 'min', "Unknown config.model.pooling 'min'; choose one of: avg, max."),
-    ('num_classes', 3, 'use --config.loss=softmax'),
+    ('data.num_classes', 3, 'use --config.loss=softmax'),
     ('batch_size', 6, 'not divisible by the 4 devices'),
     ('num_epochs', 0, 'config.num_epochs must be positive'),
 ])
@@ -34,16 +34,16 @@ def test_invalid_values_are_named(field, value, message):
 
 def test_image_too_small_names_the_minimum():
   config = default.get_config()
-  config.model.name, config.loss, config.image_size = 'vgg16', 'softmax', 16
+  config.model.name, config.loss, config.data.image_size = 'vgg16', 'softmax', 16
   with pytest.raises(config_checks.ConfigError,
                      match=r"image_size=16 is too small for model 'vgg16'.*image_size=32 or more"):
     config_checks.check_image_size(config, models.create_model(config))
-  config.image_size = 32
+  config.data.image_size = 32
   config_checks.check_image_size(config, models.create_model(config))
 
 
 def test_dataset_with_other_classes_than_the_config(make_config, tmp_path):
-  config = make_config(num_classes=3, loss='softmax')
+  config = make_config(loss='softmax', **{'data.num_classes': 3})
   with pytest.raises(config_checks.ConfigError, match=r'2 classes \(cats, dogs\).*num_classes=2'):
     experiment.build(config, str(tmp_path))
 

@@ -46,9 +46,9 @@ def cache_key(config, split: str, weights_metadata, data_fingerprint: str) -> st
       'weights': weights_metadata.get('sha256') or
                  f'{weights_metadata.get("file")}@{weights_metadata.get("step")}',
       'model': config.model.name, 'pooling': config.model.pooling,
-      'include_top': config.model.include_top, 'image_size': config.image_size,
-      'channels': config.channels, 'resize': config.resize_method,
-      'preprocess': config.preprocess, 'dataset': config.dataset, 'split': split,
+      'include_top': config.model.include_top, 'image_size': config.data.image_size,
+      'channels': config.data.channels, 'resize': config.data.resize_method,
+      'preprocess': config.data.preprocess, 'dataset': config.data.dataset, 'split': split,
       'data': data_fingerprint, 'process': [jax.process_index(), jax.process_count()]}
   return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -80,7 +80,7 @@ def cached_features(config, split, base_model, variables, image_pipeline, mesh,
     with np.load(path) as data:
       logging.info('features of %s read from %s', split, path)
       return data['features'], data['labels']
-  features, labels = extract(base_model, variables, image_pipeline, mesh, config.preprocess)
+  features, labels = extract(base_model, variables, image_pipeline, mesh, config.data.preprocess)
   os.makedirs(cache_dir, exist_ok=True)
   tmp = f'{path}.{os.getpid()}.tmp.npz'
   np.savez(tmp, features=features, labels=labels)

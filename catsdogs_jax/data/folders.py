@@ -114,7 +114,7 @@ def class_names(root: str, split: str) -> Tuple[str, ...]:
     raise DataError(
         f'Dataset folder {root!r} has no split folder {split!r} (found: '
         f'{", ".join(present) or "nothing"}). Expected split/label/image, or set '
-        'config.train_split / eval_split / test_split to the folder names you have.')
+        'config.data.train_split / eval_split / test_split to the folder names you have.')
   return tuple(sorted(d for d in os.listdir(split_dir)
                       if os.path.isdir(os.path.join(split_dir, d)) and not d.startswith('.')))
 

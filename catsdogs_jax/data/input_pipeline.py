@@ -47,20 +47,20 @@ def is_folder(dataset: str) -> bool:
 
 
 def config_splits(config) -> Dict[str, str]:
-  return {'train': config.train_split, 'validation': config.eval_split,
-          'test': config.test_split}
+  return {'train': config.data.train_split, 'validation': config.data.eval_split,
+          'test': config.data.test_split}
 
 
 # --------------------------------------------------------------------------- folders
 
 
 def _folder_root(config) -> str:
-  root = os.path.expanduser(config.dataset[len(FOLDER_PREFIX):])
+  root = os.path.expanduser(config.data.dataset[len(FOLDER_PREFIX):])
   if not os.path.isdir(root):
     raise DataError(
-        f'Dataset folder {root!r} does not exist (config.dataset={config.dataset!r}). '
+        f'Dataset folder {root!r} does not exist (config.data.dataset={config.data.dataset!r}). '
         'Expected a folder laid out as split/label/image, e.g. '
-        'PATH/train/cats/cat.1.jpg; pass --config.dataset=folder:PATH.')
+        'PATH/train/cats/cat.1.jpg; pass --config.data.dataset=folder:PATH.')
   return root
 
 
@@ -69,27 +69,27 @@ def _folder_root(config) -> str:
 
 def _tfds_builder(config):
   try:
-    builder = tfds.builder(config.dataset, data_dir=config.data_dir)
+    builder = tfds.builder(config.data.dataset, data_dir=config.data.data_dir)
   except Exception as e:  # tfds raises several types for unknown names
     raise DataError(
-        f'Unknown dataset {config.dataset!r}: not a tfds name, and not '
+        f'Unknown dataset {config.data.dataset!r}: not a tfds name, and not '
         f'"{FOLDER_PREFIX}PATH" for an image folder. ({e})') from e
   if builder.is_prepared():
     return builder
   manual = os.path.join(builder.data_dir_root, 'downloads', 'manual')
   advice = (
-      'To train on an image folder instead, pass --config.dataset=folder:PATH '
+      'To train on an image folder instead, pass --config.data.dataset=folder:PATH '
       '(PATH/train/<label>/*.jpg, PATH/validation/..., PATH/test/...).')
-  if config.dataset == 'cats_vs_dogs':
+  if config.data.dataset == 'cats_vs_dogs':
     advice += (f' Or place the official {CATS_VS_DOGS_ZIP} in {manual}/ and run again: '
                'tfds prepares the dataset from it without downloading.')
-  if not config.download:
-    raise DataError(f'tfds dataset {config.dataset!r} is not prepared in '
-                    f'{builder.data_dir_root} and config.download is False. {advice}')
+  if not config.data.download:
+    raise DataError(f'tfds dataset {config.data.dataset!r} is not prepared in '
+                    f'{builder.data_dir_root} and config.data.download is False. {advice}')
   try:
     builder.download_and_prepare()
   except Exception as e:
-    raise DataError(f'Could not download tfds dataset {config.dataset!r} ({type(e).__name__}: '
+    raise DataError(f'Could not download tfds dataset {config.data.dataset!r} ({type(e).__name__}: '
                     f'{str(e)[:300]}). {advice}') from e
   return builder
 
@@ -113,25 +113,25 @@ def describe(config) -> DatasetInfo:
   """Checks that every split exists and is non-empty; cheap, no decoding."""
   keep_tensorflow_off_gpus()
   splits = config_splits(config)
-  if is_folder(config.dataset):
+  if is_folder(config.data.dataset):
     root = _folder_root(config)
-    class_names = folders.class_names(root, config.train_split)
+    class_names = folders.class_names(root, config.data.train_split)
     if not class_names:
-      raise DataError(f'Split {config.train_split!r} of {root!r} has no label folders.')
+      raise DataError(f'Split {config.data.train_split!r} of {root!r} has no label folders.')
     counts = {}
     for role, split in splits.items():
       extra = sorted(set(folders.class_names(root, split)) - set(class_names))
       if extra:
         raise DataError(f'Split {split!r} of {root!r} has labels {extra} that the '
-                        f'training split {config.train_split!r} lacks ({list(class_names)}).')
+                        f'training split {config.data.train_split!r} lacks ({list(class_names)}).')
       counts[role] = len(_folder_split(config, split, class_names).paths)
     return DatasetInfo(class_names, counts)
   builder = _tfds_builder(config)
-  label = builder.info.features[config.label_key]
+  label = builder.info.features[config.data.label_key]
   counts = {role: _tfds_num_examples(builder, split) for role, split in splits.items()}
   for role, n in counts.items():
     if n == 0:
-      raise DataError(f'Split {splits[role]!r} of {config.dataset!r} is empty.')
+      raise DataError(f'Split {splits[role]!r} of {config.data.dataset!r} is empty.')
   return DatasetInfo(tuple(label.names), counts)
 
 
@@ -140,7 +140,7 @@ def describe(config) -> DatasetInfo:
 
 def _folder_split(config, split: str, class_names) -> folders.FolderSplit:
   return folders.read_split(_folder_root(config), split, tuple(class_names),
-                            config.verify_images, tuple(config.flat_split_fractions))
+                            config.data.verify_images, tuple(config.data.flat_split_fractions))
 
 
 class ImagePipeline(Batching):
@@ -158,7 +158,7 @@ class ImagePipeline(Batching):
       raise DataError(f'config.batch_size={config.batch_size} is not divisible by the '
                       f'{count} processes.')
     self.local_batch = config.batch_size // count
-    self._from_path = is_folder(config.dataset) or files is not None
+    self._from_path = is_folder(config.data.dataset) or files is not None
     if self._from_path:
       found = files if files is not None else _folder_split(config, split, class_names)
       self.examples_per_process = [len(found.paths[i::count]) for i in range(count)]
@@ -172,12 +172,12 @@ class ImagePipeline(Batching):
       self.examples_per_process = [_tfds_num_examples(builder, s) for s in subsplits]
       self.fingerprint = f'{builder.name}:{builder.version}:{split}'  # tfds data is versioned
       ds = builder.as_dataset(split=subsplits[index], shuffle_files=False,
-                              decoders={config.image_key: tfds.decode.SkipDecoding()})
-      self._source = ds.map(lambda d: ('', d[config.image_key],
-                                       tf.cast(d[config.label_key], tf.int32)))
+                              decoders={config.data.image_key: tfds.decode.SkipDecoding()})
+      self._source = ds.map(lambda d: ('', d[config.data.image_key],
+                                       tf.cast(d[config.data.label_key], tf.int32)))
     self.num_examples = self.examples_per_process[index]
     self._decoded = self._source.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE)
-    if config.cache:
+    if config.data.cache:
       self._decoded = self._decoded.cache()
 
   def _decode(self, path, contents, label):
@@ -185,21 +185,21 @@ class ImagePipeline(Batching):
     c = self.config
     data = tf.cond(tf.strings.length(contents) > 0, lambda: contents,
                    lambda: tf.io.read_file(path))
-    image = tf.io.decode_image(data, channels=c.channels, expand_animations=False)
-    image = tf.image.resize(image, (c.image_size, c.image_size), method=c.resize_method,
+    image = tf.io.decode_image(data, channels=c.data.channels, expand_animations=False)
+    image = tf.image.resize(image, (c.data.image_size, c.data.image_size), method=c.data.resize_method,
                             antialias=True)
     image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-    return {'image': tf.ensure_shape(image, (c.image_size, c.image_size, c.channels)),
+    return {'image': tf.ensure_shape(image, (c.data.image_size, c.data.image_size, c.data.channels)),
             'label': label}
 
   def train_epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[dict]:
     """Shuffled full batches of epoch `epoch`, starting after `skip_batches`."""
     seed = epoch_seed(self.config.seed, epoch)
-    if self.config.cache:
+    if self.config.data.cache:
       ds = self._decoded.shuffle(self.num_examples, seed=seed, reshuffle_each_iteration=False)
     else:
       # Shuffling paths / encoded bytes before decoding keeps the buffer cheap.
-      buffer = self.num_examples if self._from_path else self.config.shuffle_buffer
+      buffer = self.num_examples if self._from_path else self.config.data.shuffle_buffer
       ds = self._source.shuffle(buffer, seed=seed, reshuffle_each_iteration=False)
       ds = ds.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(self.local_batch, drop_remainder=True).take(self.steps_per_epoch)
@@ -213,8 +213,8 @@ class ImagePipeline(Batching):
     for batch in ds.as_numpy_iterator():
       yield pad_batch(batch, self.local_batch)
       yielded += 1
-    empty = {'image': np.zeros((0, self.config.image_size, self.config.image_size,
-                                 self.config.channels), np.uint8),
+    empty = {'image': np.zeros((0, self.config.data.image_size, self.config.data.image_size,
+                                 self.config.data.channels), np.uint8),
              'label': np.zeros((0,), np.int32)}
     for _ in range(self.num_eval_batches - yielded):
       yield pad_batch(empty, self.local_batch)

@@ -57,6 +57,6 @@ def resolve(name: str, weights_metadata) -> str:
 
 def get_preprocessor(name: str):
   if name not in PREPROCESSORS:
-    raise ValueError(f'Unknown preprocessing {name!r} (config.preprocess); '
+    raise ValueError(f'Unknown preprocessing {name!r} (config.data.preprocess); '
                      f'choose one of: {", ".join(PREPROCESSORS)}.')
   return PREPROCESSORS[name]

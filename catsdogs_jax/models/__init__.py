@@ -61,12 +61,12 @@ def _module_class(factory):
 
 def input_shape(config) -> Tuple[int, int, int]:
   """(H, W, C) of the images a config's model takes."""
-  return (config.image_size, config.image_size, config.channels)
+  return (config.data.image_size, config.data.image_size, config.data.channels)
 
 
 def num_outputs(config) -> int:
   """One logit for a binary sigmoid head, one per class for softmax."""
-  return 1 if config.loss == 'sigmoid' else config.num_classes
+  return 1 if config.loss == 'sigmoid' else config.data.num_classes
 
 
 def create_model(config) -> nn.Module:

@@ -18,9 +18,9 @@ class WeightSet:
   format: str                  # converter: 'torch' (.pth) or 'keras_h5'
   file: str                    # the file's own name
   checksum: str                # 'sha256:HEX' (whole, or the prefix torchvision publishes) or 'md5:HEX' (Keras)
-  preprocess: str              # config.preprocess the weights were trained with
+  preprocess: str              # config.data.preprocess the weights were trained with
   input_size: int              # the image size they were trained and evaluated at
-  interpolation: str           # resize method of their evaluation (config.resize_method)
+  interpolation: str           # resize method of their evaluation (config.data.resize_method)
   crop_fraction: float         # centre crop of their evaluation (TF and torchvision: 0.875)
   licence: str
   include_top: bool = True     # the file holds the ImageNet classifier

@@ -23,7 +23,7 @@ ACTIVATIONS = ('relu', 'none')
 
 
 def _input_shape(exp):
-  return (exp.config.image_size, exp.config.image_size, exp.config.channels)
+  return (exp.config.data.image_size, exp.config.data.image_size, exp.config.data.channels)
 
 
 def _abstract_variables(exp) -> Dict:
@@ -57,7 +57,7 @@ def layer_activations(model, config, variables, images, layers: Sequence[str],
   """
   wanted = {tuple(layer.split('/')) for layer in layers}
   capture = lambda module, method: method == '__call__' and tuple(module.scope.path) in wanted
-  x = get_preprocessor(config.preprocess)(images)
+  x = get_preprocessor(config.data.preprocess)(images)
   _, state = model.apply(variables, x, train=False, capture_intermediates=capture,
                          mutable=['intermediates'])
   flat = traverse_util.flatten_dict(state['intermediates'])

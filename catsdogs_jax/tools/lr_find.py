@@ -67,7 +67,7 @@ def range_test(config, workdir: str) -> Dict[str, Any]:
                             init_fn=make_init_fn(exp.model, tx, exp.plateau, exp.input_shape))
   state = exp.init_state()   # a fresh copy (init_from's weights, if any), never a checkpoint
   train_step = parallel.jit_train_step(make_train_step(exp.model, tx, config), exp.mesh)
-  data = exp.pipeline(config.train_split)
+  data = exp.pipeline(config.data.train_split)
   lrs, losses, best, stop = [], [], np.inf, ''
   for batch in itertools.islice(_endless(data, exp.mesh), lf.num_steps):
     lrs.append(float(schedule(len(lrs))))

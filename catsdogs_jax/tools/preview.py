@@ -32,7 +32,7 @@ def write_preview(config, workdir: str, num: int = 8) -> str:
   """Writes `workdir/augment_preview.png` from the first image of the training split."""
   from catsdogs_jax.data import input_pipeline
   info = input_pipeline.describe(config)
-  pipeline = input_pipeline.ImagePipeline(config, config.train_split, info.class_names)
+  pipeline = input_pipeline.ImagePipeline(config, config.data.train_split, info.class_names)
   image = next(pipeline.eval_batches())['image'][0]
   if not augment.is_enabled(config.augment):
     logging.warning('config.augment has every random transform off: the preview shows copies.')

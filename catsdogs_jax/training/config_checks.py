@@ -35,17 +35,17 @@ def validate_config(config, num_devices: int = None):
   _choice(config.optimizer.name, optimizers.OPTIMIZERS, 'optimizer.name')
   _choice(config.schedule.name, optimizers.SCHEDULES, 'schedule.name')
   _choice(config.loss, losses.LOSSES, 'loss')
-  _choice(config.preprocess, PREPROCESSORS, 'preprocess')
+  _choice(config.data.preprocess, PREPROCESSORS, 'data.preprocess')
   _choice(config.model.kernel_init, INITIALIZERS, 'model.kernel_init')
   if config.model.pooling is not None:   # None: the architecture's default
     _choice(config.model.pooling, heads.POOLINGS, 'model.pooling')
   if config.model.head:   # None or '': no new head
     _choice(config.model.head, heads.HEADS, 'model.head')
-  _choice(config.resize_method, RESIZE_METHODS, 'resize_method')
+  _choice(config.data.resize_method, RESIZE_METHODS, 'data.resize_method')
   _choice(config.schedule.plateau_monitor, MONITORS, 'schedule.plateau_monitor')
   _choice(config.early_stopping.monitor, MONITORS, 'early_stopping.monitor')
   _choice(config.checkpoint.best_monitor, MONITORS, 'checkpoint.best_monitor')
-  _choice(config.channels, (1, 3), 'channels')
+  _choice(config.data.channels, (1, 3), 'data.channels')
   _choice(config.nan_policy, NAN_POLICIES, 'nan_policy')
   _choice(config.augment.fill_mode, augment.FILL_MODES, 'augment.fill_mode')
   _choice(config.augment.interpolation, augment.INTERPOLATIONS, 'augment.interpolation')
@@ -68,12 +68,15 @@ def validate_config(config, num_devices: int = None):
   if config.augment.zoom_range >= 1:
     raise ConfigError(f'config.augment.zoom_range={config.augment.zoom_range} would allow a '
                       'scale of 0 or less; use a value below 1 (the tutorials use 0.2).')
-  if config.loss == 'sigmoid' and config.num_classes != 2:
-    raise ConfigError(f'config.loss="sigmoid" is a binary head but config.num_classes='
-                      f'{config.num_classes}; use --config.loss=softmax.')
-  for field in ('batch_size', 'num_epochs', 'image_size', 'num_classes', 'log_every_steps'):
-    if config[field] <= 0:
-      raise ConfigError(f'config.{field} must be positive, got {config[field]}.')
+  if config.loss == 'sigmoid' and config.data.num_classes != 2:
+    raise ConfigError(f'config.loss="sigmoid" is a binary head but config.data.num_classes='
+                      f'{config.data.num_classes}; use --config.loss=softmax.')
+  for field, value in (('batch_size', config.batch_size), ('num_epochs', config.num_epochs),
+                       ('data.image_size', config.data.image_size),
+                       ('data.num_classes', config.data.num_classes),
+                       ('log_every_steps', config.log_every_steps)):
+    if value <= 0:
+      raise ConfigError(f'config.{field} must be positive, got {value}.')
   lf = config.lr_find
   if not 0 < lf.min_lr < lf.max_lr or lf.num_steps < 10 or lf.diverge_factor <= 1:
     raise ConfigError(f'config.lr_find needs 0 < min_lr < max_lr, num_steps >= 10 and '
@@ -118,17 +121,17 @@ def smallest_image_size(model, channels: int, start: int = 1) -> int:
 
 
 def check_image_size(config, model):
-  """Fails when config.image_size is too small for the architecture, naming the minimum."""
+  """Fails when config.data.image_size is too small for the architecture, naming the minimum."""
   try:
-    smallest = smallest_image_size(model, config.channels, config.image_size)
+    smallest = smallest_image_size(model, config.data.channels, config.data.image_size)
   except ConfigError:
     raise ConfigError(f'Model {config.model.name!r} does not accept '
-                      f'{config.image_size}x{config.image_size} images.') from None
-  if smallest == config.image_size:
+                      f'{config.data.image_size}x{config.data.image_size} images.') from None
+  if smallest == config.data.image_size:
     return
   raise ConfigError(
-      f'config.image_size={config.image_size} is too small for model {config.model.name!r}: '
-      f'its feature maps shrink to nothing. Use --config.image_size={smallest} or more.')
+      f'config.data.image_size={config.data.image_size} is too small for model {config.model.name!r}: '
+      f'its feature maps shrink to nothing. Use --config.data.image_size={smallest} or more.')
 
 
 def resolve_train_from(config, model):
@@ -156,10 +159,10 @@ def resolve_train_from(config, model):
 
 def check_dataset(config, info, steps_per_epoch: int):
   """The dataset and the config agree on classes, and an epoch has at least one step."""
-  if len(info.class_names) != config.num_classes:
+  if len(info.class_names) != config.data.num_classes:
     raise ConfigError(
         f'The dataset has {len(info.class_names)} classes ({", ".join(info.class_names)}) '
-        f'but config.num_classes={config.num_classes}; set --config.num_classes='
+        f'but config.data.num_classes={config.data.num_classes}; set --config.data.num_classes='
         f'{len(info.class_names)}.')
   if steps_per_epoch == 0:
     raise ConfigError(

@@ -117,7 +117,7 @@ def _feature_extraction(config, loaded: Optional[loading.LoadedWeights], info, m
                                                                             np.float32)).shape[1:]
   head = _head_model(config)
   head_config = config.copy_and_resolve_references()
-  head_config.preprocess = 'none'   # the base already preprocessed and ran
+  head_config.data.preprocess = 'none'   # the base already preprocessed and ran
 
   def make_pipeline(split):
     images = input_pipeline.ImagePipeline(config, split, info.class_names)
@@ -191,7 +191,7 @@ def build(config, workdir: str, read_only: bool = False,
     if lock is not None:
       lock.release()
     raise
-  logging.info('dataset %s: classes %s, images %s', resolved.dataset, info.class_names,
+  logging.info('dataset %s: classes %s, images %s', resolved.data.dataset, info.class_names,
                info.num_examples)
   logging.info('model %s\n%s', resolved.model.name, summary.model_summary(
       model, {'params': abstract.params, 'batch_stats': abstract.batch_stats}, input_shape,
@@ -203,7 +203,7 @@ def build(config, workdir: str, read_only: bool = False,
 def _with_preprocessing_of(config, loaded: loading.LoadedWeights):
   """A copy of `config` whose preprocess 'auto' is the weights' own."""
   resolved = config.copy_and_resolve_references()
-  resolved.preprocess = preprocessing.resolve(config.preprocess, loaded.metadata)
+  resolved.data.preprocess = preprocessing.resolve(config.data.preprocess, loaded.metadata)
   logging.info('initialising from %s (%s, preprocessing %r)', config.init_from,
-               loaded.metadata.get('source'), resolved.preprocess)
+               loaded.metadata.get('source'), resolved.data.preprocess)
   return resolved

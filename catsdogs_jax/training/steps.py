@@ -33,7 +33,7 @@ def _all_finite(tree):
 
 def make_train_step(model, tx: optax.GradientTransformation, config):
   """Returns `train_step(state, batch) -> (state, TrainMetrics, finite)`."""
-  preprocess = get_preprocessor(config.preprocess)
+  preprocess = get_preprocessor(config.data.preprocess)
   compute_dtype = jnp.bfloat16 if config.half_precision else jnp.float32
 
   def train_step(state, batch):
@@ -81,7 +81,7 @@ def make_train_step(model, tx: optax.GradientTransformation, config):
 
 
 def _inference_logits(model, config):
-  preprocess = get_preprocessor(config.preprocess)
+  preprocess = get_preprocessor(config.data.preprocess)
   compute_dtype = jnp.bfloat16 if config.half_precision else jnp.float32
 
   def logits_fn(state, images):
@@ -107,7 +107,7 @@ def make_eval_step(model, config):
     return EvalMetrics.single_from_model_output(
         loss=losses.per_example_loss(logits, labels, config.loss),
         accuracy=(predictions == labels).astype(jnp.float32),
-        labels=labels, predictions=predictions, num_classes=config.num_classes,
+        labels=labels, predictions=predictions, num_classes=config.data.num_classes,
         mask=batch['mask'])
 
   return eval_step

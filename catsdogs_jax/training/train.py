@@ -257,7 +257,7 @@ def _train(exp: experiment.Experiment, extra_hooks: List[Hook]) -> History:
                  f'; {loop.history.stop_reason}' if loop.history.stop_reason else '')
     return loop.history
 
-  train_data, val_data = exp.pipeline(config.train_split), exp.pipeline(config.eval_split)
+  train_data, val_data = exp.pipeline(config.data.train_split), exp.pipeline(config.data.eval_split)
   assert train_data.steps_per_epoch == exp.steps_per_epoch
   train_step = parallel.jit_train_step(make_train_step(exp.model, exp.tx, config), exp.mesh)
   eval_step = parallel.jit_eval_step(make_eval_step(exp.model, config), exp.mesh)
@@ -352,7 +352,7 @@ def _check_health(config, metrics, finite, carry: int, step: int, epoch: int,
   """
   causes = (f'(epoch {epoch}, learning rate {learning_rate:.3g}). Likely causes: a learning '
             'rate too high for this model (try --mode=lr_find), unnormalised inputs (check '
-            'config.preprocess), or bad images. Earlier checkpoints are kept.')
+            'config.data.preprocess), or bad images. Earlier checkpoints are kept.')
   if config.nan_policy == 'stop':
     if not bool(finite):
       raise NonFiniteLossError(f'Non-finite loss or gradients before step {step} {causes}')

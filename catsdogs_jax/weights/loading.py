@@ -66,7 +66,7 @@ def read(directory: str) -> LoadedWeights:
       raise WeightsError(f'config.init_from={directory!r} holds no checkpoint yet.')
     state = restore_numpy(os.path.join(directory, checkpointing.CHECKPOINTS_DIR, str(step),
                                         checkpointing.STATE))
-    metadata = {'model': run_config.model.name, 'preprocess': run_config.preprocess,
+    metadata = {'model': run_config.model.name, 'preprocess': run_config.data.preprocess,
                 'source': 'workdir', 'file': directory, 'step': int(step)}
     return LoadedWeights(state['params'], state.get('batch_stats', {}), metadata)
   raise WeightsError(

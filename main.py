@@ -104,7 +104,7 @@ def run(config, workdir, mode):
   elif mode == 'train' and FLAGS.sweep:
     run_sweep(config, workdir)
   elif mode == 'train':
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir, hooks=[curves.WriteCurves()])
   elif mode == 'evaluate':
     evaluate.evaluate_checkpoint(config, workdir, FLAGS.split, FLAGS.step, FLAGS.top_losses)
   elif mode == 'predict':

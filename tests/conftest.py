@@ -16,8 +16,10 @@ from PIL import Image  # noqa: E402
 from catsdogs_jax.defaults import set_fields
 from configs import mnist_mlp, small_cnn  # noqa: E402
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository
+
 # benchmarks/inject_fault.py: the fault-injection runner the fault tests share with the benchmark.
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'benchmarks'))
+sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data',
                            'cats_and_dogs_small')

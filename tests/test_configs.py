@@ -83,7 +83,7 @@ def test_hardware_configs_change_only_hardware_fields(name):
       base['optimizer.learning_rate'] * variant['batch_size'] / base['batch_size'])
 
 
-# Trained end to end on the shared photos by tests/test_recipes.py whenever it runs (photos and Keras present).
+# Trained end to end on the shared photos by tests/training/test_recipes.py whenever it runs (photos and Keras present).
 END_TO_END = {'vgg16_transfer', 'vgg16_frozen_aug', 'vgg16_finetune', 'vgg16_features'}
 RECIPES_RUN = os.path.isdir(SHARED_DATA) and importlib.util.find_spec('keras') is not None
 
@@ -91,7 +91,7 @@ RECIPES_RUN = os.path.isdir(SHARED_DATA) and importlib.util.find_spec('keras') i
 @pytest.mark.parametrize('name', [c for c in CONFIGS if c not in HARDWARE])
 def test_config_trains_one_step_at_a_tiny_size(name, image_folder, tmp_path):
   if name in END_TO_END and RECIPES_RUN:
-    pytest.skip('trained end to end by tests/test_recipes.py')
+    pytest.skip('trained end to end by tests/training/test_recipes.py')
   config = override(_load(name), batch_size=8, **{
       'data.dataset': f'folder:{image_folder}', 'data.train_split': 'train',
       'data.eval_split': 'validation', 'data.test_split': 'test', 'data.num_classes': 2,

@@ -5,6 +5,6 @@ tfds and folder datasets (`input_pipeline`), the checks of messy folders
 augmentation (`augment`), preprocessing by name (`preprocessing`) and the cache
 of a frozen base's features (`feature_cache`).
 
-May import: `catsdogs_jax.models` and `catsdogs_jax.runtime`. Only
+May import: `catsdogs_jax.models`, `runtime` and `defaults`. Only
 `input_pipeline` and `folders` import TensorFlow.
 """

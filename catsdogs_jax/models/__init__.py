@@ -2,6 +2,8 @@
 
 Published weight sets are listed beside their models and gathered here in
 `WEIGHT_SETS` (`config.init_from='pretrained:NAME'`).
+
+May import: nothing of the package outside `models/` (every other folder builds on it).
 """
 
 import functools
@@ -17,6 +19,7 @@ from catsdogs_jax.models.alexnet import AlexNet
 from catsdogs_jax.models.efficientnet import (EfficientNet, EfficientNetB0, EfficientNetLite0,
                                               EfficientNetLite1, EfficientNetLite2)
 from catsdogs_jax.models.initializers import get_initializer
+from catsdogs_jax.models.layers import layer_forms
 from catsdogs_jax.models.mnist import MnistCNN, MnistMLP
 from catsdogs_jax.models.resnet import BasicBlock, Bottleneck, ResNet
 from catsdogs_jax.models.small_cnn import SmallCNN
@@ -70,7 +73,7 @@ def num_outputs(config) -> int:
 
 
 def create_model(config) -> nn.Module:
-  """Builds the Flax module described by `config.model`."""
+  """Builds the Flax module described by `config.model`, with its layer forms resolved now."""
   name = config.model.name
   if name not in MODELS:
     raise ValueError(f'Unknown model {name!r} (config.model.name); '
@@ -91,6 +94,9 @@ def create_model(config) -> nn.Module:
       raise ValueError(f'Model {name!r} has no option {field!r}; leave '
                        f'config.model.{field} unset (None) for it.')
     kwargs[field] = value
+  forms = layer_forms(config.model.get('layers', 'auto'))
+  if 'layers' in cls.__dataclass_fields__:   # models with convolutions or pooling
+    kwargs['layers'] = forms
   return factory(**kwargs)
 
 

@@ -5,5 +5,5 @@ The device mesh and shardings (`parallel`), several processes
 config and model signature (`workdir_files`) and its checkpoints
 (`checkpointing`).
 
-May import: nothing of the package but `runtime` itself (no models, no data).
+May import: `catsdogs_jax.defaults` only (no models, no data).
 """

@@ -4,8 +4,11 @@ import math
 import os
 from typing import Dict, List
 
-from catsdogs_jax.training import epoch_log
+import jax
+from absl import logging
+
 from catsdogs_jax.tools import plots
+from catsdogs_jax.training import epoch_log, train
 
 CURVES_PNG = 'curves.png'
 
@@ -31,3 +34,11 @@ def write_curves(workdir: str) -> str:
     raise FileNotFoundError(f'{log} has no finished epoch yet.')
   return plots.training_curves(rows, learning_rate_changes(rows), os.path.join(workdir, CURVES_PNG),
                                title=os.path.basename(os.path.abspath(workdir)))
+
+
+class WriteCurves(train.Hook):
+  """A train-loop hook: curves.png once training ends (main.py and sweeps add it)."""
+
+  def end(self, loop):
+    if jax.process_index() == 0 and loop.history.epochs:
+      logging.info('wrote %s', write_curves(loop.exp.workdir))

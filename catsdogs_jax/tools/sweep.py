@@ -132,7 +132,7 @@ def is_done(run: Run) -> bool:
 
 def run_sweep(runs: Sequence[Run]) -> List[Dict[str, Any]]:
   """Trains and test-evaluates every run not yet done, one after another."""
-  from catsdogs_jax.tools import evaluate
+  from catsdogs_jax.tools import curves, evaluate
   from catsdogs_jax.training import train
   results = []
   for i, run in enumerate(runs, start=1):
@@ -146,7 +146,7 @@ def run_sweep(runs: Sequence[Run]) -> List[Dict[str, Any]]:
     with open(os.path.join(run.workdir, VARIANT_JSON), 'w') as f:
       json.dump({'variant': run.variant, 'overrides': run.overrides, 'seed': run.seed}, f,
                 indent=1)
-    train.train_and_evaluate(run.config, run.workdir)
+    train.train_and_evaluate(run.config, run.workdir, hooks=[curves.WriteCurves()])
     result = evaluate.evaluate_checkpoint(run.config, run.workdir, 'test')
     with open(os.path.join(run.workdir, DONE_JSON), 'w') as f:
       json.dump({'config_sha256': _fingerprint(run.config),

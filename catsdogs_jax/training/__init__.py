@@ -6,5 +6,5 @@ optimizers and schedules (`optimizers`), losses (`losses`), metrics
 (`metrics`), log.csv, early stopping and the progress line (`epoch_log`), and
 the loop itself, read top to bottom (`train`).
 
-May import: `models`, `data`, `runtime`, `weights`; never `tools`.
+May import: `models`, `data`, `runtime`, `weights`, `defaults`; never `tools`.
 """

@@ -10,8 +10,9 @@
 
 Around those points the loop calls its hooks (`Hook`): the progress line and
 TensorBoard (`LogProgress`), stopping at a signal with a checkpoint
-(`StopOnSignal`), profiling (`Profile`), and any a caller adds (research code,
-the fault-injection runner in benchmarks/).
+(`StopOnSignal`), profiling (`Profile`), and any a caller adds: main.py adds
+`tools.curves.WriteCurves` (curves.png), research code its own, the
+fault-injection runner in benchmarks/ its faults.
 """
 
 import dataclasses
@@ -130,7 +131,7 @@ class Hook:
 
 
 class LogProgress(Hook):
-  """The progress line and TensorBoard scalars every log step; the epoch line; curves.png."""
+  """The progress line and TensorBoard scalars every log step; the epoch line."""
 
   def __init__(self, workdir: str, config, total_steps: int, start_step: int):
     self.workdir, self.config = workdir, config
@@ -167,9 +168,6 @@ class LogProgress(Hook):
 
   def end(self, loop):
     self.writer.close()
-    if jax.process_index() == 0 and loop.history.epochs:
-      from catsdogs_jax.tools import curves   # matplotlib: only here, once training is done
-      logging.info('wrote %s', curves.write_curves(self.workdir))
 
 
 class StopOnSignal(Hook):

@@ -6,5 +6,5 @@ fetched, verified and cached by name (`pretrained`), reading any of them or a
 workdir's checkpoint for `config.init_from` (`loading`), and the command
 (`python -m catsdogs_jax.weights.convert`).
 
-May import: `models`, `data.preprocessing`, `runtime`.
+May import: `models`, `data`, `runtime`, `defaults`.
 """

@@ -17,7 +17,7 @@ from catsdogs_jax.training import experiment
 from catsdogs_jax import models
 from catsdogs_jax.data import preprocessing
 from catsdogs_jax.models.weight_sets import WeightSet
-from conftest import SHARED_DATA
+from conftest import ROOT, SHARED_DATA
 
 torch = pytest.importorskip('torch')
 reference = pytest.importorskip('efficientnet_lite_pytorch')
@@ -160,7 +160,7 @@ def _convert_command(cache, *args):
   env = {**os.environ, 'CATSDOGS_JAX_WEIGHTS': str(cache), 'JAX_PLATFORMS': 'cpu'}
   return subprocess.run([sys.executable, '-m', 'catsdogs_jax.weights.convert', *args],
                         capture_output=True, text=True, env=env, timeout=300,
-                        cwd=os.path.dirname(os.path.dirname(__file__)))
+                        cwd=ROOT)
 
 
 def test_the_convert_command_writes_the_same_cache_entry(tmp_path):

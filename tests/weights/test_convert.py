@@ -12,7 +12,7 @@ from catsdogs_jax import models
 from catsdogs_jax.runtime import parallel
 from catsdogs_jax.data import preprocessing
 from catsdogs_jax.training.steps import make_train_step
-from conftest import tiny_config, write_keras_h5
+from conftest import ROOT, tiny_config, write_keras_h5
 
 SIZE = 64   # 2x2x512 before fc1: the flatten order matters
 
@@ -121,7 +121,7 @@ def test_keras_1_weight_names_and_the_command_line(tmp_path):
       group.attrs['weight_names'] = [f'{name}_W_1:0'.encode(), f'{name}_b_1:0'.encode()]
       group.create_dataset(f'{name}_W_1:0', data=kernel)
       group.create_dataset(f'{name}_b_1:0', data=bias)
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = ROOT
   result = subprocess.run(
       [sys.executable, '-m', 'catsdogs_jax.weights.convert', '--format=keras_h5', '--model=vgg16',
        f'--input={old_style}', f'--output={tmp_path / "cli"}'],

@@ -19,9 +19,8 @@ import pytest
 from catsdogs_jax.training import epoch_log
 from catsdogs_jax.runtime import checkpointing, distributed
 import inject_fault
-from conftest import make_image_folder, tiny_mlp_fields
+from conftest import ROOT, make_image_folder, tiny_mlp_fields
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MLP = os.path.join(ROOT, 'configs', 'mnist_mlp.py')
 HEARTBEAT = 5       # seconds: how soon a dead process is noticed here
 EPOCHS, STEPS_PER_EPOCH = 4, 3

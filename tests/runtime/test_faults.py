@@ -18,9 +18,8 @@ from catsdogs_jax.training import epoch_log, metrics as metrics_lib, train
 import inject_fault
 from catsdogs_jax.runtime import workdir_files
 from catsdogs_jax.runtime.workdir_files import WorkdirError
-from conftest import override, tiny_config, tiny_mlp_config, tiny_mlp_fields
+from conftest import ROOT, override, tiny_config, tiny_mlp_config, tiny_mlp_fields
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS_PER_EPOCH, EPOCHS = 3, 4   # 24 training images, batch 8
 FIELDS = {'num_epochs': EPOCHS, 'model.dropout_rate': 0.3, 'checkpoint.keep': 2}
 

@@ -1,4 +1,4 @@
-"""Faults on purpose, to prove that training survives them (tests/test_faults.py and
+"""Faults on purpose, to prove that training survives them (tests/runtime/test_faults.py and
 benchmarks/fault_injection.py).
 
 `python benchmarks/inject_fault.py --config=... --workdir=... --fault=KIND:N` trains
@@ -12,7 +12,9 @@ like `main.py` with one fault injected at the N-th occurrence of a point of the 
   file-writing layer;
 - `pause_step:N` sleeps 20 s after train step N (a slow run, for a second run to meet).
 
-A SIGKILL is real: the process dies without any cleanup, as with `kill -9`.
+Faults enter through the train loop's hooks (`catsdogs_jax.training.train.Hook`);
+the full disk below our code, in Orbax's save. A SIGKILL is real: the process
+dies without any cleanup, as with `kill -9`.
 With JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set, it runs
 as one of several processes (`catsdogs_jax.runtime.distributed`), e.g. to kill one of them.
 """

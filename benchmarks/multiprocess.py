@@ -10,7 +10,7 @@ the mesh of all P*D devices. Reports images/s of the train step (after `--warmup
 compiled steps, data already in memory) and, per layout, the loss of every step,
 a digest of the final parameters and an exact evaluation of `--eval_examples`
 images (each process holds every P-th one, padded batches), so that layouts can be
-compared: tests/test_distributed.py checks 2x2 against 1x4 with it.
+compared: tests/runtime/test_distributed.py checks 2x2 against 1x4 with it.
 On one machine this shows the cost of the processes and their collectives, not a
 speed-up: the cores are shared.
 """

@@ -77,6 +77,10 @@ class Checkpoints:
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, state, history: Dict[str, Any], metrics: Dict[str, float]):
+    """A checkpoint of `step`, written in the background (`wait` for it); never over another."""
+    if step in self.manager.all_steps():   # Orbax would skip it and keep the old one, silently
+      raise WorkdirError(f'{self.directory} already holds a checkpoint at step {step}: train in a '
+                         'new workdir, or resume this one with the same command.')
     with self._disk_full_is_clear():
       self.manager.save(step, args=ocp.args.Composite(**{
           STATE: ocp.args.StandardSave(state), HISTORY: ocp.args.JsonSave(history)}),

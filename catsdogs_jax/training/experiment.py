@@ -16,7 +16,7 @@ from catsdogs_jax.data import augment, preprocessing
 from catsdogs_jax.models import abstract_variables, summary
 from catsdogs_jax.runtime import checkpointing, parallel, workdir_files
 from catsdogs_jax.training import config_checks, optimizers
-from catsdogs_jax.training.train_state import make_init_fn
+from catsdogs_jax.training.train_state import abstract_state, make_init_fn
 from catsdogs_jax.weights import loading
 
 
@@ -45,7 +45,7 @@ class Experiment:
 
   def abstract_state(self):
     """Shapes, dtypes and shardings of the TrainState, without computing it."""
-    return _abstract_state(self.init_fn, self.mesh, self.config.seed)
+    return abstract_state(self.init_fn, self.mesh, self.config.seed)
 
   def init_state(self):
     """A fresh state; with init_from, its parameters come from those weights."""
@@ -62,12 +62,6 @@ class Experiment:
 
   def pipeline(self, split: str):
     return self.make_pipeline(split)
-
-
-def _abstract_state(init_fn, mesh, seed: int):
-  rep = parallel.replicated(mesh)
-  shapes = jax.eval_shape(init_fn, jax.random.PRNGKey(seed))
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), shapes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +168,7 @@ def build(config, workdir: str, read_only: bool = False,
   tx, schedule = optimizers.create_optimizer(resolved, steps_per_epoch)
   plateau = optimizers.create_plateau(resolved)
   init_fn = make_init_fn(model, tx, plateau, input_shape)
-  abstract = _abstract_state(init_fn, mesh, resolved.seed)
+  abstract = abstract_state(init_fn, mesh, resolved.seed)
   if loaded is not None:   # fails listing what differs, before any training
     loading.merge(abstract.params, loaded.params, resolved.dont_load)
   lock = None if read_only else workdir_files.Lock(workdir)

@@ -8,6 +8,7 @@ import optax
 from flax import struct
 
 from catsdogs_jax.models import init_variables
+from catsdogs_jax.runtime import parallel
 
 
 @struct.dataclass
@@ -37,3 +38,11 @@ def make_init_fn(model, tx: optax.GradientTransformation, plateau, image_shape):
     )
 
   return init
+
+
+def abstract_state(init_fn, mesh, seed: int):
+  """Shapes, dtypes and (replicated) shardings of `init_fn`'s TrainState, without computing it:
+  what `Checkpoints.restore` restores into."""
+  rep = parallel.replicated(mesh)
+  shapes = jax.eval_shape(init_fn, jax.random.PRNGKey(seed))
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), shapes)

@@ -102,6 +102,10 @@ def test_checkpoints_keep_the_last_n_and_the_best(make_config, tmp_path):
   ckpts.wait()
   assert sorted(ckpts.manager.all_steps()) == [2, 4]   # the best and the latest
   assert ckpts.best_step() == 2 and ckpts.latest_step() == 4
+  with pytest.raises(WorkdirError, match='already holds a checkpoint at step 4'):
+    ckpts.save(4, {'w': np.ones(3, np.float32)}, train.History().to_json(), metrics=None)
+  ckpts.wait()
+  np.testing.assert_array_equal(ckpts.restore(4, state)[0]['w'], np.zeros(3))   # kept as it was
 
 
 def _one_resnet18_step(make_config, tmp_path, **fields):

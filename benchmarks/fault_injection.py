@@ -33,12 +33,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from catsdogs_jax.runtime import checkpointing
+
 import inject_fault
 
 CONFIG = os.path.join(ROOT, 'configs', 'mnist_mlp.py')
 STEPS, EPOCHS = 3, 4
-KINDS = ('kill_step', 'kill_save', 'kill_eval', 'term_step', 'enospc_save', 'nan',
-         'second_run', 'truncated_checkpoint', 'config_change')
+KINDS = (
+    'kill_step',
+    'kill_save',
+    'kill_eval',
+    'term_step',
+    'enospc_save',
+    'nan',
+    'second_run',
+    'truncated_checkpoint',
+    'config_change',
+)
 
 
 def make_data(root: str) -> str:
@@ -49,28 +59,51 @@ def make_data(root: str) -> str:
       os.makedirs(os.path.join(root, split, name), exist_ok=True)
       for i in range(n // 2):
         pixels = np.clip(np.array(colour) + rng.normal(0, 40, (40, 48, 3)), 0, 255)
-        Image.fromarray(pixels.astype(np.uint8)).save(os.path.join(root, split, name,
-                                                                   f'{name}.{i}.jpg'))
+        Image.fromarray(pixels.astype(np.uint8)).save(
+            os.path.join(root, split, name, f'{name}.{i}.jpg')
+        )
   return root
 
 
 def overrides(data: str, **fields):
-  return {'data.dataset': f'folder:{data}', 'data.train_split': 'train', 'data.eval_split': 'validation',
-          'data.test_split': 'test', 'data.image_size': 16, 'data.channels': 3, 'data.num_classes': 2,
-          'batch_size': 8, 'loss': 'softmax', 'data.preprocess': 'rescale',
-          'optimizer.weight_decay': 0.0, 'log_every_steps': 2, 'data.cache': True,
-          'num_epochs': EPOCHS, 'model.dropout_rate': 0.3, 'checkpoint.keep': 2, **fields}
+  return {
+      'data.dataset': f'folder:{data}',
+      'data.train_split': 'train',
+      'data.eval_split': 'validation',
+      'data.test_split': 'test',
+      'data.image_size': 16,
+      'data.channels': 3,
+      'data.num_classes': 2,
+      'batch_size': 8,
+      'loss': 'softmax',
+      'data.preprocess': 'rescale',
+      'optimizer.weight_decay': 0.0,
+      'log_every_steps': 2,
+      'data.cache': True,
+      'num_epochs': EPOCHS,
+      'model.dropout_rate': 0.3,
+      'checkpoint.keep': 2,
+      **fields,
+  }
 
 
 def run(data, workdir, fault=None, **fields):
-  return subprocess.run(inject_fault.command(CONFIG, workdir, overrides(data, **fields), fault),
-                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+      inject_fault.command(CONFIG, workdir, overrides(data, **fields), fault),
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
 
 
 def finished_same(workdir, reference) -> str:
   try:
-    return 'survived' if inject_fault.same_outcome(inject_fault.outcome(workdir),
-                                                      reference) else 'different'
+    return (
+        'survived'
+        if inject_fault.same_outcome(inject_fault.outcome(workdir), reference)
+        else 'different'
+    )
   except Exception:  # no checkpoint, no log: nothing to compare
     return 'lost'
 
@@ -87,7 +120,7 @@ def trial(kind: str, rng, data: str, workdir: str, reference) -> str:
     if faulty.returncode != expected:
       return 'lost'
     return resume(data, workdir, reference)
-  if kind == 'nan':   # diverges after 1 to 3 good epochs; the good checkpoints must stay
+  if kind == 'nan':  # diverges after 1 to 3 good epochs; the good checkpoints must stay
     good = int(rng.integers(1, EPOCHS))
     cnn = {'model.name': 'small_cnn', 'data.image_size': 48, 'model.dropout_rate': 0.0}
     run(data, workdir, num_epochs=good, **cnn, **{'optimizer.learning_rate': 1e-2})
@@ -96,11 +129,16 @@ def trial(kind: str, rng, data: str, workdir: str, reference) -> str:
       return 'different'
     steps = checkpointing.saved_steps(workdir)
     return 'survived' if steps and steps[-1] == good * STEPS else 'lost'
-  if kind == 'second_run':   # the first run pauses mid-training while a second one starts
+  if kind == 'second_run':  # the first run pauses mid-training while a second one starts
     first = subprocess.Popen(
-        inject_fault.command(CONFIG, workdir, overrides(data),
-                                f'pause_step:{rng.integers(1, STEPS * EPOCHS + 1)}'),
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        inject_fault.command(
+            CONFIG, workdir, overrides(data), f'pause_step:{rng.integers(1, STEPS * EPOCHS + 1)}'
+        ),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lock = os.path.join(workdir, 'lock.json')
     while not os.path.exists(lock) and first.poll() is None:
       time.sleep(0.05)
@@ -118,7 +156,7 @@ def trial(kind: str, rng, data: str, workdir: str, reference) -> str:
     with open(target, 'r+b') as f:
       f.truncate(int(os.path.getsize(target) * rng.uniform(0, 0.9)))
     return resume(data, workdir, reference)
-  if kind == 'config_change':   # a structural change is refused; a harmless one resumes
+  if kind == 'config_change':  # a structural change is refused; a harmless one resumes
     run(data, workdir, num_epochs=int(rng.integers(1, EPOCHS)))
     refused = run(data, workdir, **{'optimizer.name': 'adam'})
     if refused.returncode == 0 or 'change the parameters or optimizer state' not in refused.stderr:
@@ -159,10 +197,20 @@ def main():
   total = collections.Counter()
   for c in counts.values():
     total.update(c)
-  print(f'{"all":<22}{args.trials:>8}{total["survived"]:>10}{total["different"]:>11}'
-        f'{total["lost"]:>6}   ({time.time() - start:.0f} s on {socket.gethostname()})')
-  print(json.dumps({'trials': args.trials, 'survived': total['survived'],
-                    'different': total['different'], 'lost': total['lost']}))
+  print(
+      f'{"all":<22}{args.trials:>8}{total["survived"]:>10}{total["different"]:>11}'
+      f'{total["lost"]:>6}   ({time.time() - start:.0f} s on {socket.gethostname()})'
+  )
+  print(
+      json.dumps(
+          {
+              'trials': args.trials,
+              'survived': total['survived'],
+              'different': total['different'],
+              'lost': total['lost'],
+          }
+      )
+  )
 
 
 if __name__ == '__main__':

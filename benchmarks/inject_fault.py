@@ -30,7 +30,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)   # configs/ import each other (`from configs import default`)
+sys.path.insert(0, ROOT)  # configs/ import each other (`from configs import default`)
 
 FAULT_KINDS = ('kill_step', 'kill_save', 'kill_eval', 'term_step', 'enospc_save', 'pause_step')
 PAUSE_SECONDS = 20
@@ -39,28 +39,41 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Training workdir.')
 flags.DEFINE_string('fault', None, 'KIND:N (see the module docstring); none: train normally.')
-flags.DEFINE_integer('heartbeat_timeout', 100, 'Several processes: seconds after which a silent '
-                     'one counts as dead.')
+flags.DEFINE_integer(
+    'heartbeat_timeout',
+    100,
+    'Several processes: seconds after which a silent ' 'one counts as dead.',
+)
 
 
-def command(config_file: str, workdir: str, overrides: Dict[str, Any],
-            fault: Optional[str] = None) -> List[str]:
+def command(
+    config_file: str, workdir: str, overrides: Dict[str, Any], fault: Optional[str] = None
+) -> List[str]:
   """The command line that trains `config_file` with `overrides` (and a fault) in a new process."""
-  return [sys.executable, os.path.abspath(__file__), f'--config={config_file}',
-          f'--workdir={workdir}', *(f'--config.{k}={v}' for k, v in overrides.items()),
-          *([f'--fault={fault}'] if fault else [])]
+  return [
+      sys.executable,
+      os.path.abspath(__file__),
+      f'--config={config_file}',
+      f'--workdir={workdir}',
+      *(f'--config.{k}={v}' for k, v in overrides.items()),
+      *([f'--fault={fault}'] if fault else []),
+  ]
 
 
 def outcome(workdir: str):
   """(parameters of the newest checkpoint, log.csv rows without timing columns) of a run."""
-  from catsdogs_jax.training import epoch_log
   from catsdogs_jax.runtime import checkpointing
+  from catsdogs_jax.training import epoch_log
   from catsdogs_jax.weights import loading
+
   newest = checkpointing.saved_steps(workdir)[-1]
-  state = loading.restore_numpy(os.path.join(workdir, checkpointing.CHECKPOINTS_DIR, str(newest),
-                                             checkpointing.STATE))
-  rows = [{k: v for k, v in r.items() if k not in epoch_log.TIMING_COLUMNS}
-          for r in epoch_log.read_csv(os.path.join(workdir, epoch_log.LOG_CSV))]
+  state = loading.restore_numpy(
+      os.path.join(workdir, checkpointing.CHECKPOINTS_DIR, str(newest), checkpointing.STATE)
+  )
+  rows = [
+      {k: v for k, v in r.items() if k not in epoch_log.TIMING_COLUMNS}
+      for r in epoch_log.read_csv(os.path.join(workdir, epoch_log.LOG_CSV))
+  ]
   return state['params'], rows
 
 
@@ -68,6 +81,7 @@ def same_outcome(a, b) -> bool:
   """Bit-identical parameters and equal log rows."""
   import jax
   import numpy as np
+
   if a[1] != b[1] or jax.tree.structure(a[0]) != jax.tree.structure(b[0]):
     return False
   return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a[0]), jax.tree.leaves(b[0])))
@@ -93,14 +107,18 @@ def fault_hook(kind: str, at: int):
   from catsdogs_jax.training import train
 
   class Fault(train.Hook):
+
     def __init__(self):
       self.steps = self.saves = self.evals = 0
 
     def after_step(self, loop):
       self.steps += 1
       if self.steps == at:
-        {'kill_step': _kill, 'term_step': _term, 'pause_step': lambda: time.sleep(PAUSE_SECONDS)
-         }.get(kind, lambda: None)()
+        {
+            'kill_step': _kill,
+            'term_step': _term,
+            'pause_step': lambda: time.sleep(PAUSE_SECONDS),
+        }.get(kind, lambda: None)()
 
     def after_save(self, loop):
       # The save is asynchronous: killing right after it starts catches the write in flight.
@@ -111,7 +129,7 @@ def fault_hook(kind: str, at: int):
     def after_eval_batch(self, loop, index):
       self.evals += index == 0
       if kind == 'kill_eval' and self.evals == at:
-        _kill()   # in the middle of the evaluation: after its first batch
+        _kill()  # in the middle of the evaluation: after its first batch
 
   return Fault()
 
@@ -119,6 +137,7 @@ def fault_hook(kind: str, at: int):
 def fail_saves_with_a_full_disk(at: int):
   """The `at`-th checkpoint save fails below our code, in Orbax, as a write to a full disk does."""
   import orbax.checkpoint as ocp
+
   save = ocp.CheckpointManager.save
   calls = [0]
 
@@ -135,6 +154,7 @@ def main(argv):
   del argv
   from catsdogs_jax.runtime import distributed, preemption, workdir_files
   from catsdogs_jax.training import train
+
   distributed.initialize(heartbeat_timeout=FLAGS.heartbeat_timeout)
   hooks = []
   if FLAGS.fault:

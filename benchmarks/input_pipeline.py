@@ -22,13 +22,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from catsdogs_jax.data import augment
-from catsdogs_jax.training import experiment
 from catsdogs_jax.runtime import parallel
+from catsdogs_jax.training import experiment
 from catsdogs_jax.training.steps import make_train_step
 from configs import small_cnn_aug  # noqa: E402
 
-flags.DEFINE_string('data', os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data',
-                                         'cats_and_dogs_small'), 'split/label/image folder')
+flags.DEFINE_string(
+    'data',
+    os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'cats_and_dogs_small'),
+    'split/label/image folder',
+)
 flags.DEFINE_integer('image_size', 150, 'resize target')
 flags.DEFINE_integer('batch_size', 32, 'global batch size')
 flags.DEFINE_integer('steps', 30, 'timed train steps per measurement')
@@ -39,7 +42,11 @@ FLAGS = flags.FLAGS
 def _config():
   config = small_cnn_aug.get_config()
   config.data.dataset = f'folder:{os.path.abspath(FLAGS.data)}'
-  config.data.train_split, config.data.eval_split, config.data.test_split = 'train', 'validation', 'test'
+  config.data.train_split, config.data.eval_split, config.data.test_split = (
+      'train',
+      'validation',
+      'test',
+  )
   config.data.image_size, config.batch_size = FLAGS.image_size, FLAGS.batch_size
   return config
 
@@ -62,26 +69,31 @@ def main(_):
   augment_fn = jax.jit(lambda k, x: augment.augment_batch(k, x, config.augment))
   key = jax.random.PRNGKey(0)
   constant = next(pipeline.train_epoch(0))
-  jax.block_until_ready(augment_fn(key, constant['image']))   # compile
+  jax.block_until_ready(augment_fn(key, constant['image']))  # compile
 
-  results = {'image_size': config.data.image_size, 'batch_size': config.batch_size,
-             'devices': jax.device_count(), 'platform': jax.devices()[0].platform,
-             'setup_seconds': round(scan_seconds, 2)}
+  results = {
+      'image_size': config.data.image_size,
+      'batch_size': config.batch_size,
+      'devices': jax.device_count(),
+      'platform': jax.devices()[0].platform,
+      'setup_seconds': round(scan_seconds, 2),
+  }
   results['decode_resize'] = _rate(pipeline.train_epoch(1))
   results['decode_resize_augment'] = _rate(
-      pipeline.train_epoch(2), lambda b: augment_fn(key, b['image']))
+      pipeline.train_epoch(2), lambda b: augment_fn(key, b['image'])
+  )
   results['augment_only'] = _rate([constant] * 20, lambda b: augment_fn(key, b['image']))
   # With config.data.cache the decoded images stay in memory after the first epoch.
   config.data.cache = True
   cached = exp.pipeline(config.data.train_split)
-  _rate(cached.train_epoch(0))   # fills the cache
+  _rate(cached.train_epoch(0))  # fills the cache
   results['cached_augment'] = _rate(cached.train_epoch(1), lambda b: augment_fn(key, b['image']))
   config.data.cache = False
 
   step = parallel.jit_train_step(make_train_step(exp.model, exp.tx, config), exp.mesh)
   state = exp.init_state()
   on_mesh = parallel.shard_batch(constant, exp.mesh)
-  state, _, _ = step(state, on_mesh)   # compile
+  state, _, _ = step(state, on_mesh)  # compile
   jax.block_until_ready(state)
 
   def steps(batches):
@@ -96,18 +108,29 @@ def main(_):
     return n * config.batch_size / (time.perf_counter() - start)
 
   results['train_step_constant_batch'] = steps(iter(lambda: on_mesh, None))
-  results['train_step_real_data'] = steps(parallel.prefetch_to_mesh(pipeline.train_epoch(3),
-                                                                    exp.mesh))
+  results['train_step_real_data'] = steps(
+      parallel.prefetch_to_mesh(pipeline.train_epoch(3), exp.mesh)
+  )
   results['pipeline_headroom'] = results['decode_resize'] / results['train_step_constant_batch']
 
-  print(f'\nimage folder {FLAGS.data} at {config.data.image_size} px, batch {config.batch_size}, '
-        f'{results["devices"]} {results["platform"]} device(s); setup (checks, folder scan) '
-        f'{results["setup_seconds"]} s')
-  for name in ('decode_resize', 'decode_resize_augment', 'augment_only', 'cached_augment',
-               'train_step_constant_batch', 'train_step_real_data'):
+  print(
+      f'\nimage folder {FLAGS.data} at {config.data.image_size} px, batch {config.batch_size}, '
+      f'{results["devices"]} {results["platform"]} device(s); setup (checks, folder scan) '
+      f'{results["setup_seconds"]} s'
+  )
+  for name in (
+      'decode_resize',
+      'decode_resize_augment',
+      'augment_only',
+      'cached_augment',
+      'train_step_constant_batch',
+      'train_step_real_data',
+  ):
     print(f'  {name:<28} {results[name]:10.1f} images/s')
-  print(f'  the pipeline alone delivers {results["pipeline_headroom"]:.1f}x what the train step '
-        'consumes')
+  print(
+      f'  the pipeline alone delivers {results["pipeline_headroom"]:.1f}x what the train step '
+      'consumes'
+  )
   if FLAGS.json:
     with open(FLAGS.json, 'w') as f:
       json.dump(results, f, indent=1)

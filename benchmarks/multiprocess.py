@@ -27,8 +27,11 @@ from ml_collections import config_flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-config_flags.DEFINE_config_file('config', os.path.join(ROOT, 'configs', 'small_cnn.py'),
-                                'Config of the model, optimizer and batch size.')
+config_flags.DEFINE_config_file(
+    'config',
+    os.path.join(ROOT, 'configs', 'small_cnn.py'),
+    'Config of the model, optimizer and batch size.',
+)
 flags.DEFINE_list('layouts', ['1x2', '2x1'], 'PROCESSESxDEVICES_PER_PROCESS, one run each.')
 flags.DEFINE_integer('steps', 20, 'Timed train steps.')
 flags.DEFINE_integer('warmup', 2, 'Steps before timing (compilation).')
@@ -41,14 +44,23 @@ FLAGS = flags.FLAGS
 def launch(processes: int, devices: int, argv, out: str, timeout: int = 600) -> dict:
   """Runs this script's worker as `processes` processes of `devices` devices; process 0's result."""
   from catsdogs_jax.runtime import distributed
+
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
   if processes > 1:
-    env.update(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{distributed.free_port()}',
-               JAX_NUM_PROCESSES=str(processes))
-  procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv, f'--out={out}'],
-                            env=dict(env, JAX_PROCESS_ID=str(i)) if processes > 1 else env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(processes)]
+    env.update(
+        JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{distributed.free_port()}',
+        JAX_NUM_PROCESSES=str(processes),
+    )
+  procs = [
+      subprocess.Popen(
+          [sys.executable, os.path.abspath(__file__), *argv, f'--out={out}'],
+          env=dict(env, JAX_PROCESS_ID=str(i)) if processes > 1 else env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT,
+          text=True,
+      )
+      for i in range(processes)
+  ]
   logs = [p.communicate(timeout=timeout)[0] for p in procs]
   for i, (p, log) in enumerate(zip(procs, logs)):
     if p.returncode:
@@ -60,15 +72,15 @@ def launch(processes: int, devices: int, argv, out: str, timeout: int = 600) -> 
 def worker(config, steps: int, warmup: int, eval_examples: int, out: str):
   import jax
   import numpy as np
-  from catsdogs_jax.runtime import distributed, parallel
+
   from catsdogs_jax import models
-  from catsdogs_jax.training import optimizers
-  from catsdogs_jax.training.steps import run_eval
   from catsdogs_jax.data.feature_cache import FeaturePipeline
-  from catsdogs_jax.training.steps import make_eval_step, make_train_step
+  from catsdogs_jax.runtime import distributed, parallel
+  from catsdogs_jax.training import optimizers
+  from catsdogs_jax.training.steps import make_eval_step, make_train_step, run_eval
   from catsdogs_jax.training.train_state import make_init_fn
 
-  distributed.initialize(heartbeat_timeout=30)   # from JAX_* variables, when launched as several
+  distributed.initialize(heartbeat_timeout=30)  # from JAX_* variables, when launched as several
   index, count = jax.process_index(), jax.process_count()
   mesh = parallel.create_mesh()
   shape = models.input_shape(config)
@@ -84,8 +96,10 @@ def worker(config, steps: int, warmup: int, eval_examples: int, out: str):
   images = rng.integers(0, 256, (num_batches, batch, *shape), dtype=np.uint8)
   labels = rng.integers(0, config.data.num_classes, (num_batches, batch)).astype(np.int32)
   mine = slice(index * local, (index + 1) * local)
-  batches = [parallel.shard_batch({'image': images[i, mine], 'label': labels[i, mine]}, mesh)
-             for i in range(num_batches)]
+  batches = [
+      parallel.shard_batch({'image': images[i, mine], 'label': labels[i, mine]}, mesh)
+      for i in range(num_batches)
+  ]
 
   losses = []
   for i in range(warmup):
@@ -103,20 +117,25 @@ def worker(config, steps: int, warmup: int, eval_examples: int, out: str):
   eval_images = rng.integers(0, 256, (eval_examples, *shape), dtype=np.uint8)
   eval_labels = rng.integers(0, config.data.num_classes, eval_examples).astype(np.int32)
   parts = [len(range(p, eval_examples, count)) for p in range(count)]
-  pipeline = FeaturePipeline(config, eval_images[index::count], eval_labels[index::count],
-                             parts, local)
-  evaluation = run_eval(parallel.jit_eval_step(make_eval_step(model, config), mesh), state,
-                        pipeline, mesh)
-  params = [np.asarray(x).astype(np.float64)
-            for x in jax.tree.leaves(jax.device_get(state.params))]
-  result = {'processes': count, 'devices': jax.device_count(), 'losses': losses,
-            'images_per_second': steps * batch / seconds, 'step_ms': 1e3 * seconds / steps,
-            'params_sum': [float(p.sum()) for p in params],
-            'params_abs_sum': [float(np.abs(p).sum()) for p in params],
-            # Sensitive to where each value is, not only to the values.
-            'params_weighted': [float((p.ravel() * np.cos(np.arange(p.size))).sum())
-                                for p in params],
-            'eval': {k: evaluation[k] for k in ('loss', 'accuracy', 'num_images')}}
+  pipeline = FeaturePipeline(
+      config, eval_images[index::count], eval_labels[index::count], parts, local
+  )
+  evaluation = run_eval(
+      parallel.jit_eval_step(make_eval_step(model, config), mesh), state, pipeline, mesh
+  )
+  params = [np.asarray(x).astype(np.float64) for x in jax.tree.leaves(jax.device_get(state.params))]
+  result = {
+      'processes': count,
+      'devices': jax.device_count(),
+      'losses': losses,
+      'images_per_second': steps * batch / seconds,
+      'step_ms': 1e3 * seconds / steps,
+      'params_sum': [float(p.sum()) for p in params],
+      'params_abs_sum': [float(np.abs(p).sum()) for p in params],
+      # Sensitive to where each value is, not only to the values.
+      'params_weighted': [float((p.ravel() * np.cos(np.arange(p.size))).sum()) for p in params],
+      'eval': {k: evaluation[k] for k in ('loss', 'accuracy', 'num_images')},
+  }
   if index == 0:
     with open(out, 'w') as f:
       json.dump(result, f)
@@ -135,12 +154,16 @@ def main(argv):
     results.append(launch(processes, devices, passed, out))
     os.remove(out)
   config = FLAGS.config
-  print(f'{config.model.name}, {config.data.image_size} px, global batch {config.batch_size}, '
-        f'{FLAGS.steps} steps\n{"layout":<10}{"images/s":>10}{"ms/step":>10}{"final loss":>12}'
-        f'{"eval images":>13}')
+  print(
+      f'{config.model.name}, {config.data.image_size} px, global batch {config.batch_size}, '
+      f'{FLAGS.steps} steps\n{"layout":<10}{"images/s":>10}{"ms/step":>10}{"final loss":>12}'
+      f'{"eval images":>13}'
+  )
   for layout, r in zip(FLAGS.layouts, results):
-    print(f'{layout:<10}{r["images_per_second"]:>10.1f}{r["step_ms"]:>10.1f}'
-          f'{r["losses"][-1]:>12.5f}{r["eval"]["num_images"]:>13}')
+    print(
+        f'{layout:<10}{r["images_per_second"]:>10.1f}{r["step_ms"]:>10.1f}'
+        f'{r["losses"][-1]:>12.5f}{r["eval"]["num_images"]:>13}'
+    )
   if FLAGS.json:
     with open(FLAGS.json, 'w') as f:
       json.dump(dict(zip(FLAGS.layouts, results)), f, indent=1)

@@ -15,130 +15,160 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.seed = 0                      # parameter init, dropout and data order
+  config.seed = 0  # parameter init, dropout and data order
 
   # ----- data (config.data.*: what the input pipeline reads, and how)
   config.data = ml_collections.ConfigDict()
-  config.data.dataset = 'cats_vs_dogs'      # a tfds name, or 'folder:PATH' (PATH/split/label/image)
-  config.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # tfds data_dir (None: tfds default)
-  config.data.download = True               # let tfds download and prepare a missing dataset
-  config.data.train_split = 'train[:80%]'   # tfds split (slicing allowed) or folder sub-folder name
+  config.data.dataset = 'cats_vs_dogs'  # a tfds name, or 'folder:PATH' (PATH/split/label/image)
+  config.data.data_dir = ml_collections.FieldReference(
+      None, field_type=str
+  )  # tfds data_dir (None: tfds default)
+  config.data.download = True  # let tfds download and prepare a missing dataset
+  config.data.train_split = 'train[:80%]'  # tfds split (slicing allowed) or folder sub-folder name
   config.data.eval_split = 'train[80%:90%]'  # validation split, evaluated after every epoch
-  config.data.test_split = 'train[90%:]'    # test split, used by --mode=evaluate
-  config.data.verify_images = True          # folders: decode every file once at start, skip unreadable ones
-                                            # (False: name and size checks only; a corrupt file then fails mid-epoch)
-  config.data.flat_split_fractions = (0.8, 0.1, 0.1)  # flat folders (cat.1.jpg...): train/validation/test
-  config.data.image_key = 'image'           # tfds feature holding the image
-  config.data.label_key = 'label'           # tfds feature holding the class label
-  config.data.image_size = 150              # images are resized to image_size x image_size
-  config.data.channels = 3                  # 3 for RGB, 1 for grayscale (MNIST)
-  config.data.resize_method = 'bilinear'    # tf.image.resize method ('bilinear', 'nearest', 'bicubic', 'area')
-  config.data.cache = False                 # keep decoded, resized images in memory after the first epoch
-  config.data.shuffle_buffer = 10_000       # tfds datasets: shuffle buffer of encoded images
-  config.data.preprocess = 'auto'           # on-device: 'auto' (the init_from weights' own, else 1/255),
-                                            # 'rescale' (1/255), 'caffe' (Keras VGG), 'torch' (torchvision),
-                                            # 'inception' ((x - 127) / 128, EfficientNet-Lite), 'none'
-  config.data.num_classes = 2               # must equal the dataset's number of labels
+  config.data.test_split = 'train[90%:]'  # test split, used by --mode=evaluate
+  config.data.verify_images = True  # folders: decode every file once at start, skip unreadable ones
+  # (False: name and size checks only; a corrupt file then fails mid-epoch)
+  config.data.flat_split_fractions = (
+      0.8,
+      0.1,
+      0.1,
+  )  # flat folders (cat.1.jpg...): train/validation/test
+  config.data.image_key = 'image'  # tfds feature holding the image
+  config.data.label_key = 'label'  # tfds feature holding the class label
+  config.data.image_size = 150  # images are resized to image_size x image_size
+  config.data.channels = 3  # 3 for RGB, 1 for grayscale (MNIST)
+  config.data.resize_method = (
+      'bilinear'  # tf.image.resize method ('bilinear', 'nearest', 'bicubic', 'area')
+  )
+  config.data.cache = False  # keep decoded, resized images in memory after the first epoch
+  config.data.shuffle_buffer = 10_000  # tfds datasets: shuffle buffer of encoded images
+  config.data.preprocess = 'auto'  # on-device: 'auto' (the init_from weights' own, else 1/255),
+  # 'rescale' (1/255), 'caffe' (Keras VGG), 'torch' (torchvision),
+  # 'inception' ((x - 127) / 128, EfficientNet-Lite), 'none'
+  config.data.num_classes = 2  # must equal the dataset's number of labels
 
   # ----- augmentation (training only; on the device, Keras ImageDataGenerator semantics)
   config.augment = ml_collections.ConfigDict()
-  config.augment.rotation_range = 0.0      # degrees: rotation drawn from [-r, r]
-  config.augment.width_shift_range = 0.0   # fraction of the width (< 1) or pixels (>= 1)
+  config.augment.rotation_range = 0.0  # degrees: rotation drawn from [-r, r]
+  config.augment.width_shift_range = 0.0  # fraction of the width (< 1) or pixels (>= 1)
   config.augment.height_shift_range = 0.0  # fraction of the height (< 1) or pixels (>= 1)
-  config.augment.shear_range = 0.0         # degrees (as Keras reads shear_range)
-  config.augment.zoom_range = 0.0          # x and y scale each drawn from [1 - z, 1 + z]
-  config.augment.horizontal_flip = False   # flip left-right with probability 0.5
-  config.augment.vertical_flip = False     # flip upside-down with probability 0.5
-  config.augment.fill_mode = 'nearest'     # outside the image: nearest, constant, reflect, wrap
-  config.augment.cval = 0.0                # fill value of fill_mode='constant' (0-255 scale)
+  config.augment.shear_range = 0.0  # degrees (as Keras reads shear_range)
+  config.augment.zoom_range = 0.0  # x and y scale each drawn from [1 - z, 1 + z]
+  config.augment.horizontal_flip = False  # flip left-right with probability 0.5
+  config.augment.vertical_flip = False  # flip upside-down with probability 0.5
+  config.augment.fill_mode = 'nearest'  # outside the image: nearest, constant, reflect, wrap
+  config.augment.cval = 0.0  # fill value of fill_mode='constant' (0-255 scale)
   config.augment.interpolation = 'bilinear'  # resampling: bilinear (Keras' order 1) or nearest
 
   # ----- model
   config.model = ml_collections.ConfigDict()
-  config.model.name = 'small_cnn'      # small_cnn, mnist_mlp, mnist_cnn, alexnet, vgg16, vgg19,
-                                       # resnet18..resnet152, efficientnet_b0, efficientnet_lite0..2
-  config.model.dropout_rate = 0.0      # dropout before the dense layers
-  config.model.kernel_init = 'glorot_uniform'  # glorot_uniform (Keras), he_normal, lecun_normal, normal
-  config.model.init_stddev = 0.01      # stddev of kernel_init='normal' (the VGG paper's N(0, 0.01))
-  config.model.include_top = ml_collections.FieldReference(None, field_type=bool)  # VGG/ResNet/EfficientNet: classifier top
-  config.model.pooling = ml_collections.FieldReference(None, field_type=str)  # VGG/EfficientNet without top: 'avg', 'max'
-  config.model.head = ml_collections.FieldReference(None, field_type=str)  # new head on the base (include_top=False):
-                                       # flatten_dense, flatten_mlp (Dense(head_units)-Dropout-Dense), gmp_dense,
-                                       # dense (Dropout-Dense on the pooled base: needs pooling)
-  config.model.head_units = ml_collections.FieldReference(None, field_type=int)  # flatten_mlp's hidden units
+  config.model.name = 'small_cnn'  # small_cnn, mnist_mlp, mnist_cnn, alexnet, vgg16, vgg19,
+  # resnet18..resnet152, efficientnet_b0, efficientnet_lite0..2
+  config.model.dropout_rate = 0.0  # dropout before the dense layers
+  config.model.kernel_init = (
+      'glorot_uniform'  # glorot_uniform (Keras), he_normal, lecun_normal, normal
+  )
+  config.model.init_stddev = 0.01  # stddev of kernel_init='normal' (the VGG paper's N(0, 0.01))
+  config.model.include_top = ml_collections.FieldReference(
+      None, field_type=bool
+  )  # VGG/ResNet/EfficientNet: classifier top
+  config.model.pooling = ml_collections.FieldReference(
+      None, field_type=str
+  )  # VGG/EfficientNet without top: 'avg', 'max'
+  config.model.head = ml_collections.FieldReference(
+      None, field_type=str
+  )  # new head on the base (include_top=False):
+  # flatten_dense, flatten_mlp (Dense(head_units)-Dropout-Dense), gmp_dense,
+  # dense (Dropout-Dense on the pooled base: needs pooling)
+  config.model.head_units = ml_collections.FieldReference(
+      None, field_type=int
+  )  # flatten_mlp's hidden units
   # EfficientNet: Keras' drop_connect_rate (None: 0.2); block b of n drops its branch with rate*b/n
   config.model.stochastic_depth_rate = ml_collections.FieldReference(None, field_type=float)
-  config.loss = 'sigmoid'              # 'sigmoid' (1 logit, 2 classes) or 'softmax'
-  config.half_precision = False        # bfloat16 compute, float32 parameters
+  config.loss = 'sigmoid'  # 'sigmoid' (1 logit, 2 classes) or 'softmax'
+  config.half_precision = False  # bfloat16 compute, float32 parameters
 
   # ----- optimisation
   config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = 'rmsprop'    # sgd, rmsprop, adam
+  config.optimizer.name = 'rmsprop'  # sgd, rmsprop, adam
   config.optimizer.learning_rate = 1e-4  # base (peak) learning rate
-  config.optimizer.momentum = 0.0      # sgd / rmsprop momentum (0: none)
-  config.optimizer.nesterov = False    # Nesterov momentum (sgd, rmsprop)
-  config.optimizer.rho = 0.9           # rmsprop decay of the squared-gradient average (Keras rho)
-  config.optimizer.b1 = 0.9            # adam
-  config.optimizer.b2 = 0.999          # adam
-  config.optimizer.eps = 1e-7          # rmsprop / adam epsilon (Keras default)
+  config.optimizer.momentum = 0.0  # sgd / rmsprop momentum (0: none)
+  config.optimizer.nesterov = False  # Nesterov momentum (sgd, rmsprop)
+  config.optimizer.rho = 0.9  # rmsprop decay of the squared-gradient average (Keras rho)
+  config.optimizer.b1 = 0.9  # adam
+  config.optimizer.b2 = 0.999  # adam
+  config.optimizer.eps = 1e-7  # rmsprop / adam epsilon (Keras default)
   config.optimizer.weight_decay = 0.0  # L2 on kernels, added to the gradient (VGG paper: 5e-4)
   config.optimizer.grad_clip_norm = 0.0  # clip gradients to this global norm (0: off)
-  config.frozen = ()                   # regexes of parameter paths that get no updates ('block[1-4]_')
-  config.trainable = ()                # if set: only matching parameter paths train, all others are frozen
-  config.train_from = ml_collections.FieldReference(None, field_type=str)  # a layer name: it and every
-                                       # layer after it train, those before are frozen (fine-tuning)
-  config.init_from = ml_collections.FieldReference(None, field_type=str)  # 'pretrained:NAME' (published
-                                       # weights, README), a converted weights dir, or a workdir
-  config.dont_load = ()                # regexes of parameter paths that init_from leaves freshly initialised
-  config.batch_norm_running_average = False  # every BatchNorm layer, trainable or not, normalises with
-                                       # and keeps its running statistics (Keras' fine-tuning advice:
-                                       # base(x, training=False)); False: only frozen ones do
+  config.frozen = ()  # regexes of parameter paths that get no updates ('block[1-4]_')
+  config.trainable = ()  # if set: only matching parameter paths train, all others are frozen
+  config.train_from = ml_collections.FieldReference(
+      None, field_type=str
+  )  # a layer name: it and every
+  # layer after it train, those before are frozen (fine-tuning)
+  config.init_from = ml_collections.FieldReference(
+      None, field_type=str
+  )  # 'pretrained:NAME' (published
+  # weights, README), a converted weights dir, or a workdir
+  config.dont_load = ()  # regexes of parameter paths that init_from leaves freshly initialised
+  config.batch_norm_running_average = (
+      False  # every BatchNorm layer, trainable or not, normalises with
+  )
+  # and keeps its running statistics (Keras' fine-tuning advice:
+  # base(x, training=False)); False: only frozen ones do
 
   config.schedule = ml_collections.ConfigDict()
-  config.schedule.name = 'constant'    # constant, step, cosine, plateau
+  config.schedule.name = 'constant'  # constant, step, cosine, plateau
   config.schedule.warmup_epochs = 0.0  # linear warm-up from 0 (any schedule)
-  config.schedule.step_epochs = (30, 60, 90)  # step: epochs at which lr is multiplied by step_factor
+  config.schedule.step_epochs = (
+      30,
+      60,
+      90,
+  )  # step: epochs at which lr is multiplied by step_factor
   config.schedule.step_factor = 0.1
-  config.schedule.cosine_alpha = 0.0   # cosine: final lr as a fraction of the peak
+  config.schedule.cosine_alpha = 0.0  # cosine: final lr as a fraction of the peak
   config.schedule.plateau_monitor = 'val_accuracy'  # plateau: validation metric checked each epoch
-  config.schedule.plateau_factor = 0.1   # plateau: multiply lr by this...
-  config.schedule.plateau_patience = 5   # ...after this many epochs without improvement
+  config.schedule.plateau_factor = 0.1  # plateau: multiply lr by this...
+  config.schedule.plateau_patience = 5  # ...after this many epochs without improvement
   config.schedule.plateau_min_delta = 1e-4  # smallest change that counts as improvement
-  config.schedule.plateau_cooldown = 0   # epochs to wait after a reduction
+  config.schedule.plateau_cooldown = 0  # epochs to wait after a reduction
   config.schedule.plateau_min_scale = 0.0  # lower bound of the lr multiplier
 
   # ----- fast feature extraction (train a head on cached features of a frozen, pretrained base)
   config.features = ml_collections.ConfigDict()
   config.features.enabled = False
-  config.features.cache_dir = '~/.cache/catsdogs_jax/features'  # keyed by weights, data, split, size
+  config.features.cache_dir = (
+      '~/.cache/catsdogs_jax/features'  # keyed by weights, data, split, size
+  )
 
   # ----- training loop
-  config.batch_size = 32               # global batch, split over all devices
+  config.batch_size = 32  # global batch, split over all devices
   config.num_epochs = 30
-  config.log_every_steps = 50          # progress line and TensorBoard train scalars
+  config.log_every_steps = 50  # progress line and TensorBoard train scalars
   config.early_stopping = ml_collections.ConfigDict()
   config.early_stopping.enabled = False
   config.early_stopping.monitor = 'val_loss'  # val_loss or val_accuracy
   config.early_stopping.patience = 10  # epochs without improvement before stopping
   config.early_stopping.min_delta = 0.0
-  config.nan_policy = 'stop'           # non-finite loss or gradients: 'stop' (within one log interval)
-                                       # or 'skip' (the update is not applied; counted in log.csv)
-  config.max_skipped_steps = 10        # 'skip': stop after this many skipped steps in a row
+  config.nan_policy = 'stop'  # non-finite loss or gradients: 'stop' (within one log interval)
+  # or 'skip' (the update is not applied; counted in log.csv)
+  config.max_skipped_steps = 10  # 'skip': stop after this many skipped steps in a row
   config.checkpoint = ml_collections.ConfigDict()
-  config.checkpoint.keep = 3           # most recent epoch checkpoints kept (plus the best)
+  config.checkpoint.keep = 3  # most recent epoch checkpoints kept (plus the best)
   config.checkpoint.best_monitor = 'val_accuracy'  # metric that picks the best checkpoint
-  config.profile = ml_collections.ConfigDict()   # a profiler trace for TensorBoard's profile tab
-  config.profile.first_step = 10       # of num_steps steps from first_step (after compilation)
-  config.profile.num_steps = 0         # 0: no trace
-  config.eval_flip = False             # evaluation and prediction average the logits of each image
-                                       # and its mirror image (test-time augmentation)
+  config.profile = ml_collections.ConfigDict()  # a profiler trace for TensorBoard's profile tab
+  config.profile.first_step = 10  # of num_steps steps from first_step (after compilation)
+  config.profile.num_steps = 0  # 0: no trace
+  config.eval_flip = False  # evaluation and prediction average the logits of each image
+  # and its mirror image (test-time augmentation)
 
   # ----- learning-rate range test (--mode=lr_find; Smith 2015, fastai's lr_find)
   config.lr_find = ml_collections.ConfigDict()
-  config.lr_find.min_lr = 1e-7         # the rate grows exponentially from min_lr...
-  config.lr_find.max_lr = 10.0         # ...to max_lr over num_steps training steps
+  config.lr_find.min_lr = 1e-7  # the rate grows exponentially from min_lr...
+  config.lr_find.max_lr = 10.0  # ...to max_lr over num_steps training steps
   config.lr_find.num_steps = 200
-  config.lr_find.smoothing = 0.98      # exponential moving average of the loss (bias-corrected)
+  config.lr_find.smoothing = 0.98  # exponential moving average of the loss (bias-corrected)
   config.lr_find.diverge_factor = 4.0  # stop once the smoothed loss exceeds this x its minimum
 
   config.lock()

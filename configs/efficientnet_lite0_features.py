@@ -23,7 +23,7 @@ def get_config():
   config.data.resize_method = 'bicubic'
   config.loss = 'sigmoid'
   config.init_from = 'pretrained:efficientnet_lite0'
-  config.dont_load = ('^head_', '^predictions/')   # our new head; the ImageNet classifier unused
+  config.dont_load = ('^head_', '^predictions/')  # our new head; the ImageNet classifier unused
   config.features.enabled = True
   config.optimizer.name = 'adam'
   config.optimizer.learning_rate = 1e-3

@@ -12,7 +12,7 @@ from configs import default, vgg16_frozen_aug
 
 def get_config():
   config = vgg16_frozen_aug.get_config()
-  config.augment = default.get_config().augment   # all off
+  config.augment = default.get_config().augment  # all off
   config.features.enabled = True
-  config.trainable = ()   # only the head exists in the trained model
+  config.trainable = ()  # only the head exists in the trained model
   return config

@@ -13,7 +13,7 @@ from configs import small_cnn_aug
 
 
 def get_config():
-  config = small_cnn_aug.get_config()   # augmentation, dropout 0.5, batch 32, sigmoid
+  config = small_cnn_aug.get_config()  # augmentation, dropout 0.5, batch 32, sigmoid
   config.model.name = 'vgg16'
   config.model.kernel_init = 'he_normal'
   config.data.image_size = 50

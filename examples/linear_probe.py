@@ -32,21 +32,24 @@ def extract_features(config, mesh):
   # Every base weight must come from the file; only the ImageNet classifier is left out.
   variables = {
       'params': loading.merge(abstract['params'], loaded.params, dont_load=('^predictions/',)),
-      'batch_stats': loading.merge(abstract['batch_stats'], loaded.batch_stats,
-                                   what='BatchNorm statistics')}
+      'batch_stats': loading.merge(
+          abstract['batch_stats'], loaded.batch_stats, what='BatchNorm statistics'
+      ),
+  }
   info = input_pipeline.describe(config)
   features = {}
   for role, split in input_pipeline.config_splits(config).items():
     images = input_pipeline.ImagePipeline(config, split, info.class_names)
     # The weights' own input scaling ('inception': (x - 127) / 128), applied on the device.
-    features[role] = feature_cache.extract(base, variables, images, mesh,
-                                           loaded.metadata['preprocess'])
+    features[role] = feature_cache.extract(
+        base, variables, images, mesh, loaded.metadata['preprocess']
+    )
   return features, info.class_names
 
 
 def fit_logistic_regression(x, y, num_classes, steps, learning_rate=1e-2, l2=1e-4):
   """Softmax regression on standardised features, full batch with Adam."""
-  mean, std = x.mean(0), x.std(0) + 1e-6   # from the training features only
+  mean, std = x.mean(0), x.std(0) + 1e-6  # from the training features only
   params = {'w': jnp.zeros((x.shape[1], num_classes)), 'b': jnp.zeros((num_classes,))}
   tx = optax.adam(learning_rate)
 
@@ -83,17 +86,27 @@ def main(argv=None):
   config = defaults.get_config()
   config.data.dataset = f'folder:{args.data}'
   config.data.train_split, config.data.eval_split, config.data.test_split = (
-      'train', 'validation', 'test')
+      'train',
+      'validation',
+      'test',
+  )
   config.data.image_size = args.image_size
   config.batch_size = args.batch_size
 
   features, class_names = extract_features(config, parallel.create_mesh())
   (x, y), (x_val, y_val), (x_test, y_test) = (
-      features['train'], features['validation'], features['test'])
+      features['train'],
+      features['validation'],
+      features['test'],
+  )
   print(f'features: train {x.shape} validation {x_val.shape} test {x_test.shape}', flush=True)
   accuracy, loss = fit_logistic_regression(x, y, len(class_names), args.steps)
-  result = {'train_loss': loss, 'train_accuracy': accuracy(x, y),
-            'val_accuracy': accuracy(x_val, y_val), 'test_accuracy': accuracy(x_test, y_test)}
+  result = {
+      'train_loss': loss,
+      'train_accuracy': accuracy(x, y),
+      'val_accuracy': accuracy(x_val, y_val),
+      'test_accuracy': accuracy(x_test, y_test),
+  }
   print(' '.join(f'{k}={v:.4f}' for k, v in result.items()), flush=True)
   return result
 

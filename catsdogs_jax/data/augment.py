@@ -23,8 +23,15 @@ import jax
 import jax.numpy as jnp
 
 # Config fields that, when all zero / False, make augmentation the identity.
-RANDOM_FIELDS = ('rotation_range', 'width_shift_range', 'height_shift_range', 'shear_range',
-                 'zoom_range', 'horizontal_flip', 'vertical_flip')
+RANDOM_FIELDS = (
+    'rotation_range',
+    'width_shift_range',
+    'height_shift_range',
+    'shear_range',
+    'zoom_range',
+    'horizontal_flip',
+    'vertical_flip',
+)
 
 
 def is_enabled(cfg) -> bool:
@@ -40,7 +47,7 @@ def random_parameters(key, batch_size: int, height: int, width: int, cfg) -> Dic
   flip = lambda k, on: (jax.random.uniform(k, (batch_size,)) < 0.5) & on
   return {
       'theta': uniform(keys[0], cfg.rotation_range),
-      'tx': shift(keys[1], cfg.width_shift_range, width),    # columns
+      'tx': shift(keys[1], cfg.width_shift_range, width),  # columns
       'ty': shift(keys[2], cfg.height_shift_range, height),  # rows
       'shear': uniform(keys[3], cfg.shear_range),
       'zx': 1.0 + uniform(keys[4], zoom),
@@ -55,8 +62,13 @@ def affine_matrix(params, height: int, width: int) -> jnp.ndarray:
   theta, shear = jnp.deg2rad(params['theta']), jnp.deg2rad(params['shear'])
   one, zero = jnp.ones_like(theta), jnp.zeros_like(theta)
   mat = lambda rows: jnp.stack([jnp.stack(r) for r in rows])
-  rotation = mat([[jnp.cos(theta), -jnp.sin(theta), zero], [jnp.sin(theta), jnp.cos(theta), zero],
-                  [zero, zero, one]])
+  rotation = mat(
+      [
+          [jnp.cos(theta), -jnp.sin(theta), zero],
+          [jnp.sin(theta), jnp.cos(theta), zero],
+          [zero, zero, one],
+      ]
+  )
   shift = mat([[one, zero, params['tx']], [zero, one, params['ty']], [zero, zero, one]])
   shear_m = mat([[one, -jnp.sin(shear), zero], [zero, jnp.cos(shear), zero], [zero, zero, one]])
   zoom = mat([[params['zx'], zero, zero], [zero, params['zy'], zero], [zero, zero, one]])
@@ -65,8 +77,13 @@ def affine_matrix(params, height: int, width: int) -> jnp.ndarray:
   # Flips act on the transformed image, i.e. first on the output coordinates.
   flip_h = jnp.where(params['flip_horizontal'], -1.0, 1.0)
   flip_v = jnp.where(params['flip_vertical'], -1.0, 1.0)
-  flips = jnp.array([[flip_h, 0.0, (1 - flip_h) * (width - 1) / 2],
-                     [0.0, flip_v, (1 - flip_v) * (height - 1) / 2], [0.0, 0.0, 1.0]])
+  flips = jnp.array(
+      [
+          [flip_h, 0.0, (1 - flip_h) * (width - 1) / 2],
+          [0.0, flip_v, (1 - flip_v) * (height - 1) / 2],
+          [0.0, 0.0, 1.0],
+      ]
+  )
   return centre @ rotation @ shift @ shear_m @ zoom @ uncentre @ flips
 
 
@@ -88,6 +105,7 @@ def _wrap(c, n: int):
 @dataclasses.dataclass(frozen=True)
 class FillMode:
   """How a fill mode treats points outside the image (scipy's conventions)."""
+
   index: Callable  # (integer indices, n) -> indices in [0, n)
   coordinates: Optional[Callable] = None  # (coordinates, n) -> coordinates, before interpolating
   constant: bool = False  # points outside [0, n - 1] take cval
@@ -120,15 +138,19 @@ INTERPOLATIONS: Dict[str, Callable] = {'nearest': _nearest_taps, 'bilinear': _bi
 
 def get_fill_mode(name: str) -> FillMode:
   if name not in FILL_MODES:
-    raise ValueError(f'Unknown fill mode {name!r} (config.augment.fill_mode); '
-                     f'choose one of: {", ".join(FILL_MODES)}.')
+    raise ValueError(
+        f'Unknown fill mode {name!r} (config.augment.fill_mode); '
+        f'choose one of: {", ".join(FILL_MODES)}.'
+    )
   return FILL_MODES[name]
 
 
 def get_interpolation(name: str) -> Callable:
   if name not in INTERPOLATIONS:
-    raise ValueError(f'Unknown interpolation {name!r} (config.augment.interpolation); '
-                     f'choose one of: {", ".join(INTERPOLATIONS)}.')
+    raise ValueError(
+        f'Unknown interpolation {name!r} (config.augment.interpolation); '
+        f'choose one of: {", ".join(INTERPOLATIONS)}.'
+    )
   return INTERPOLATIONS[name]
 
 
@@ -140,13 +162,15 @@ def _sample_axis(c, n: int, mode: FillMode, taps: Callable):
   return [(mode.index(i, n), w) for i, w in taps(c)], valid
 
 
-def transform_image(image, matrix, fill_mode: str = 'nearest', cval: float = 0.0,
-                    interpolation: str = 'bilinear'):
+def transform_image(
+    image, matrix, fill_mode: str = 'nearest', cval: float = 0.0, interpolation: str = 'bilinear'
+):
   """Resamples one [H, W, C] image through `matrix` (output -> input coordinates)."""
   mode, taps = get_fill_mode(fill_mode), get_interpolation(interpolation)
   height, width = image.shape[:2]
-  rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
-                            jnp.arange(width, dtype=jnp.float32), indexing='ij')
+  rows, cols = jnp.meshgrid(
+      jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32), indexing='ij'
+  )
   src = matrix @ jnp.stack([cols.ravel(), rows.ravel(), jnp.ones(rows.size)])
   src_cols, src_rows = src[0].reshape(rows.shape), src[1].reshape(rows.shape)
   row_taps, row_valid = _sample_axis(src_rows, height, mode, taps)
@@ -166,5 +190,6 @@ def augment_batch(key, images, cfg):
   batch, height, width = images.shape[:3]
   params = random_parameters(key, batch, height, width, cfg)
   matrices = jax.vmap(lambda p: affine_matrix(p, height, width))(params)
-  return jax.vmap(lambda im, m: transform_image(im, m, cfg.fill_mode, cfg.cval,
-                                                cfg.interpolation))(images, matrices)
+  return jax.vmap(lambda im, m: transform_image(im, m, cfg.fill_mode, cfg.cval, cfg.interpolation))(
+      images, matrices
+  )

@@ -21,14 +21,16 @@ def pad_batch(batch: dict, size: int) -> dict:
   n = len(batch['label'])
   mask = np.zeros((size,), np.float32)
   mask[:n] = 1.0
-  padded = {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)])
-            for k, v in batch.items()}
+  padded = {
+      k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()
+  }
   padded['mask'] = mask
   return padded
 
 
 class Batching:
   """Batch counts of a split read as `examples_per_process` parts of `local_batch` batches."""
+
   examples_per_process: Sequence[int]
   local_batch: int
 

@@ -28,8 +28,8 @@ from PIL import Image
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp', '.tif', '.tiff')
 FLAT_SPLITS = ('train', 'validation', 'test')
-FLAT_NAME = re.compile(r'^([A-Za-z][A-Za-z_-]*)\.[^.]+\.[A-Za-z]+$')   # cat.123.jpg
-FLAT_SPLIT_SEED = 0   # fixed: the test set must not change with config.seed
+FLAT_NAME = re.compile(r'^([A-Za-z][A-Za-z_-]*)\.[^.]+\.[A-Za-z]+$')  # cat.123.jpg
+FLAT_SPLIT_SEED = 0  # fixed: the test set must not change with config.seed
 
 
 class DataError(ValueError):
@@ -38,10 +38,10 @@ class DataError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class FolderSplit:
-  paths: np.ndarray            # str, one per usable image
-  labels: np.ndarray           # int32
-  inline: np.ndarray           # bytes: PNG re-encodings of images only Pillow reads, else b''
-  skipped: Dict[str, Tuple[str, ...]]   # kind -> paths
+  paths: np.ndarray  # str, one per usable image
+  labels: np.ndarray  # int32
+  inline: np.ndarray  # bytes: PNG re-encodings of images only Pillow reads, else b''
+  skipped: Dict[str, Tuple[str, ...]]  # kind -> paths
 
 
 SLICE = re.compile(r'^(?P<split>[^\[\]]+)\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\]$')
@@ -69,7 +69,7 @@ def _slice_per_class(pairs, start: str, stop: str):
   out = []
   for label in sorted(by_label):
     items = by_label[label]
-    out.extend(items[_bound(start, len(items)):_bound(stop, len(items))])
+    out.extend(items[_bound(start, len(items)) : _bound(stop, len(items))])
   return out
 
 
@@ -114,9 +114,15 @@ def class_names(root: str, split: str) -> Tuple[str, ...]:
     raise DataError(
         f'Dataset folder {root!r} has no split folder {split!r} (found: '
         f'{", ".join(present) or "nothing"}). Expected split/label/image, or set '
-        'config.data.train_split / eval_split / test_split to the folder names you have.')
-  return tuple(sorted(d for d in os.listdir(split_dir)
-                      if os.path.isdir(os.path.join(split_dir, d)) and not d.startswith('.')))
+        'config.data.train_split / eval_split / test_split to the folder names you have.'
+    )
+  return tuple(
+      sorted(
+          d
+          for d in os.listdir(split_dir)
+          if os.path.isdir(os.path.join(split_dir, d)) and not d.startswith('.')
+      )
+  )
 
 
 def _candidates(root: str, split: str, names: Sequence[str], fractions):
@@ -125,8 +131,10 @@ def _candidates(root: str, split: str, names: Sequence[str], fractions):
   pairs = []
   if is_flat(root, split):
     if split not in FLAT_SPLITS:
-      raise DataError(f'{root!r} is a flat folder (label.N.jpg); its splits are '
-                        f'{", ".join(FLAT_SPLITS)}, not {split!r}.')
+      raise DataError(
+          f'{root!r} is a flat folder (label.N.jpg); its splits are '
+          f'{", ".join(FLAT_SPLITS)}, not {split!r}.'
+      )
     by_label = collections.defaultdict(list)
     for path in (os.path.join(root, f) for f in sorted(os.listdir(root))):
       if os.path.isdir(path):
@@ -144,7 +152,7 @@ def _candidates(root: str, split: str, names: Sequence[str], fractions):
     for label, name in enumerate(names):
       files = sorted(by_label[name])
       order = np.random.default_rng(FLAT_SPLIT_SEED).permutation(len(files))
-      lo, hi = (int(round(b * len(files))) for b in bounds[index:index + 2])
+      lo, hi = (int(round(b * len(files))) for b in bounds[index : index + 2])
       pairs.extend((files[i], label) for i in sorted(order[lo:hi]))
     return pairs, skipped
   for label, name in enumerate(names):
@@ -162,8 +170,11 @@ def _tensorflow_decodable(paths: Sequence[str]) -> np.ndarray:
   """Which files tf.io.decode_image reads, checked in parallel by tf.data."""
   ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths), np.arange(len(paths))))
   decode = lambda p, i: tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False)
-  ds = ds.map(lambda p, i: tf.size(decode(p, i), tf.int64) * 0 + i,
-              num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).ignore_errors()
+  ds = ds.map(
+      lambda p, i: tf.size(decode(p, i), tf.int64) * 0 + i,
+      num_parallel_calls=tf.data.AUTOTUNE,
+      deterministic=False,
+  ).ignore_errors()
   ok = np.zeros(len(paths), bool)
   for i in ds.as_numpy_iterator():
     ok[i] = True
@@ -195,14 +206,20 @@ def _usable(paths: List[str], labels: List[int], skipped) -> FolderSplit:
   return FolderSplit(
       paths=np.asarray(paths, dtype=object)[keep],
       labels=np.asarray(labels, np.int32)[keep],
-      inline=np.asarray(inline, dtype=object)[keep],   # object: no padding to the longest
-      skipped={k: tuple(v) for k, v in skipped.items()})
+      inline=np.asarray(inline, dtype=object)[keep],  # object: no padding to the longest
+      skipped={k: tuple(v) for k, v in skipped.items()},
+  )
 
 
 # Listing (and with verify, decoding) a folder is slow; a run reads each split a few times.
 @functools.lru_cache(maxsize=16)
-def read_split(root: str, split: str, names: Tuple[str, ...], verify: bool = True,
-               fractions: Tuple[float, ...] = (0.8, 0.1, 0.1)) -> FolderSplit:
+def read_split(
+    root: str,
+    split: str,
+    names: Tuple[str, ...],
+    verify: bool = True,
+    fractions: Tuple[float, ...] = (0.8, 0.1, 0.1),
+) -> FolderSplit:
   """The usable images of one split (`train`, or sliced per class: `train[:10%]`)."""
   base, start, stop = parse_split(split)
   pairs, skipped = _candidates(root, base, names, fractions)
@@ -212,14 +229,18 @@ def read_split(root: str, split: str, names: Tuple[str, ...], verify: bool = Tru
   if verify:
     result = _usable(paths, labels, skipped)
   else:
-    result = FolderSplit(np.asarray(paths, dtype=object), np.asarray(labels, np.int32),
-                         np.asarray([b''] * len(paths), dtype=object),
-                         {k: tuple(v) for k, v in skipped.items()})
+    result = FolderSplit(
+        np.asarray(paths, dtype=object),
+        np.asarray(labels, np.int32),
+        np.asarray([b''] * len(paths), dtype=object),
+        {k: tuple(v) for k, v in skipped.items()},
+    )
   _report(root, split, names, result, sum(1 for b in result.inline if b))
   if not len(result.paths):
     raise DataError(
         f'Split {split!r} of {root!r} holds no usable image (looked for '
-        f'{", ".join(IMAGE_EXTENSIONS)}; skipped: {_summary(result.skipped) or "nothing"}).')
+        f'{", ".join(IMAGE_EXTENSIONS)}; skipped: {_summary(result.skipped) or "nothing"}).'
+    )
   return result
 
 
@@ -248,11 +269,17 @@ def read_files(specs: Sequence[str]) -> FolderSplit:
         paths.append(path)
   result = _usable(paths, [0] * len(paths), skipped)
   if result.skipped:
-    logging.warning('skipped %d files (%s), e.g. %s', sum(map(len, result.skipped.values())),
-                    _summary(result.skipped), ', '.join(v[0] for v in result.skipped.values()))
+    logging.warning(
+        'skipped %d files (%s), e.g. %s',
+        sum(map(len, result.skipped.values())),
+        _summary(result.skipped),
+        ', '.join(v[0] for v in result.skipped.values()),
+    )
   if not len(result.paths):
-    raise DataError(f'No usable image in {", ".join(specs)} (looked for '
-                    f'{", ".join(IMAGE_EXTENSIONS)}; skipped: {_summary(result.skipped)}).')
+    raise DataError(
+        f'No usable image in {", ".join(specs)} (looked for '
+        f'{", ".join(IMAGE_EXTENSIONS)}; skipped: {_summary(result.skipped)}).'
+    )
   return result
 
 
@@ -262,13 +289,23 @@ def _summary(skipped: Dict[str, Tuple[str, ...]]) -> str:
 
 def _report(root, split, names, result: FolderSplit, converted: int):
   if result.skipped:
-    examples = [v[0] for _, v in sorted(result.skipped.items())]   # one of each kind
+    examples = [v[0] for _, v in sorted(result.skipped.items())]  # one of each kind
     total = sum(len(v) for v in result.skipped.values())
-    logging.warning('%s/%s: skipped %d files (%s), e.g. %s', root, split, total,
-                    _summary(result.skipped), ', '.join(examples))
+    logging.warning(
+        '%s/%s: skipped %d files (%s), e.g. %s',
+        root,
+        split,
+        total,
+        _summary(result.skipped),
+        ', '.join(examples),
+    )
   if converted:
-    logging.info('%s/%s: %d images that TensorFlow cannot decode were converted by Pillow.',
-                 root, split, converted)
+    logging.info(
+        '%s/%s: %d images that TensorFlow cannot decode were converted by Pillow.',
+        root,
+        split,
+        converted,
+    )
   counts = np.bincount(result.labels, minlength=len(names))
   for name, count in zip(names, counts):
     if count == 0:

@@ -30,7 +30,7 @@ CATS_VS_DOGS_ZIP = 'kagglecatsanddogs_5340.zip'
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
   class_names: Tuple[str, ...]
-  num_examples: Dict[str, int]   # split name -> number of images (all processes)
+  num_examples: Dict[str, int]  # split name -> number of images (all processes)
 
 
 def keep_tensorflow_off_gpus():
@@ -38,7 +38,7 @@ def keep_tensorflow_off_gpus():
   (main.py does; so does the first pipeline built); afterwards TensorFlow refuses, harmlessly."""
   try:
     tf.config.set_visible_devices([], 'GPU')
-  except RuntimeError:   # TensorFlow already initialised its devices
+  except RuntimeError:  # TensorFlow already initialised its devices
     pass
 
 
@@ -47,20 +47,24 @@ def is_folder(dataset: str) -> bool:
 
 
 def config_splits(config) -> Dict[str, str]:
-  return {'train': config.data.train_split, 'validation': config.data.eval_split,
-          'test': config.data.test_split}
+  return {
+      'train': config.data.train_split,
+      'validation': config.data.eval_split,
+      'test': config.data.test_split,
+  }
 
 
 # --------------------------------------------------------------------------- folders
 
 
 def _folder_root(config) -> str:
-  root = os.path.expanduser(config.data.dataset[len(FOLDER_PREFIX):])
+  root = os.path.expanduser(config.data.dataset[len(FOLDER_PREFIX) :])
   if not os.path.isdir(root):
     raise DataError(
         f'Dataset folder {root!r} does not exist (config.data.dataset={config.data.dataset!r}). '
         'Expected a folder laid out as split/label/image, e.g. '
-        'PATH/train/cats/cat.1.jpg; pass --config.data.dataset=folder:PATH.')
+        'PATH/train/cats/cat.1.jpg; pass --config.data.dataset=folder:PATH.'
+    )
   return root
 
 
@@ -73,24 +77,32 @@ def _tfds_builder(config):
   except Exception as e:  # tfds raises several types for unknown names
     raise DataError(
         f'Unknown dataset {config.data.dataset!r}: not a tfds name, and not '
-        f'"{FOLDER_PREFIX}PATH" for an image folder. ({e})') from e
+        f'"{FOLDER_PREFIX}PATH" for an image folder. ({e})'
+    ) from e
   if builder.is_prepared():
     return builder
   manual = os.path.join(builder.data_dir_root, 'downloads', 'manual')
   advice = (
       'To train on an image folder instead, pass --config.data.dataset=folder:PATH '
-      '(PATH/train/<label>/*.jpg, PATH/validation/..., PATH/test/...).')
+      '(PATH/train/<label>/*.jpg, PATH/validation/..., PATH/test/...).'
+  )
   if config.data.dataset == 'cats_vs_dogs':
-    advice += (f' Or place the official {CATS_VS_DOGS_ZIP} in {manual}/ and run again: '
-               'tfds prepares the dataset from it without downloading.')
+    advice += (
+        f' Or place the official {CATS_VS_DOGS_ZIP} in {manual}/ and run again: '
+        'tfds prepares the dataset from it without downloading.'
+    )
   if not config.data.download:
-    raise DataError(f'tfds dataset {config.data.dataset!r} is not prepared in '
-                    f'{builder.data_dir_root} and config.data.download is False. {advice}')
+    raise DataError(
+        f'tfds dataset {config.data.dataset!r} is not prepared in '
+        f'{builder.data_dir_root} and config.data.download is False. {advice}'
+    )
   try:
     builder.download_and_prepare()
   except Exception as e:
-    raise DataError(f'Could not download tfds dataset {config.data.dataset!r} ({type(e).__name__}: '
-                    f'{str(e)[:300]}). {advice}') from e
+    raise DataError(
+        f'Could not download tfds dataset {config.data.dataset!r} ({type(e).__name__}: '
+        f'{str(e)[:300]}). {advice}'
+    ) from e
   return builder
 
 
@@ -102,8 +114,10 @@ def _tfds_num_examples(builder, split: str) -> int:
   try:
     return builder.info.splits[split].num_examples
   except (KeyError, ValueError) as e:
-    raise DataError(f'tfds dataset {builder.name!r} has no split {split!r} '
-                    f'(available: {", ".join(builder.info.splits)}). ({e})') from e
+    raise DataError(
+        f'tfds dataset {builder.name!r} has no split {split!r} '
+        f'(available: {", ".join(builder.info.splits)}). ({e})'
+    ) from e
 
 
 # --------------------------------------------------------------------------- describe
@@ -122,8 +136,10 @@ def describe(config) -> DatasetInfo:
     for role, split in splits.items():
       extra = sorted(set(folders.class_names(root, split)) - set(class_names))
       if extra:
-        raise DataError(f'Split {split!r} of {root!r} has labels {extra} that the '
-                        f'training split {config.data.train_split!r} lacks ({list(class_names)}).')
+        raise DataError(
+            f'Split {split!r} of {root!r} has labels {extra} that the '
+            f'training split {config.data.train_split!r} lacks ({list(class_names)}).'
+        )
       counts[role] = len(_folder_split(config, split, class_names).paths)
     return DatasetInfo(class_names, counts)
   builder = _tfds_builder(config)
@@ -139,24 +155,36 @@ def describe(config) -> DatasetInfo:
 
 
 def _folder_split(config, split: str, class_names) -> folders.FolderSplit:
-  return folders.read_split(_folder_root(config), split, tuple(class_names),
-                            config.data.verify_images, tuple(config.data.flat_split_fractions))
+  return folders.read_split(
+      _folder_root(config),
+      split,
+      tuple(class_names),
+      config.data.verify_images,
+      tuple(config.data.flat_split_fractions),
+  )
 
 
 class ImagePipeline(Batching):
   """One split of a dataset, this process's part of it, as numpy batches."""
 
-  def __init__(self, config, split: str, class_names: Sequence[str],
-               process_index: Optional[int] = None, process_count: Optional[int] = None,
-               files: Optional[folders.FolderSplit] = None):
+  def __init__(
+      self,
+      config,
+      split: str,
+      class_names: Sequence[str],
+      process_index: Optional[int] = None,
+      process_count: Optional[int] = None,
+      files: Optional[folders.FolderSplit] = None,
+  ):
     """`files` (from `folders.read_files`) replaces the split: images to predict on."""
     self.config = config
     self.split = split
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
     if config.batch_size % count:
-      raise DataError(f'config.batch_size={config.batch_size} is not divisible by the '
-                      f'{count} processes.')
+      raise DataError(
+          f'config.batch_size={config.batch_size} is not divisible by the ' f'{count} processes.'
+      )
     self.local_batch = config.batch_size // count
     self._from_path = is_folder(config.data.dataset) or files is not None
     if self._from_path:
@@ -165,16 +193,21 @@ class ImagePipeline(Batching):
       self.fingerprint = hashlib.sha256('\n'.join(found.paths).encode()).hexdigest()
       part = slice(index, None, count)
       self._source = tf.data.Dataset.from_tensor_slices(
-          (found.paths[part], found.inline[part], found.labels[part]))
+          (found.paths[part], found.inline[part], found.labels[part])
+      )
     else:
       builder = _tfds_builder(config)
       subsplits = [_tfds_process_split(split, i, count) for i in range(count)]
       self.examples_per_process = [_tfds_num_examples(builder, s) for s in subsplits]
       self.fingerprint = f'{builder.name}:{builder.version}:{split}'  # tfds data is versioned
-      ds = builder.as_dataset(split=subsplits[index], shuffle_files=False,
-                              decoders={config.data.image_key: tfds.decode.SkipDecoding()})
-      self._source = ds.map(lambda d: ('', d[config.data.image_key],
-                                       tf.cast(d[config.data.label_key], tf.int32)))
+      ds = builder.as_dataset(
+          split=subsplits[index],
+          shuffle_files=False,
+          decoders={config.data.image_key: tfds.decode.SkipDecoding()},
+      )
+      self._source = ds.map(
+          lambda d: ('', d[config.data.image_key], tf.cast(d[config.data.label_key], tf.int32))
+      )
     self.num_examples = self.examples_per_process[index]
     self._decoded = self._source.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE)
     if config.data.cache:
@@ -183,14 +216,16 @@ class ImagePipeline(Batching):
   def _decode(self, path, contents, label):
     """`contents` holds the encoded image, or is empty and the image is read from `path`."""
     c = self.config
-    data = tf.cond(tf.strings.length(contents) > 0, lambda: contents,
-                   lambda: tf.io.read_file(path))
+    data = tf.cond(tf.strings.length(contents) > 0, lambda: contents, lambda: tf.io.read_file(path))
     image = tf.io.decode_image(data, channels=c.data.channels, expand_animations=False)
-    image = tf.image.resize(image, (c.data.image_size, c.data.image_size), method=c.data.resize_method,
-                            antialias=True)
+    image = tf.image.resize(
+        image, (c.data.image_size, c.data.image_size), method=c.data.resize_method, antialias=True
+    )
     image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-    return {'image': tf.ensure_shape(image, (c.data.image_size, c.data.image_size, c.data.channels)),
-            'label': label}
+    return {
+        'image': tf.ensure_shape(image, (c.data.image_size, c.data.image_size, c.data.channels)),
+        'label': label,
+    }
 
   def train_epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[dict]:
     """Shuffled full batches of epoch `epoch`, starting after `skip_batches`."""
@@ -213,8 +248,17 @@ class ImagePipeline(Batching):
     for batch in ds.as_numpy_iterator():
       yield pad_batch(batch, self.local_batch)
       yielded += 1
-    empty = {'image': np.zeros((0, self.config.data.image_size, self.config.data.image_size,
-                                 self.config.data.channels), np.uint8),
-             'label': np.zeros((0,), np.int32)}
+    empty = {
+        'image': np.zeros(
+            (
+                0,
+                self.config.data.image_size,
+                self.config.data.image_size,
+                self.config.data.channels,
+            ),
+            np.uint8,
+        ),
+        'label': np.zeros((0,), np.int32),
+    }
     for _ in range(self.num_eval_batches - yielded):
       yield pad_batch(empty, self.local_batch)

@@ -44,8 +44,14 @@ def identity(images):
 
 # 'auto' is resolved by `experiment.build` to the preprocessing of the init_from
 # weights; without init_from (or outside build) it means 1/255.
-PREPROCESSORS = {'auto': rescale, 'rescale': rescale, 'caffe': caffe, 'torch': torch,
-                 'inception': inception, 'none': identity}
+PREPROCESSORS = {
+    'auto': rescale,
+    'rescale': rescale,
+    'caffe': caffe,
+    'torch': torch,
+    'inception': inception,
+    'none': identity,
+}
 
 
 def resolve(name: str, weights_metadata) -> str:
@@ -57,6 +63,8 @@ def resolve(name: str, weights_metadata) -> str:
 
 def get_preprocessor(name: str):
   if name not in PREPROCESSORS:
-    raise ValueError(f'Unknown preprocessing {name!r} (config.data.preprocess); '
-                     f'choose one of: {", ".join(PREPROCESSORS)}.')
+    raise ValueError(
+        f'Unknown preprocessing {name!r} (config.data.preprocess); '
+        f'choose one of: {", ".join(PREPROCESSORS)}.'
+    )
   return PREPROCESSORS[name]

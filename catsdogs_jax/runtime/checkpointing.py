@@ -22,9 +22,9 @@ from catsdogs_jax.runtime import distributed
 from catsdogs_jax.runtime.workdir_files import WorkdirError
 
 STATE, HISTORY = 'state', 'history'
-CHECKPOINTS_DIR = 'checkpoints'        # in a workdir: one folder per saved step
-TMP_MARKER = '.orbax-checkpoint-tmp'   # how Orbax names a save still in progress
-DAMAGED_DIR = 'checkpoints_damaged'    # checkpoints that did not restore, kept for inspection
+CHECKPOINTS_DIR = 'checkpoints'  # in a workdir: one folder per saved step
+TMP_MARKER = '.orbax-checkpoint-tmp'  # how Orbax names a save still in progress
+DAMAGED_DIR = 'checkpoints_damaged'  # checkpoints that did not restore, kept for inspection
 
 
 def monitor_mode(metric: str) -> str:
@@ -50,22 +50,35 @@ class Checkpoints:
     monitor = config.checkpoint.best_monitor
     mode = monitor_mode(monitor)
     best_fn = lambda metrics: metrics[monitor]
-    policy = policies.AnyPreservationPolicy([
-        policies.LatestN(n=config.checkpoint.keep),
-        policies.BestN(get_metric_fn=best_fn, reverse=(mode == 'min'), n=1,
-                       keep_checkpoints_without_metrics=False),
-    ])
+    policy = policies.AnyPreservationPolicy(
+        [
+            policies.LatestN(n=config.checkpoint.keep),
+            policies.BestN(
+                get_metric_fn=best_fn,
+                reverse=(mode == 'min'),
+                n=1,
+                keep_checkpoints_without_metrics=False,
+            ),
+        ]
+    )
     self.directory = os.path.join(self.workdir, CHECKPOINTS_DIR)
     self.read_only = read_only
     if not read_only and jax.process_index() == 0:
       for path in glob.glob(os.path.join(self.directory, f'*{TMP_MARKER}*')):
-        logging.warning('Removing %s: a checkpoint a crash left half-written (never restored).',
-                        path)
+        logging.warning(
+            'Removing %s: a checkpoint a crash left half-written (never restored).', path
+        )
     options = ocp.CheckpointManagerOptions(
-        best_fn=best_fn, best_mode=mode, preservation_policy=policy,
-        create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=(STATE, HISTORY))
+        best_fn=best_fn,
+        best_mode=mode,
+        preservation_policy=policy,
+        create=not read_only,
+        read_only=read_only,
+        cleanup_tmp_directories=not read_only,
+    )
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=(STATE, HISTORY)
+    )
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -78,13 +91,19 @@ class Checkpoints:
 
   def save(self, step: int, state, history: Dict[str, Any], metrics: Dict[str, float]):
     """A checkpoint of `step`, written in the background (`wait` for it); never over another."""
-    if step in self.manager.all_steps():   # Orbax would skip it and keep the old one, silently
-      raise WorkdirError(f'{self.directory} already holds a checkpoint at step {step}: train in a '
-                         'new workdir, or resume this one with the same command.')
+    if step in self.manager.all_steps():  # Orbax would skip it and keep the old one, silently
+      raise WorkdirError(
+          f'{self.directory} already holds a checkpoint at step {step}: train in a '
+          'new workdir, or resume this one with the same command.'
+      )
     with self._disk_full_is_clear():
-      self.manager.save(step, args=ocp.args.Composite(**{
-          STATE: ocp.args.StandardSave(state), HISTORY: ocp.args.JsonSave(history)}),
-          metrics=metrics)
+      self.manager.save(
+          step,
+          args=ocp.args.Composite(
+              **{STATE: ocp.args.StandardSave(state), HISTORY: ocp.args.JsonSave(history)}
+          ),
+          metrics=metrics,
+      )
 
   @contextlib.contextmanager
   def _disk_full_is_clear(self):
@@ -98,7 +117,7 @@ class Checkpoints:
       if 'No space left on device' not in str(e) and getattr(e, 'errno', None) != errno.ENOSPC:
         raise
       try:
-        self.manager.wait_until_finished()   # let background threads settle before cleaning up
+        self.manager.wait_until_finished()  # let background threads settle before cleaning up
       except Exception:  # the same failure again
         pass
       for path in glob.glob(os.path.join(self.directory, f'*{TMP_MARKER}*')):
@@ -108,9 +127,14 @@ class Checkpoints:
       raise WorkdirError(
           f'The disk holding {self.directory} is full ({usage.free / 2**20:.1f} MiB free of '
           f'{usage.total / 2**20:.1f} MiB) while saving a checkpoint; the unfinished save was '
-          'removed. ' + (f'The checkpoint at step {intact[-1]} is intact: free space (or lower '
-                         'config.checkpoint.keep) and run the same command again to resume '
-                         'from it.' if intact else 'Free space and run the same command again.')
+          'removed. '
+          + (
+              f'The checkpoint at step {intact[-1]} is intact: free space (or lower '
+              'config.checkpoint.keep) and run the same command again to resume '
+              'from it.'
+              if intact
+              else 'Free space and run the same command again.'
+          )
       ) from e
 
   def restore_newest(self, abstract_state) -> Optional[Tuple[Any, Dict[str, Any]]]:
@@ -129,20 +153,26 @@ class Checkpoints:
         first_line = (str(e).splitlines() or [''])[0][:160]
         failures.append(f'step {step}: {type(e).__name__}: {first_line}')
         damaged.append(step)
-        logging.warning('The checkpoint at step %d in %s does not restore (%s); trying the one '
-                        'before it.', step, self.directory, failures[-1])
+        logging.warning(
+            'The checkpoint at step %d in %s does not restore (%s); trying the one ' 'before it.',
+            step,
+            self.directory,
+            failures[-1],
+        )
         continue
       self._set_aside(damaged)
       return restored
     if failures:
-      raise WorkdirError(f'No checkpoint in {self.directory} restores ({"; ".join(failures)}). '
-                         'Nothing was changed; move the checkpoints away to start afresh.')
+      raise WorkdirError(
+          f'No checkpoint in {self.directory} restores ({"; ".join(failures)}). '
+          'Nothing was changed; move the checkpoints away to start afresh.'
+      )
     return None
 
   def _set_aside(self, steps):
     if self.read_only or not steps:
       return
-    if jax.process_index() == 0:   # every process found the same ones damaged
+    if jax.process_index() == 0:  # every process found the same ones damaged
       aside = os.path.join(self.workdir, DAMAGED_DIR)
       os.makedirs(aside, exist_ok=True)
       for step in steps:
@@ -154,8 +184,12 @@ class Checkpoints:
 
   def restore(self, step: int, abstract_state) -> Tuple[Any, Dict[str, Any]]:
     """Restores `step` into the structure, dtypes and shardings of `abstract_state`."""
-    restored = self.manager.restore(step, args=ocp.args.Composite(**{
-        STATE: ocp.args.StandardRestore(abstract_state), HISTORY: ocp.args.JsonRestore()}))
+    restored = self.manager.restore(
+        step,
+        args=ocp.args.Composite(
+            **{STATE: ocp.args.StandardRestore(abstract_state), HISTORY: ocp.args.JsonRestore()}
+        ),
+    )
     return restored[STATE], restored[HISTORY]
 
   def wait(self):

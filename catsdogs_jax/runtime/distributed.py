@@ -16,8 +16,8 @@ that stopped sending heartbeats). Restart every process with the same command
 to resume from the last checkpoint.
 """
 
-import importlib.metadata
 import hashlib
+import importlib.metadata
 import json
 import os
 import socket
@@ -31,7 +31,7 @@ from absl import flags, logging
 from catsdogs_jax.runtime.workdir_files import differences
 
 ENV_NUM_PROCESSES, ENV_PROCESS_ID = 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'
-ENV_COORDINATOR = 'JAX_COORDINATOR_ADDRESS'   # JAX reads it too
+ENV_COORDINATOR = 'JAX_COORDINATOR_ADDRESS'  # JAX reads it too
 
 
 class DistributedError(RuntimeError):
@@ -51,8 +51,10 @@ def _env_int(name: str) -> Optional[int]:
 def _split_address(address: str):
   host, sep, port = address.rpartition(':')
   if not sep or not host or not port.isdigit():
-    raise DistributedError(f'Coordinator address {address!r} is not HOST:PORT (e.g. '
-                           '10.0.0.1:1234, the first host and a free port).')
+    raise DistributedError(
+        f'Coordinator address {address!r} is not HOST:PORT (e.g. '
+        '10.0.0.1:1234, the first host and a free port).'
+    )
   return host.strip('[]'), int(port)
 
 
@@ -78,13 +80,19 @@ def wait_for_coordinator(address: str, timeout: float, process_id: int):
             f'{timeout:g} s ({e.strerror or e}). Check that process 0 is running (started with '
             f'--process_id=0 and this --coordinator_address), that {host} is the address of '
             f'its host as seen from here, that port {port} is open between the hosts '
-            '(firewall), and raise --distributed_timeout if process 0 starts later.') from None
+            '(firewall), and raise --distributed_timeout if process 0 starts later.'
+        ) from None
       time.sleep(0.5)
 
 
-def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-               process_id: Optional[int] = None, auto: bool = False, timeout: int = 300,
-               heartbeat_timeout: int = 100) -> bool:
+def initialize(
+    coordinator_address: Optional[str] = None,
+    num_processes: Optional[int] = None,
+    process_id: Optional[int] = None,
+    auto: bool = False,
+    timeout: int = 300,
+    heartbeat_timeout: int = 100,
+) -> bool:
   """Starts jax.distributed if asked (see the module doc); returns whether it did.
 
   Call it before anything else touches JAX's devices.
@@ -92,8 +100,11 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
   coordinator_address = coordinator_address or os.environ.get(ENV_COORDINATOR) or None
   num_processes = _env_int(ENV_NUM_PROCESSES) if num_processes is None else num_processes
   process_id = _env_int(ENV_PROCESS_ID) if process_id is None else process_id
-  given = {'--coordinator_address': coordinator_address, '--num_processes': num_processes,
-           '--process_id': process_id}
+  given = {
+      '--coordinator_address': coordinator_address,
+      '--num_processes': num_processes,
+      '--process_id': process_id,
+  }
   if not auto and all(v is None for v in given.values()):
     return False
   missing = [k for k, v in given.items() if v is None]
@@ -101,32 +112,51 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
     raise DistributedError(
         f'Several processes need {", ".join(missing)} too (or the environment variables '
         f'{ENV_COORDINATOR}, {ENV_NUM_PROCESSES}, {ENV_PROCESS_ID}); or pass --distributed '
-        'alone to let JAX detect them (SLURM, Open MPI, Kubernetes, Cloud TPU).')
+        'alone to let JAX detect them (SLURM, Open MPI, Kubernetes, Cloud TPU).'
+    )
   if not missing:
     if num_processes < 1 or not 0 <= process_id < num_processes:
-      raise DistributedError(f'--process_id={process_id} must be in 0..{num_processes - 1} '
-                             f'for --num_processes={num_processes}.')
+      raise DistributedError(
+          f'--process_id={process_id} must be in 0..{num_processes - 1} '
+          f'for --num_processes={num_processes}.'
+      )
     _split_address(coordinator_address)
   # Collectives between the CPU devices of several processes (GPUs use NCCL).
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   if process_id == 0:
-    logging.info('process 0 of %d: coordinator on %s; waiting up to %d s for every process to '
-                 'connect', num_processes, coordinator_address, timeout)
+    logging.info(
+        'process 0 of %d: coordinator on %s; waiting up to %d s for every process to ' 'connect',
+        num_processes,
+        coordinator_address,
+        timeout,
+    )
   elif process_id is not None:
     wait_for_coordinator(coordinator_address, timeout, process_id)
   try:
-    jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                               initialization_timeout=timeout,
-                               heartbeat_timeout_seconds=heartbeat_timeout)
-  except (ValueError, RuntimeError) as e:   # e.g. auto-detection found no cluster
-    raise DistributedError(f'jax.distributed could not start: {e}. Pass --coordinator_address, '
-                           '--num_processes and --process_id.') from e
+    jax.distributed.initialize(
+        coordinator_address,
+        num_processes,
+        process_id,
+        initialization_timeout=timeout,
+        heartbeat_timeout_seconds=heartbeat_timeout,
+    )
+  except (ValueError, RuntimeError) as e:  # e.g. auto-detection found no cluster
+    raise DistributedError(
+        f'jax.distributed could not start: {e}. Pass --coordinator_address, '
+        '--num_processes and --process_id.'
+    ) from e
   _orbax_barriers_through_the_distributed_client()
-  logging.info('process %d of %d (%s), %d local devices of %d; if a process dies, the others '
-               'stop within %d s (--heartbeat_timeout): then start all of them again with the '
-               'same command to resume', jax.process_index(), jax.process_count(),
-               socket.gethostname(), jax.local_device_count(), jax.device_count(),
-               heartbeat_timeout)
+  logging.info(
+      'process %d of %d (%s), %d local devices of %d; if a process dies, the others '
+      'stop within %d s (--heartbeat_timeout): then start all of them again with the '
+      'same command to resume',
+      jax.process_index(),
+      jax.process_count(),
+      socket.gethostname(),
+      jax.local_device_count(),
+      jax.device_count(),
+      heartbeat_timeout,
+  )
   return True
 
 
@@ -138,16 +168,19 @@ def _orbax_barriers_through_the_distributed_client():
   """
   try:
     flags.FLAGS.experimental_orbax_use_distributed_barrier = True
-  except (AttributeError, flags.Error):   # flags not parsed (a library caller): Orbax's default
-    logging.warning('Could not make Orbax use distributed barriers; several processes may '
-                    'deadlock while saving. Parse absl flags first (absl.app.run).')
+  except (AttributeError, flags.Error):  # flags not parsed (a library caller): Orbax's default
+    logging.warning(
+        'Could not make Orbax use distributed barriers; several processes may '
+        'deadlock while saving. Parse absl flags first (absl.app.run).'
+    )
 
 
 def _allgather_bytes(data: bytes) -> List[bytes]:
   from jax.experimental import multihost_utils
+
   lengths = multihost_utils.process_allgather(np.array([len(data)], np.int64)).reshape(-1)
   padded = np.zeros(int(lengths.max()), np.uint8)
-  padded[:len(data)] = np.frombuffer(data, np.uint8)
+  padded[: len(data)] = np.frombuffer(data, np.uint8)
   rows = multihost_utils.process_allgather(padded).reshape(len(lengths), -1)
   return [bytes(row[:n]) for row, n in zip(rows, lengths)]
 
@@ -167,12 +200,16 @@ def check_same(what: Dict[str, Any]):
   lines = []
   for i, text in enumerate(texts):
     if digests[i] != digests[0]:
-      fields = '; '.join(f'{k}: {a!r} vs {b!r}'
-                         for k, (a, b) in differences(texts[0], text).items())
+      fields = '; '.join(
+          f'{k}: {a!r} vs {b!r}' for k, (a, b) in differences(texts[0], text).items()
+      )
       lines.append(f'process {i} differs from process 0 in {fields}')
-  raise DistributedError('The processes were started with different configs or flags ('
-                         + '. '.join(lines) + '). Start every process with the same command; '
-                         'only the process id may differ.')
+  raise DistributedError(
+      'The processes were started with different configs or flags ('
+      + '. '.join(lines)
+      + '). Start every process with the same command; '
+      'only the process id may differ.'
+  )
 
 
 def any_process(flag: bool) -> bool:
@@ -180,6 +217,7 @@ def any_process(flag: bool) -> bool:
   if jax.process_count() == 1:
     return bool(flag)
   from jax.experimental import multihost_utils
+
   return bool(multihost_utils.process_allgather(np.array([bool(flag)])).any())
 
 
@@ -187,11 +225,23 @@ def barrier(name: str):
   """Waits until every process gets here (e.g. after process 0 changed files)."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices(name)
 
 
-LIBRARIES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'clu', 'ml-collections',
-             'numpy', 'tensorflow-cpu', 'tensorflow', 'tensorflow-datasets')
+LIBRARIES = (
+    'jax',
+    'jaxlib',
+    'flax',
+    'optax',
+    'orbax-checkpoint',
+    'clu',
+    'ml-collections',
+    'numpy',
+    'tensorflow-cpu',
+    'tensorflow',
+    'tensorflow-datasets',
+)
 
 
 def environment() -> str:
@@ -202,5 +252,7 @@ def environment() -> str:
     except importlib.metadata.PackageNotFoundError:
       pass
   devices = ', '.join(f'{d.platform}:{d.id}' for d in jax.devices())
-  return (f'processes: {jax.process_count()} (this is {jax.process_index()}), '
-          f'devices: {jax.device_count()} [{devices}]\nversions: {", ".join(versions)}')
+  return (
+      f'processes: {jax.process_count()} (this is {jax.process_index()}), '
+      f'devices: {jax.device_count()} [{devices}]\nversions: {", ".join(versions)}'
+  )

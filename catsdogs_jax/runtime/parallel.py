@@ -5,7 +5,8 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = 'data'
 
@@ -48,8 +49,12 @@ def jit_init(init_fn, mesh: Mesh):
 def jit_train_step(train_step, mesh: Mesh):
   """Jits the train step once: batch split over `data`, state replicated and donated."""
   rep = replicated(mesh)
-  return jax.jit(train_step, in_shardings=(rep, batch_sharding(mesh)),
-                 out_shardings=(rep, rep, rep), donate_argnums=(0,))
+  return jax.jit(
+      train_step,
+      in_shardings=(rep, batch_sharding(mesh)),
+      out_shardings=(rep, rep, rep),
+      donate_argnums=(0,),
+  )
 
 
 def jit_eval_step(eval_step, mesh: Mesh):

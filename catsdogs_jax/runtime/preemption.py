@@ -11,7 +11,6 @@ import threading
 from typing import Optional
 
 import jax
-
 from absl import logging
 
 from catsdogs_jax.runtime import distributed
@@ -34,8 +33,11 @@ class Guard:
     if self.received is not None and signum == signal.SIGINT:
       raise KeyboardInterrupt('second Ctrl-C: exiting without a checkpoint')
     self.received = signal.Signals(signum).name
-    logging.warning('%s received: finishing the current step, then writing a checkpoint '
-                    '(press Ctrl-C again to exit at once, without one).', self.received)
+    logging.warning(
+        '%s received: finishing the current step, then writing a checkpoint '
+        '(press Ctrl-C again to exit at once, without one).',
+        self.received,
+    )
 
   def stop(self, sync_point: bool) -> bool:
     """Whether to stop now. With several processes, only at a `sync_point` (a collective: all call it)."""

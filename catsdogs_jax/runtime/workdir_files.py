@@ -36,8 +36,8 @@ def _alive(pid: int) -> bool:
   except ProcessLookupError:
     return False
   except PermissionError:
-    return True   # another user's process
-  try:   # a killed child its parent has not reaped yet is not running either
+    return True  # another user's process
+  try:  # a killed child its parent has not reaped yet is not running either
     with open(f'/proc/{pid}/stat') as f:
       return f.read().split(')')[-1].split()[0] != 'Z'
   except OSError:
@@ -49,7 +49,7 @@ def _read_lock(path: str):
     with open(path) as f:
       return json.load(f)
   except (OSError, ValueError):
-    return None   # removed meanwhile, or half-written by a process that died writing it
+    return None  # removed meanwhile, or half-written by a process that died writing it
 
 
 class Lock:
@@ -66,10 +66,15 @@ class Lock:
       open(probe, 'w').close()
       os.remove(probe)
     except OSError as e:
-      raise WorkdirError(f'Cannot write to --workdir={workdir!r} ({e.strerror}: {e.filename}); '
-                         'choose a folder this user can write to.') from e
-    me = {'host': socket.gethostname(), 'pid': os.getpid(),
-          'since': time.strftime('%Y-%m-%d %H:%M:%S')}
+      raise WorkdirError(
+          f'Cannot write to --workdir={workdir!r} ({e.strerror}: {e.filename}); '
+          'choose a folder this user can write to.'
+      ) from e
+    me = {
+        'host': socket.gethostname(),
+        'pid': os.getpid(),
+        'since': time.strftime('%Y-%m-%d %H:%M:%S'),
+    }
     while not self.held:
       try:
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -86,10 +91,15 @@ class Lock:
       raise WorkdirError(
           f'{workdir!r} is in use by process {holder.get("pid")} on {holder.get("host")} '
           f'(since {holder.get("since")}): one run per workdir. Wait for it or stop it, or use '
-          f'another --workdir. If that process is gone, delete {self.path}.')
-    logging.warning('Taking over the lock of %s: %s.', workdir,
-                    'its file was unreadable' if holder is None else
-                    f'process {holder["pid"]} on {host} that held it is no longer running')
+          f'another --workdir. If that process is gone, delete {self.path}.'
+      )
+    logging.warning(
+        'Taking over the lock of %s: %s.',
+        workdir,
+        'its file was unreadable'
+        if holder is None
+        else f'process {holder["pid"]} on {host} that held it is no longer running',
+    )
     try:
       os.remove(self.path)
     except FileNotFoundError:
@@ -121,8 +131,10 @@ def read_run_config(workdir: str):
 
 def model_signature(config, abstract_params) -> Dict[str, Any]:
   """What identifies a model for resuming: its name and every parameter's shape."""
-  shapes = {'/'.join(str(getattr(k, 'key', k)) for k in path): list(leaf.shape)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+  shapes = {
+      '/'.join(str(getattr(k, 'key', k)) for k in path): list(leaf.shape)
+      for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+  }
   return {'model': config.model.name, 'parameters': shapes}
 
 
@@ -139,7 +151,8 @@ def check_model(workdir: str, signature: Dict[str, Any], write: bool = True):
           f'Workdir {workdir!r} holds checkpoints of a different model '
           f'({previous["model"]!r}, now {signature["model"]!r}; {len(differ)} parameters '
           f'differ, e.g. {", ".join(differ[:3])}). Use a new --workdir, or the config that '
-          'trained it.')
+          'trained it.'
+      )
   elif write and jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(path, 'w') as f:
@@ -149,8 +162,11 @@ def check_model(workdir: str, signature: Dict[str, Any], write: bool = True):
 def differences(before: Dict[str, Any], now: Dict[str, Any]) -> Dict[str, tuple]:
   """Dotted field -> (value before, value now) for the fields in which two nested dicts differ."""
   before, now = (traverse_util.flatten_dict(d, sep='.') for d in (before, now))
-  return {k: (before.get(k), now.get(k)) for k in sorted(set(before) | set(now))
-          if before.get(k) != now.get(k)}
+  return {
+      k: (before.get(k), now.get(k))
+      for k in sorted(set(before) | set(now))
+      if before.get(k) != now.get(k)
+  }
 
 
 def config_differences(previous: Dict[str, Any], config) -> Dict[str, tuple]:
@@ -176,18 +192,23 @@ def check_config_change(workdir: str, config, state_signature: Callable[[Any], A
   for key, (old, new) in differences.items():
     try:
       # JSON holds tuples as lists: a list now means a tuple field.
-      reverted = set_fields(config.copy_and_resolve_references(),
-                            {key: tuple(old) if isinstance(new, list) else old})
+      reverted = set_fields(
+          config.copy_and_resolve_references(), {key: tuple(old) if isinstance(new, list) else old}
+      )
       if state_signature(reverted) != now:
         structural.append(key)
     except (KeyError, AttributeError, TypeError, ValueError):
-      structural.append(key)   # a field this code no longer has, or cannot take the old value
+      structural.append(key)  # a field this code no longer has, or cannot take the old value
   listing = '; '.join(f'{k}: {old!r} -> {new!r}' for k, (old, new) in differences.items())
   if structural:
     raise WorkdirError(
         f'The config differs from the one {workdir!r} was trained with in fields that change '
         f'the parameters or optimizer state ({", ".join(structural)}); its checkpoints cannot '
         f'resume with it. All differences: {listing}. Either train in a new --workdir, or '
-        f'start from this run\'s weights with --config.init_from={workdir}.')
-  logging.warning('The config differs from the one %s was trained with (resuming with the new '
-                  'values): %s', workdir, listing)
+        f"start from this run's weights with --config.init_from={workdir}."
+    )
+  logging.warning(
+      'The config differs from the one %s was trained with (resuming with the new ' 'values): %s',
+      workdir,
+      listing,
+  )

@@ -12,15 +12,21 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from catsdogs_jax.training import epoch_log
 from catsdogs_jax.tools import plots
 from catsdogs_jax.tools.sweep import VARIANT_JSON
+from catsdogs_jax.training import epoch_log
 
 COMPARE_CSV, COMPARE_MD, COMPARE_PNG = 'compare.csv', 'compare.md', 'compare.png'
 STATS = ('best_val_accuracy', 'final_val_accuracy', 'test_accuracy')
-COLUMNS = ('variant', 'overrides', 'seeds',
-           *(f'{s}_{m}' for s in STATS for m in ('mean', 'std')),
-           'epochs', 'wall_time_s', 'images_per_second')
+COLUMNS = (
+    'variant',
+    'overrides',
+    'seeds',
+    *(f'{s}_{m}' for s in STATS for m in ('mean', 'std')),
+    'epochs',
+    'wall_time_s',
+    'images_per_second',
+)
 
 
 def _read_json(path: str) -> Optional[Dict[str, Any]]:
@@ -42,8 +48,9 @@ def find_runs(patterns: Sequence[str]) -> Dict[str, List[str]]:
       if os.path.exists(os.path.join(workdir, epoch_log.LOG_CSV)):
         runs = [workdir]
       else:
-        runs = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(workdir, '*',
-                                                                         epoch_log.LOG_CSV)))
+        runs = sorted(
+            os.path.dirname(p) for p in glob.glob(os.path.join(workdir, '*', epoch_log.LOG_CSV))
+        )
       if runs:
         variants[os.path.normpath(workdir)] = runs
   if not variants:
@@ -53,17 +60,23 @@ def find_runs(patterns: Sequence[str]) -> Dict[str, List[str]]:
 
 def run_summary(workdir: str) -> Dict[str, Any]:
   """The numbers of one run, straight from its log.csv and eval_test.json."""
-  rows = [{k: float(v) for k, v in r.items()}
-          for r in epoch_log.read_csv(os.path.join(workdir, epoch_log.LOG_CSV))]
+  rows = [
+      {k: float(v) for k, v in r.items()}
+      for r in epoch_log.read_csv(os.path.join(workdir, epoch_log.LOG_CSV))
+  ]
   test = _read_json(os.path.join(workdir, 'eval_test.json'))
   variant = _read_json(os.path.join(workdir, VARIANT_JSON)) or {}
-  return {'workdir': workdir, 'overrides': variant.get('overrides', {}),
-          'val_accuracy': [r['val_accuracy'] for r in rows],
-          'best_val_accuracy': max(r['val_accuracy'] for r in rows),
-          'final_val_accuracy': rows[-1]['val_accuracy'],
-          'test_accuracy': test['accuracy'] if test else None,
-          'epochs': len(rows), 'wall_time_s': sum(r['seconds'] for r in rows),
-          'images_per_second': float(np.mean([r['images_per_second'] for r in rows]))}
+  return {
+      'workdir': workdir,
+      'overrides': variant.get('overrides', {}),
+      'val_accuracy': [r['val_accuracy'] for r in rows],
+      'best_val_accuracy': max(r['val_accuracy'] for r in rows),
+      'final_val_accuracy': rows[-1]['val_accuracy'],
+      'test_accuracy': test['accuracy'] if test else None,
+      'epochs': len(rows),
+      'wall_time_s': sum(r['seconds'] for r in rows),
+      'images_per_second': float(np.mean([r['images_per_second'] for r in rows])),
+  }
 
 
 def _mean_std(values) -> tuple:
@@ -75,8 +88,11 @@ def _mean_std(values) -> tuple:
 
 
 def variant_row(name: str, runs: List[Dict[str, Any]]) -> Dict[str, Any]:
-  row = {'variant': name, 'overrides': json.dumps(runs[0]['overrides'], sort_keys=True),
-         'seeds': len(runs)}
+  row = {
+      'variant': name,
+      'overrides': json.dumps(runs[0]['overrides'], sort_keys=True),
+      'seeds': len(runs),
+  }
   for stat in STATS:
     row[f'{stat}_mean'], row[f'{stat}_std'] = _mean_std(r[stat] for r in runs)
   row['epochs'] = int(np.mean([r['epochs'] for r in runs]))
@@ -92,15 +108,19 @@ def _pm(mean, std) -> str:
 
 
 def markdown(rows: List[Dict[str, Any]]) -> str:
-  lines = ['| variant | overrides | seeds | best val acc | final val acc | test acc | epochs | '
-           'wall time / run | images/s |', '|' + '---|' * 9]
+  lines = [
+      '| variant | overrides | seeds | best val acc | final val acc | test acc | epochs | '
+      'wall time / run | images/s |',
+      '|' + '---|' * 9,
+  ]
   for r in rows:
     lines.append(
         f'| {r["variant"]} | `{r["overrides"]}` | {r["seeds"]} | '
         f'{_pm(r["best_val_accuracy_mean"], r["best_val_accuracy_std"])} | '
         f'{_pm(r["final_val_accuracy_mean"], r["final_val_accuracy_std"])} | '
         f'{_pm(r["test_accuracy_mean"], r["test_accuracy_std"])} | {r["epochs"]} | '
-        f'{r["wall_time_s"] / 60:.1f} min | {r["images_per_second"]:.1f} |')
+        f'{r["wall_time_s"] / 60:.1f} min | {r["images_per_second"]:.1f} |'
+    )
   return '\n'.join(lines) + '\n'
 
 
@@ -112,8 +132,9 @@ def compare(patterns: Sequence[str], out_dir: Optional[str] = None) -> tuple:
   found = find_runs(patterns)
   if out_dir is None:
     out_dir = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in found])
-  variants = {os.path.basename(folder): [run_summary(w) for w in runs]
-              for folder, runs in found.items()}
+  variants = {
+      os.path.basename(folder): [run_summary(w) for w in runs] for folder, runs in found.items()
+  }
   rows = [variant_row(name, runs) for name, runs in variants.items()]
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, COMPARE_CSV), 'w', newline='') as f:
@@ -122,7 +143,8 @@ def compare(patterns: Sequence[str], out_dir: Optional[str] = None) -> tuple:
     writer.writerows({k: ('' if v is None else v) for k, v in r.items()} for r in rows)
   with open(os.path.join(out_dir, COMPARE_MD), 'w') as f:
     f.write(markdown(rows))
-  plots.validation_curves({name: [r['val_accuracy'] for r in runs]
-                           for name, runs in variants.items()},
-                          os.path.join(out_dir, COMPARE_PNG))
+  plots.validation_curves(
+      {name: [r['val_accuracy'] for r in runs] for name, runs in variants.items()},
+      os.path.join(out_dir, COMPARE_PNG),
+  )
   return rows, out_dir

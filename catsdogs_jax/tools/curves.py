@@ -19,21 +19,29 @@ def learning_rate_changes(rows: List[Dict[str, float]]) -> List[tuple]:
   log.csv holds the rate of each epoch's last step, so the change took effect
   during or at the start of that epoch.
   """
-  return [(row['epoch'], row['learning_rate']) for prev, row in zip(rows, rows[1:])
-          if not math.isclose(prev['learning_rate'], row['learning_rate'], rel_tol=1e-6)]
+  return [
+      (row['epoch'], row['learning_rate'])
+      for prev, row in zip(rows, rows[1:])
+      if not math.isclose(prev['learning_rate'], row['learning_rate'], rel_tol=1e-6)
+  ]
 
 
 def write_curves(workdir: str) -> str:
   """Reads `workdir/log.csv` and writes `workdir/curves.png`; returns its path."""
   log = os.path.join(workdir, epoch_log.LOG_CSV)
   if not os.path.exists(log):
-    raise FileNotFoundError(f'No {epoch_log.LOG_CSV} in {workdir!r}: train first, or pass the '
-                            'workdir of a run.')
+    raise FileNotFoundError(
+        f'No {epoch_log.LOG_CSV} in {workdir!r}: train first, or pass the ' 'workdir of a run.'
+    )
   rows = [{k: float(v) for k, v in row.items()} for row in epoch_log.read_csv(log)]
   if not rows:
     raise FileNotFoundError(f'{log} has no finished epoch yet.')
-  return plots.training_curves(rows, learning_rate_changes(rows), os.path.join(workdir, CURVES_PNG),
-                               title=os.path.basename(os.path.abspath(workdir)))
+  return plots.training_curves(
+      rows,
+      learning_rate_changes(rows),
+      os.path.join(workdir, CURVES_PNG),
+      title=os.path.basename(os.path.abspath(workdir)),
+  )
 
 
 class WriteCurves(train.Hook):

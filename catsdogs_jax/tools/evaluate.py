@@ -10,11 +10,11 @@ import jax
 import numpy as np
 from absl import logging
 
-from catsdogs_jax.training import experiment
 from catsdogs_jax.runtime import parallel
 from catsdogs_jax.tools import plots
-from catsdogs_jax.training.steps import make_eval_step, make_predict_step, run_eval
+from catsdogs_jax.training import experiment
 from catsdogs_jax.training.config_checks import ConfigError
+from catsdogs_jax.training.steps import make_eval_step, make_predict_step, run_eval
 
 TOP_LOSSES_FILE = 'top_losses_{split}.png'
 
@@ -31,14 +31,18 @@ def per_class_metrics(confusion, class_names: Sequence[str]) -> Dict[str, Dict[s
   precision = ratio(true_positives, confusion.sum(axis=0))
   recall = ratio(true_positives, confusion.sum(axis=1))
   f1 = ratio(2 * precision * recall, precision + recall)
-  return {name: {'precision': float(p), 'recall': float(r), 'f1': float(f),
-                 'support': int(s)}
-          for name, p, r, f, s in zip(class_names, precision, recall, f1, confusion.sum(axis=1))}
+  return {
+      name: {'precision': float(p), 'recall': float(r), 'f1': float(f), 'support': int(s)}
+      for name, p, r, f, s in zip(class_names, precision, recall, f1, confusion.sum(axis=1))
+  }
 
 
 def format_result(result: Dict[str, Any], class_names) -> str:
-  lines = [f'images {result["num_images"]}  loss {result["loss"]:.4f}  '
-           f'accuracy {result["accuracy"]:.4f}', 'confusion (rows: true, columns: predicted)']
+  lines = [
+      f'images {result["num_images"]}  loss {result["loss"]:.4f}  '
+      f'accuracy {result["accuracy"]:.4f}',
+      'confusion (rows: true, columns: predicted)',
+  ]
   width = max(max(len(n) for n in class_names) + 2, 11)
   lines.append(' ' * width + ''.join(f'{n:>{width}}' for n in class_names))
   for name, row in zip(class_names, result['confusion']):
@@ -47,8 +51,11 @@ def format_result(result: Dict[str, Any], class_names) -> str:
     columns = ('precision', 'recall', 'f1', 'support')
     lines.append(' ' * width + ''.join(f'{c:>{width}}' for c in columns))
     for name, m in result['per_class'].items():
-      lines.append(f'{name:<{width}}' + ''.join(f'{m[c]:>{width}.4f}' for c in columns[:3]) +
-                   f'{m["support"]:>{width}}')
+      lines.append(
+          f'{name:<{width}}'
+          + ''.join(f'{m[c]:>{width}.4f}' for c in columns[:3])
+          + f'{m["support"]:>{width}}'
+      )
   return '\n'.join(lines)
 
 
@@ -62,20 +69,28 @@ def inference_state(exp, step: Optional[int] = None) -> Tuple[Any, int]:
   step = exp.checkpoints.best_step() if step is None else step
   if step is None:
     if exp.config.init_from and not steps:
-      logging.info('no checkpoint in %s: using the weights of init_from=%s', exp.workdir,
-                   exp.config.init_from)
+      logging.info(
+          'no checkpoint in %s: using the weights of init_from=%s',
+          exp.workdir,
+          exp.config.init_from,
+      )
       return exp.init_state(), 0
-    if steps:   # saved in the middle of an epoch (a stop, a preemption), or validated to NaN
+    if steps:  # saved in the middle of an epoch (a stop, a preemption), or validated to NaN
       raise FileNotFoundError(
           f'No validated checkpoint in {exp.workdir!r}: its checkpoints (steps {steps}) were saved '
           'in the middle of an epoch, or their validation metrics were not finite, so none is '
           'the best. Resume training with the same command to finish the epoch, or pass '
-          f'--step={steps[-1]} to use one of them as it is.')
-    raise FileNotFoundError(f'No checkpoint in {exp.workdir!r}: train first '
-                            f'(python main.py --config=... --workdir={exp.workdir}).')
+          f'--step={steps[-1]} to use one of them as it is.'
+      )
+    raise FileNotFoundError(
+        f'No checkpoint in {exp.workdir!r}: train first '
+        f'(python main.py --config=... --workdir={exp.workdir}).'
+    )
   if step not in steps:
-    raise FileNotFoundError(f'No checkpoint at step {step} in {exp.workdir!r}; there are '
-                            f'checkpoints at steps {steps}.')
+    raise FileNotFoundError(
+        f'No checkpoint at step {step} in {exp.workdir!r}; there are '
+        f'checkpoints at steps {steps}.'
+    )
   state, _ = exp.checkpoints.restore(step, exp.abstract_state())
   return state, step
 
@@ -83,9 +98,10 @@ def inference_state(exp, step: Optional[int] = None) -> Tuple[Any, int]:
 @dataclasses.dataclass
 class Restored:
   """A workdir's run built read only, and the state of one of its checkpoints."""
+
   exp: experiment.Experiment
   state: Any
-  step: int   # 0: the init_from weights, before any training
+  step: int  # 0: the init_from weights, before any training
 
 
 def restore_for_inference(config, workdir: str, step: Optional[int] = None) -> Restored:
@@ -97,18 +113,20 @@ def restore_for_inference(config, workdir: str, step: Optional[int] = None) -> R
 @dataclasses.dataclass
 class TopLoss:
   """One of the images with the largest losses."""
+
   loss: float
-  index: int          # in the pipeline's order
-  image: np.ndarray   # [H, W, C] as the model saw it, before preprocessing
+  index: int  # in the pipeline's order
+  image: np.ndarray  # [H, W, C] as the model saw it, before preprocessing
 
 
 @dataclasses.dataclass
 class Predictions:
   """Per-image results over a pipeline, in its order."""
-  probabilities: np.ndarray   # [N, C]
-  losses: np.ndarray          # [N], against the labels (meaningless where they are unknown)
-  labels: np.ndarray          # [N]
-  top_losses: List[TopLoss]   # by decreasing loss (`keep_images` of them)
+
+  probabilities: np.ndarray  # [N, C]
+  losses: np.ndarray  # [N], against the labels (meaningless where they are unknown)
+  labels: np.ndarray  # [N]
+  top_losses: List[TopLoss]  # by decreasing loss (`keep_images` of them)
 
 
 def predictions(exp, state, pipeline, keep_images: int = 0) -> Predictions:
@@ -118,8 +136,9 @@ def predictions(exp, state, pipeline, keep_images: int = 0) -> Predictions:
   kept on the fly so the split never sits in memory.
   """
   if jax.process_count() > 1:
-    raise ConfigError('Per-image predictions run as a single process; start this mode '
-                     'without jax.distributed.')
+    raise ConfigError(
+        'Per-image predictions run as a single process; start this mode ' 'without jax.distributed.'
+    )
   step = parallel.jit_eval_step(make_predict_step(exp.model, exp.config), exp.mesh)
   probs, losses, labels, top, seen = [], [], [], [], 0
   for batch in pipeline.eval_batches():
@@ -133,7 +152,9 @@ def predictions(exp, state, pipeline, keep_images: int = 0) -> Predictions:
       item = (float(out['loss'][i]), -(seen + int(i)), batch['image'][i])
       (heapq.heappush if len(top) < keep_images else heapq.heappushpop)(top, item)
     seen += int(real.sum())
-  top = [TopLoss(loss, -neg, image) for loss, neg, image in sorted(top, key=lambda t: (-t[0], -t[1]))]
+  top = [
+      TopLoss(loss, -neg, image) for loss, neg, image in sorted(top, key=lambda t: (-t[0], -t[1]))
+  ]
   return Predictions(np.concatenate(probs), np.concatenate(losses), np.concatenate(labels), top)
 
 
@@ -144,21 +165,30 @@ def write_top_losses(predicted: Predictions, class_names, path: str, split: str)
   for item in top:
     loss, index = item.loss, item.index
     predicted = int(np.argmax(probs[index]))
-    titles.append(f'{class_names[predicted]}/{class_names[labels[index]]}\n'
-                  f'loss {loss:.3g} p {probs[index][predicted]:.3f}')
+    titles.append(
+        f'{class_names[predicted]}/{class_names[labels[index]]}\n'
+        f'loss {loss:.3g} p {probs[index][predicted]:.3f}'
+    )
     colors.append('red' if predicted != labels[index] else 'black')
-  return plots.image_grid([item.image for item in top], titles, path, title_colors=colors,
-                          suptitle=f'Top {len(top)} losses on {split} '
-                                   '(predicted/actual, loss, probability of the prediction)')
+  return plots.image_grid(
+      [item.image for item in top],
+      titles,
+      path,
+      title_colors=colors,
+      suptitle=f'Top {len(top)} losses on {split} '
+      '(predicted/actual, loss, probability of the prediction)',
+  )
 
 
-def evaluate_checkpoint(config, workdir: str, split: str = 'test',
-                        step: Optional[int] = None, top_losses: int = 0) -> Dict[str, Any]:
+def evaluate_checkpoint(
+    config, workdir: str, split: str = 'test', step: Optional[int] = None, top_losses: int = 0
+) -> Dict[str, Any]:
   """Evaluates the best checkpoint of `workdir` (or `step`) on a split; writes eval_<split>.json.
 
   With `config.eval_flip` the file is eval_<split>_flip.json, beside the plain result.
   """
   from catsdogs_jax.data.input_pipeline import config_splits
+
   splits = config_splits(config)
   if split not in splits:
     raise ConfigError(f'Unknown split {split!r}; choose one of {", ".join(splits)}.')
@@ -168,10 +198,16 @@ def evaluate_checkpoint(config, workdir: str, split: str = 'test',
   pipeline = exp.pipeline(splits[split])
   eval_step = parallel.jit_eval_step(make_eval_step(exp.model, config), exp.mesh)
   result = run_eval(eval_step, state, pipeline, exp.mesh)
-  result.update(split=splits[split], step=int(step), class_names=names, eval_flip=config.eval_flip,
-                per_class=per_class_metrics(result['confusion'], names))
-  logging.info('evaluation of step %d on %s:\n%s', step, splits[split],
-               format_result(result, names))
+  result.update(
+      split=splits[split],
+      step=int(step),
+      class_names=names,
+      eval_flip=config.eval_flip,
+      per_class=per_class_metrics(result['confusion'], names),
+  )
+  logging.info(
+      'evaluation of step %d on %s:\n%s', step, splits[split], format_result(result, names)
+  )
   if jax.process_index() == 0:
     name = f'eval_{split}_flip.json' if config.eval_flip else f'eval_{split}.json'
     with open(os.path.join(workdir, name), 'w') as f:
@@ -179,8 +215,11 @@ def evaluate_checkpoint(config, workdir: str, split: str = 'test',
   if top_losses:
     predicted = predictions(exp, state, pipeline, keep_images=top_losses)
     if jax.process_index() == 0:
-      path = write_top_losses(predicted, names,
-                              os.path.join(workdir, TOP_LOSSES_FILE.format(split=split)),
-                              splits[split])
+      path = write_top_losses(
+          predicted,
+          names,
+          os.path.join(workdir, TOP_LOSSES_FILE.format(split=split)),
+          splits[split],
+      )
       logging.info('wrote %s', path)
   return result

@@ -17,12 +17,12 @@ import numpy as np
 import optax
 from absl import logging
 
-from catsdogs_jax.training import experiment, optimizers
 from catsdogs_jax.runtime import parallel
 from catsdogs_jax.tools import plots
+from catsdogs_jax.training import experiment, optimizers
+from catsdogs_jax.training.config_checks import ConfigError
 from catsdogs_jax.training.steps import make_train_step
 from catsdogs_jax.training.train_state import make_init_fn
-from catsdogs_jax.training.config_checks import ConfigError
 
 LR_FIND_PNG = 'lr_find.png'
 LR_FIND_JSON = 'lr_find.json'
@@ -33,7 +33,7 @@ def smooth(losses: np.ndarray, beta: float) -> np.ndarray:
   avg, out = 0.0, []
   for i, loss in enumerate(losses, start=1):
     avg = beta * avg + (1 - beta) * loss
-    out.append(avg / (1 - beta ** i))
+    out.append(avg / (1 - beta**i))
   return np.asarray(out)
 
 
@@ -42,12 +42,12 @@ def suggestions(lrs: np.ndarray, smoothed: np.ndarray) -> Dict[str, float]:
   if len(lrs) < 5:
     raise ConfigError(
         f'The loss diverged after {len(lrs)} steps of the range test, already at learning '
-        f'rate {lrs[-1]:.2e}: lower config.lr_find.min_lr.')
+        f'rate {lrs[-1]:.2e}: lower config.lr_find.min_lr.'
+    )
   slope = np.gradient(smoothed, np.log10(lrs))
-  skip = max(len(lrs) // 10, 1)   # the first points are the moving average's warm-up
+  skip = max(len(lrs) // 10, 1)  # the first points are the moving average's warm-up
   steepest = skip + int(np.argmin(slope[skip:]))
-  return {'steepest': float(lrs[steepest]),
-          'minimum/10': float(lrs[int(np.argmin(smoothed))] / 10)}
+  return {'steepest': float(lrs[steepest]), 'minimum/10': float(lrs[int(np.argmin(smoothed))] / 10)}
 
 
 def _endless(data, mesh):
@@ -60,21 +60,23 @@ def range_test(config, workdir: str) -> Dict[str, Any]:
   """Runs the test; writes lr_find.png and lr_find.json to `workdir`; returns the numbers."""
   exp = experiment.build(config, workdir, read_only=True)
   config, lf = exp.config, exp.config.lr_find
-  schedule = optax.exponential_decay(lf.min_lr, transition_steps=lf.num_steps - 1,
-                                     decay_rate=lf.max_lr / lf.min_lr)
+  schedule = optax.exponential_decay(
+      lf.min_lr, transition_steps=lf.num_steps - 1, decay_rate=lf.max_lr / lf.min_lr
+  )
   tx, _ = optimizers.create_optimizer(config, exp.steps_per_epoch, schedule=schedule)
-  exp = dataclasses.replace(exp, tx=tx,
-                            init_fn=make_init_fn(exp.model, tx, exp.plateau, exp.input_shape))
-  state = exp.init_state()   # a fresh copy (init_from's weights, if any), never a checkpoint
+  exp = dataclasses.replace(
+      exp, tx=tx, init_fn=make_init_fn(exp.model, tx, exp.plateau, exp.input_shape)
+  )
+  state = exp.init_state()  # a fresh copy (init_from's weights, if any), never a checkpoint
   train_step = parallel.jit_train_step(make_train_step(exp.model, tx, config), exp.mesh)
   data = exp.pipeline(config.data.train_split)
   lrs, losses, best, stop = [], [], np.inf, ''
   for batch in itertools.islice(_endless(data, exp.mesh), lf.num_steps):
     lrs.append(float(schedule(len(lrs))))
     state, metrics, finite = train_step(state, batch)
-    losses.append(float(metrics.compute()['loss']))   # this test's measurement: one sync a step
+    losses.append(float(metrics.compute()['loss']))  # this test's measurement: one sync a step
     if not bool(finite) or not np.isfinite(losses[-1]):
-      lrs.pop(), losses.pop()   # the plot and the suggestions need finite points
+      lrs.pop(), losses.pop()  # the plot and the suggestions need finite points
       stop = 'non-finite loss'
       break
     current = smooth(np.asarray(losses), lf.smoothing)[-1]
@@ -84,19 +86,31 @@ def range_test(config, workdir: str) -> Dict[str, Any]:
       break
   lrs, losses = np.asarray(lrs), np.asarray(losses)
   smoothed = smooth(losses, lf.smoothing)
-  result = {'suggestions': suggestions(lrs, smoothed), 'steps': len(lrs),
-            'stopped': stop or f'reached max_lr after {len(lrs)} steps',
-            'learning_rates': lrs.tolist(), 'losses': losses.tolist(),
-            'smoothed_losses': smoothed.tolist()}
+  result = {
+      'suggestions': suggestions(lrs, smoothed),
+      'steps': len(lrs),
+      'stopped': stop or f'reached max_lr after {len(lrs)} steps',
+      'learning_rates': lrs.tolist(),
+      'losses': losses.tolist(),
+      'smoothed_losses': smoothed.tolist(),
+  }
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    plots.learning_rate_range(lrs, losses, smoothed, result['suggestions'],
-                              os.path.join(workdir, LR_FIND_PNG))
+    plots.learning_rate_range(
+        lrs, losses, smoothed, result['suggestions'], os.path.join(workdir, LR_FIND_PNG)
+    )
     with open(os.path.join(workdir, LR_FIND_JSON), 'w') as f:
       json.dump(result, f, indent=1)
   s = result['suggestions']
-  logging.info('learning-rate range test: %d steps from %.1e (%s). Suggested learning rate: '
-               '%.2e (steepest descent); %.2e (minimum / 10). Wrote %s and %s.', len(lrs),
-               lf.min_lr, result['stopped'], s['steepest'], s['minimum/10'],
-               os.path.join(workdir, LR_FIND_PNG), LR_FIND_JSON)
+  logging.info(
+      'learning-rate range test: %d steps from %.1e (%s). Suggested learning rate: '
+      '%.2e (steepest descent); %.2e (minimum / 10). Wrote %s and %s.',
+      len(lrs),
+      lf.min_lr,
+      result['stopped'],
+      s['steepest'],
+      s['minimum/10'],
+      os.path.join(workdir, LR_FIND_PNG),
+      LR_FIND_JSON,
+  )
   return result

@@ -31,15 +31,17 @@ def _tiles(n: int, max_columns: int, width: float, height: float, extra: float):
   `extra` inches for titles; returns (figure, the first n axes); the axes have no frame."""
   columns = max(min(n, max_columns), 1)
   rows = math.ceil(n / columns)
-  fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows + extra),
-                           squeeze=False)
+  fig, axes = plt.subplots(
+      rows, columns, figsize=(width * columns, height * rows + extra), squeeze=False
+  )
   for ax in axes.flat:
     ax.axis('off')
   return fig, axes.flat[:n]
 
 
-def training_curves(rows: List[Dict[str, float]], lr_changes: Sequence[tuple], path: str,
-                    title: str = '') -> str:
+def training_curves(
+    rows: List[Dict[str, float]], lr_changes: Sequence[tuple], path: str, title: str = ''
+) -> str:
   """Accuracy and loss per epoch, train vs validation; a dotted line where the learning rate changed.
 
   `lr_changes`: (first epoch at the new rate, new rate) pairs.
@@ -51,8 +53,16 @@ def training_curves(rows: List[Dict[str, float]], lr_changes: Sequence[tuple], p
     ax.plot(epochs, [r[f'val_{metric}'] for r in rows], 's-', ms=3, label=f'validation {metric}')
     for epoch, lr in lr_changes:
       ax.axvline(epoch - 0.5, color='gray', ls=':', lw=1)
-      ax.annotate(f'lr {lr:.2g}', (epoch - 0.5, 0.98), xycoords=('data', 'axes fraction'),
-                  rotation=90, va='top', ha='right', fontsize=8, color='gray')
+      ax.annotate(
+          f'lr {lr:.2g}',
+          (epoch - 0.5, 0.98),
+          xycoords=('data', 'axes fraction'),
+          rotation=90,
+          va='top',
+          ha='right',
+          fontsize=8,
+          color='gray',
+      )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel('epoch')
     ax.set_ylabel(metric)
@@ -62,8 +72,9 @@ def training_curves(rows: List[Dict[str, float]], lr_changes: Sequence[tuple], p
   return _save(fig, path, title)
 
 
-def class_probabilities(probabilities: Sequence[float], class_names: Sequence[str], path: str,
-                        title: str) -> str:
+def class_probabilities(
+    probabilities: Sequence[float], class_names: Sequence[str], path: str, title: str
+) -> str:
   """A bar chart of one image's class probabilities."""
   fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(class_names)), 3.5))
   bars = ax.bar(list(class_names), probabilities, color='tab:blue')
@@ -75,9 +86,14 @@ def class_probabilities(probabilities: Sequence[float], class_names: Sequence[st
   return _save(fig, path)
 
 
-def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], path: str,
-               suptitle: str = '', max_columns: int = 10,
-               title_colors: Optional[Sequence[str]] = None) -> str:
+def image_grid(
+    images: Sequence[np.ndarray],
+    titles: Sequence[str],
+    path: str,
+    suptitle: str = '',
+    max_columns: int = 10,
+    title_colors: Optional[Sequence[str]] = None,
+) -> str:
   """uint8 images ([H, W, 3] or [H, W, 1]) tiled with a title each."""
   fig, axes = _tiles(len(images), max_columns, 2.2, 2.4, 0.4)
   for i, (ax, image, title) in enumerate(zip(axes, images, titles)):
@@ -104,8 +120,13 @@ def kernel_tiles(kernels: np.ndarray, path: str, title: str, max_columns: int = 
   return _save(fig, path, title)
 
 
-def learning_rate_range(lrs: np.ndarray, losses: np.ndarray, smoothed: np.ndarray,
-                        suggestions: Dict[str, float], path: str) -> str:
+def learning_rate_range(
+    lrs: np.ndarray,
+    losses: np.ndarray,
+    smoothed: np.ndarray,
+    suggestions: Dict[str, float],
+    path: str,
+) -> str:
   """The range test: loss against learning rate (log scale), with the suggestions marked."""
   fig, ax = plt.subplots(figsize=(8, 5))
   ax.plot(lrs, losses, color='lightgray', lw=1, label='loss per step')
@@ -130,11 +151,16 @@ def validation_curves(variants: Dict[str, List[Sequence[float]]], path: str) -> 
     length = min(len(s) for s in seeds)
     values = np.asarray([s[:length] for s in seeds])
     epochs = np.arange(1, length + 1)
-    line, = ax.plot(epochs, values.mean(axis=0), lw=1.5,
-                    label=f'{name} ({len(seeds)} seed{"s" if len(seeds) > 1 else ""})')
+    (line,) = ax.plot(
+        epochs,
+        values.mean(axis=0),
+        lw=1.5,
+        label=f'{name} ({len(seeds)} seed{"s" if len(seeds) > 1 else ""})',
+    )
     if len(seeds) > 1:
-      ax.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=line.get_color(),
-                      alpha=0.2)
+      ax.fill_between(
+          epochs, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.2
+      )
   ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   ax.set_xlabel('epoch')
   ax.set_ylabel('validation accuracy')

@@ -38,8 +38,10 @@ def dog_index(class_names: Sequence[str]) -> int:
   for name in DOG_NAMES:
     if name in names:
       return names.index(name)
-  raise ConfigError(f'The Kaggle CSV gives the probability of "dog", but the classes are '
-                   f'{list(class_names)}; leave out --kaggle for this model.')
+  raise ConfigError(
+      f'The Kaggle CSV gives the probability of "dog", but the classes are '
+      f'{list(class_names)}; leave out --kaggle for this model.'
+  )
 
 
 def write_csv(path: str, header: Sequence[str], rows: List[Sequence]) -> str:
@@ -62,26 +64,43 @@ def write_pictures(paths, probs, class_names, out_dir: str) -> List[str]:
   labels = probs.argmax(axis=1)
   written = []
   if len(paths) == 1:
-    written.append(plots.class_probabilities(
-        probs[0], class_names, os.path.join(out_dir, BARS_PNG),
-        f'{os.path.basename(paths[0])}: {class_names[labels[0]]} {probs[0, labels[0]]:.4f}'))
+    written.append(
+        plots.class_probabilities(
+            probs[0],
+            class_names,
+            os.path.join(out_dir, BARS_PNG),
+            f'{os.path.basename(paths[0])}: {class_names[labels[0]]} {probs[0, labels[0]]:.4f}',
+        )
+    )
   shown = range(min(len(paths), MAX_GRID))
-  written.append(plots.image_grid(
-      [_thumbnail(paths[i]) for i in shown],
-      [f'{class_names[labels[i]]} {probs[i, labels[i]]:.4f}\n{os.path.basename(paths[i])[:24]}'
-       for i in shown],
-      os.path.join(out_dir, GRID_PNG),
-      suptitle=f'Predictions (label, probability) of the first {len(shown)} of {len(paths)} images'))
+  written.append(
+      plots.image_grid(
+          [_thumbnail(paths[i]) for i in shown],
+          [
+              f'{class_names[labels[i]]} {probs[i, labels[i]]:.4f}\n{os.path.basename(paths[i])[:24]}'
+              for i in shown
+          ],
+          os.path.join(out_dir, GRID_PNG),
+          suptitle=f'Predictions (label, probability) of the first {len(shown)} of {len(paths)} images',
+      )
+  )
   return written
 
 
-def predict_images(config, workdir: str, specs: Sequence[str], step: Optional[int] = None,
-                   kaggle: bool = False, pictures: bool = False) -> Dict[str, np.ndarray]:
+def predict_images(
+    config,
+    workdir: str,
+    specs: Sequence[str],
+    step: Optional[int] = None,
+    kaggle: bool = False,
+    pictures: bool = False,
+) -> Dict[str, np.ndarray]:
   """Predicts every image of `specs`; writes predictions.csv (and submission.csv, PNGs)."""
   from catsdogs_jax.data import folders, input_pipeline
+
   if not specs:
     raise ConfigError('--mode=predict needs --images=PATH (files, globs or folders).')
-  files = folders.read_files(specs)   # bad paths fail before the model is built
+  files = folders.read_files(specs)  # bad paths fail before the model is built
   restored = restore_for_inference(config, workdir, step)
   exp, state, step = restored.exp, restored.state, restored.step
   names = list(exp.info.class_names)
@@ -94,10 +113,16 @@ def predict_images(config, workdir: str, specs: Sequence[str], step: Optional[in
   if jax.process_index() == 0:
     for path, label, p in zip(paths, labels, probs):
       print(f'{names[label]} {p[label]:.4f} {path}')
-    written = [write_csv(os.path.join(workdir, PREDICTIONS_CSV),
-                         ['path', 'label', 'probability', *names],
-                         [[path, names[label], f'{p[label]:.6f}', *(f'{q:.6f}' for q in p)]
-                          for path, label, p in zip(paths, labels, probs)])]
+    written = [
+        write_csv(
+            os.path.join(workdir, PREDICTIONS_CSV),
+            ['path', 'label', 'probability', *names],
+            [
+                [path, names[label], f'{p[label]:.6f}', *(f'{q:.6f}' for q in p)]
+                for path, label, p in zip(paths, labels, probs)
+            ],
+        )
+    ]
     if kaggle:
       rows = [[kaggle_id(path), f'{p[dog]:.6f}'] for path, p in zip(paths, probs)]
       if all(r[0].isdigit() for r in rows):
@@ -105,6 +130,10 @@ def predict_images(config, workdir: str, specs: Sequence[str], step: Optional[in
       written.append(write_csv(os.path.join(workdir, KAGGLE_CSV), ['id', 'label'], rows))
     if pictures:
       written += write_pictures(paths, probs, names, workdir)
-    logging.info('predicted %d images with the checkpoint at step %d; wrote %s', len(paths),
-                 step, ', '.join(written))
+    logging.info(
+        'predicted %d images with the checkpoint at step %d; wrote %s',
+        len(paths),
+        step,
+        ', '.join(written),
+    )
   return {'paths': np.asarray(paths), 'probabilities': probs, 'labels': labels}

@@ -12,8 +12,9 @@ def config_summary(config) -> str:
   model = models.create_model(config)
   config = config_checks.resolve_train_from(config, model)
   shape = models.input_shape(config)
-  return (f'model {config.model.name} at {shape}\n' +
-          model_summary(model, models.abstract_variables(model, shape), shape,
-                        frozen=lambda path: is_frozen(path, config)))
-
-
+  return f'model {config.model.name} at {shape}\n' + model_summary(
+      model,
+      models.abstract_variables(model, shape),
+      shape,
+      frozen=lambda path: is_frozen(path, config),
+  )

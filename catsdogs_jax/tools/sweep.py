@@ -19,11 +19,15 @@ from absl import logging
 
 from catsdogs_jax.defaults import set_fields
 from catsdogs_jax.models import create_model
-from catsdogs_jax.training.config_checks import (ConfigError, check_image_size, resolve_train_from,
-                                                 validate_config)
+from catsdogs_jax.training.config_checks import (
+    ConfigError,
+    check_image_size,
+    resolve_train_from,
+    validate_config,
+)
 
-VARIANT_JSON = 'variant.json'   # in each run: variant name, overrides, seed
-DONE_JSON = 'done.json'         # in each run: written once trained and evaluated
+VARIANT_JSON = 'variant.json'  # in each run: variant name, overrides, seed
+DONE_JSON = 'done.json'  # in each run: written once trained and evaluated
 
 
 @dataclasses.dataclass
@@ -38,18 +42,24 @@ class Run:
 def load_sweep(path: str) -> List[Dict[str, Any]]:
   """The list of override dicts of a sweep file."""
   if not os.path.isfile(path):
-    raise ConfigError(f'Sweep file {path!r} does not exist (e.g. '
-                      'configs/sweeps/augment_ablation.py).')
+    raise ConfigError(
+        f'Sweep file {path!r} does not exist (e.g. ' 'configs/sweeps/augment_ablation.py).'
+    )
   spec = importlib.util.spec_from_file_location('sweep_file', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   if not hasattr(module, 'get_sweep'):
     raise ConfigError(f'Sweep file {path!r} has no get_sweep() returning a list of overrides.')
   variants = module.get_sweep()
-  if not isinstance(variants, (list, tuple)) or not variants or not all(
-      isinstance(v, dict) and all(isinstance(k, str) for k in v) for v in variants):
-    raise ConfigError(f'get_sweep() of {path!r} must return a non-empty list of dicts '
-                      'from dotted config fields to values, e.g. [{"optimizer.learning_rate": 1e-3}].')
+  if (
+      not isinstance(variants, (list, tuple))
+      or not variants
+      or not all(isinstance(v, dict) and all(isinstance(k, str) for k in v) for v in variants)
+  ):
+    raise ConfigError(
+        f'get_sweep() of {path!r} must return a non-empty list of dicts '
+        'from dotted config fields to values, e.g. [{"optimizer.learning_rate": 1e-3}].'
+    )
   return list(variants)
 
 
@@ -70,8 +80,9 @@ def apply_overrides(config, overrides: Dict[str, Any], variant: str):
     except (KeyError, AttributeError) as e:
       raise ConfigError(f'Sweep variant {variant!r}: the config has no field {key!r}.') from e
     except TypeError as e:
-      raise ConfigError(f'Sweep variant {variant!r}: config.{key}={value!r} has the wrong '
-                        f'type ({e}).') from e
+      raise ConfigError(
+          f'Sweep variant {variant!r}: config.{key}={value!r} has the wrong ' f'type ({e}).'
+      ) from e
   return config
 
 
@@ -98,8 +109,15 @@ def plan(config, variants: Sequence[Dict[str, Any]], num_seeds: int, workdir: st
     for s in range(num_seeds):
       seeded = variant_config.copy_and_resolve_references()
       seeded.seed = config.seed + s
-      runs.append(Run(name, dict(overrides), seeded.seed, seeded,
-                      os.path.join(workdir, name, f'seed_{seeded.seed}')))
+      runs.append(
+          Run(
+              name,
+              dict(overrides),
+              seeded.seed,
+              seeded,
+              os.path.join(workdir, name, f'seed_{seeded.seed}'),
+          )
+      )
   return runs
 
 
@@ -134,22 +152,25 @@ def run_sweep(runs: Sequence[Run]) -> List[Dict[str, Any]]:
   """Trains and test-evaluates every run not yet done, one after another."""
   from catsdogs_jax.tools import curves, evaluate
   from catsdogs_jax.training import train
+
   results = []
   for i, run in enumerate(runs, start=1):
     if is_done(run):
-      logging.info('sweep %d/%d: %s seed %d is finished; skipping', i, len(runs), run.variant,
-                   run.seed)
+      logging.info(
+          'sweep %d/%d: %s seed %d is finished; skipping', i, len(runs), run.variant, run.seed
+      )
       continue
-    logging.info('sweep %d/%d: %s seed %d in %s', i, len(runs), run.variant, run.seed,
-                 run.workdir)
+    logging.info('sweep %d/%d: %s seed %d in %s', i, len(runs), run.variant, run.seed, run.workdir)
     os.makedirs(run.workdir, exist_ok=True)
     with open(os.path.join(run.workdir, VARIANT_JSON), 'w') as f:
-      json.dump({'variant': run.variant, 'overrides': run.overrides, 'seed': run.seed}, f,
-                indent=1)
+      json.dump({'variant': run.variant, 'overrides': run.overrides, 'seed': run.seed}, f, indent=1)
     train.train_and_evaluate(run.config, run.workdir, hooks=[curves.WriteCurves()])
     result = evaluate.evaluate_checkpoint(run.config, run.workdir, 'test')
     with open(os.path.join(run.workdir, DONE_JSON), 'w') as f:
-      json.dump({'config_sha256': _fingerprint(run.config),
-                 'test_accuracy': result['accuracy']}, f, indent=1)
+      json.dump(
+          {'config_sha256': _fingerprint(run.config), 'test_accuracy': result['accuracy']},
+          f,
+          indent=1,
+      )
     results.append(result)
   return results

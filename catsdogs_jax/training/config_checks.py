@@ -5,12 +5,17 @@ import numpy as np
 from absl import logging
 
 from catsdogs_jax.data import augment
-from catsdogs_jax.training import losses, optimizers
-from catsdogs_jax.models import MODELS, create_model, input_shape, layers_from
-from catsdogs_jax.models import heads
-from catsdogs_jax.models.initializers import INITIALIZERS
 from catsdogs_jax.data.preprocessing import PREPROCESSORS
-from catsdogs_jax.models import abstract_variables
+from catsdogs_jax.models import (
+    MODELS,
+    abstract_variables,
+    create_model,
+    heads,
+    input_shape,
+    layers_from,
+)
+from catsdogs_jax.models.initializers import INITIALIZERS
+from catsdogs_jax.training import losses, optimizers
 
 # The other choices are registries beside the code that builds them; these are
 # plain names that their users compare or pass on (tf.image.resize's methods).
@@ -25,8 +30,10 @@ class ConfigError(ValueError):
 
 def _choice(value, choices, field: str):
   if value not in choices:
-    raise ConfigError(f'Unknown config.{field} {value!r}; '
-                      f'choose one of: {", ".join(sorted(map(str, choices)))}.')
+    raise ConfigError(
+        f'Unknown config.{field} {value!r}; '
+        f'choose one of: {", ".join(sorted(map(str, choices)))}.'
+    )
 
 
 def validate_config(config, num_devices: int = None):
@@ -37,9 +44,9 @@ def validate_config(config, num_devices: int = None):
   _choice(config.loss, losses.LOSSES, 'loss')
   _choice(config.data.preprocess, PREPROCESSORS, 'data.preprocess')
   _choice(config.model.kernel_init, INITIALIZERS, 'model.kernel_init')
-  if config.model.pooling is not None:   # None: the architecture's default
+  if config.model.pooling is not None:  # None: the architecture's default
     _choice(config.model.pooling, heads.POOLINGS, 'model.pooling')
-  if config.model.head:   # None or '': no new head
+  if config.model.head:  # None or '': no new head
     _choice(config.model.head, heads.HEADS, 'model.head')
   _choice(config.data.resize_method, RESIZE_METHODS, 'data.resize_method')
   _choice(config.schedule.plateau_monitor, MONITORS, 'schedule.plateau_monitor')
@@ -53,37 +60,56 @@ def validate_config(config, num_devices: int = None):
     if config.augment[field] < 0:
       raise ConfigError(f'config.augment.{field} must be >= 0, got {config.augment[field]}.')
   if config.model.head == 'dense' and not config.model.pooling:
-    raise ConfigError("config.model.head='dense' is a dense layer on the pooled base; set "
-                      "--config.model.pooling=avg (or max), or choose another head.")
+    raise ConfigError(
+        "config.model.head='dense' is a dense layer on the pooled base; set "
+        '--config.model.pooling=avg (or max), or choose another head.'
+    )
   if config.model.head and config.model.head != 'dense' and config.model.pooling:
-    raise ConfigError(f'config.model.head={config.model.head!r} works on the feature map; leave '
-                      'config.model.pooling unset, or use --config.model.head=dense on the pooled '
-                      'base.')
+    raise ConfigError(
+        f'config.model.head={config.model.head!r} works on the feature map; leave '
+        'config.model.pooling unset, or use --config.model.head=dense on the pooled '
+        'base.'
+    )
   if config.train_from and config.frozen:
-    raise ConfigError(f'config.train_from={config.train_from!r} decides which layers train; '
-                      'leave config.frozen (and config.trainable) empty with it.')
+    raise ConfigError(
+        f'config.train_from={config.train_from!r} decides which layers train; '
+        'leave config.frozen (and config.trainable) empty with it.'
+    )
   if config.train_from and config.features.enabled:
-    raise ConfigError('config.train_from fine-tunes the base, but config.features.enabled '
-                      'trains only a head on cached features; unset one of them.')
+    raise ConfigError(
+        'config.train_from fine-tunes the base, but config.features.enabled '
+        'trains only a head on cached features; unset one of them.'
+    )
   if config.augment.zoom_range >= 1:
-    raise ConfigError(f'config.augment.zoom_range={config.augment.zoom_range} would allow a '
-                      'scale of 0 or less; use a value below 1 (the tutorials use 0.2).')
+    raise ConfigError(
+        f'config.augment.zoom_range={config.augment.zoom_range} would allow a '
+        'scale of 0 or less; use a value below 1 (the tutorials use 0.2).'
+    )
   if config.loss == 'sigmoid' and config.data.num_classes != 2:
-    raise ConfigError(f'config.loss="sigmoid" is a binary head but config.data.num_classes='
-                      f'{config.data.num_classes}; use --config.loss=softmax.')
-  for field, value in (('batch_size', config.batch_size), ('num_epochs', config.num_epochs),
-                       ('data.image_size', config.data.image_size),
-                       ('data.num_classes', config.data.num_classes),
-                       ('log_every_steps', config.log_every_steps)):
+    raise ConfigError(
+        f'config.loss="sigmoid" is a binary head but config.data.num_classes='
+        f'{config.data.num_classes}; use --config.loss=softmax.'
+    )
+  for field, value in (
+      ('batch_size', config.batch_size),
+      ('num_epochs', config.num_epochs),
+      ('data.image_size', config.data.image_size),
+      ('data.num_classes', config.data.num_classes),
+      ('log_every_steps', config.log_every_steps),
+  ):
     if value <= 0:
       raise ConfigError(f'config.{field} must be positive, got {value}.')
   lf = config.lr_find
   if not 0 < lf.min_lr < lf.max_lr or lf.num_steps < 10 or lf.diverge_factor <= 1:
-    raise ConfigError(f'config.lr_find needs 0 < min_lr < max_lr, num_steps >= 10 and '
-                      f'diverge_factor > 1; got min_lr={lf.min_lr}, max_lr={lf.max_lr}, '
-                      f'num_steps={lf.num_steps}, diverge_factor={lf.diverge_factor}.')
+    raise ConfigError(
+        f'config.lr_find needs 0 < min_lr < max_lr, num_steps >= 10 and '
+        f'diverge_factor > 1; got min_lr={lf.min_lr}, max_lr={lf.max_lr}, '
+        f'num_steps={lf.num_steps}, diverge_factor={lf.diverge_factor}.'
+    )
   if config.max_skipped_steps < 1:
-    raise ConfigError(f'config.max_skipped_steps must be at least 1, got {config.max_skipped_steps}.')
+    raise ConfigError(
+        f'config.max_skipped_steps must be at least 1, got {config.max_skipped_steps}.'
+    )
   if config.checkpoint.keep < 1:
     raise ConfigError(f'config.checkpoint.keep must be at least 1, got {config.checkpoint.keep}.')
   try:
@@ -92,8 +118,10 @@ def validate_config(config, num_devices: int = None):
     raise ConfigError(str(e)) from e
   num_devices = jax.device_count() if num_devices is None else num_devices
   if config.batch_size % num_devices:
-    raise ConfigError(f'config.batch_size={config.batch_size} is not divisible by the '
-                      f'{num_devices} devices; use a multiple of {num_devices}.')
+    raise ConfigError(
+        f'config.batch_size={config.batch_size} is not divisible by the '
+        f'{num_devices} devices; use a multiple of {num_devices}.'
+    )
 
 
 def _fits(model, size: int, channels: int) -> bool:
@@ -125,13 +153,16 @@ def check_image_size(config, model):
   try:
     smallest = smallest_image_size(model, config.data.channels, config.data.image_size)
   except ConfigError:
-    raise ConfigError(f'Model {config.model.name!r} does not accept '
-                      f'{config.data.image_size}x{config.data.image_size} images.') from None
+    raise ConfigError(
+        f'Model {config.model.name!r} does not accept '
+        f'{config.data.image_size}x{config.data.image_size} images.'
+    ) from None
   if smallest == config.data.image_size:
     return
   raise ConfigError(
       f'config.data.image_size={config.data.image_size} is too small for model {config.model.name!r}: '
-      f'its feature maps shrink to nothing. Use --config.data.image_size={smallest} or more.')
+      f'its feature maps shrink to nothing. Use --config.data.image_size={smallest} or more.'
+  )
 
 
 def resolve_train_from(config, model):
@@ -143,17 +174,23 @@ def resolve_train_from(config, model):
   if not config.train_from:
     return config
   try:
-    trainable = layers_from(model, input_shape(config),
-                            config.train_from)
+    trainable = layers_from(model, input_shape(config), config.train_from)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  if config.trainable and tuple(config.trainable) != trainable:   # a resolved config passes
-    raise ConfigError(f'config.train_from={config.train_from!r} decides which layers train; '
-                      'leave config.trainable empty with it.')
+  if config.trainable and tuple(config.trainable) != trainable:  # a resolved config passes
+    raise ConfigError(
+        f'config.train_from={config.train_from!r} decides which layers train; '
+        'leave config.trainable empty with it.'
+    )
   config = config.copy_and_resolve_references()
   config.trainable = trainable
-  logging.info('config.train_from=%r: %d layers train (%s ... %s), the ones before are frozen',
-               config.train_from, len(trainable), trainable[0], trainable[-1])
+  logging.info(
+      'config.train_from=%r: %d layers train (%s ... %s), the ones before are frozen',
+      config.train_from,
+      len(trainable),
+      trainable[0],
+      trainable[-1],
+  )
   return config
 
 
@@ -163,8 +200,10 @@ def check_dataset(config, info, steps_per_epoch: int):
     raise ConfigError(
         f'The dataset has {len(info.class_names)} classes ({", ".join(info.class_names)}) '
         f'but config.data.num_classes={config.data.num_classes}; set --config.data.num_classes='
-        f'{len(info.class_names)}.')
+        f'{len(info.class_names)}.'
+    )
   if steps_per_epoch == 0:
     raise ConfigError(
         f'config.batch_size={config.batch_size} is larger than the training split '
-        f'({info.num_examples["train"]} images): an epoch would have no step.')
+        f'({info.num_examples["train"]} images): an epoch would have no step.'
+    )

@@ -11,8 +11,18 @@ from absl import logging
 from catsdogs_jax.runtime.checkpointing import monitor_mode
 
 LOG_CSV = 'log.csv'
-CSV_COLUMNS = ('epoch', 'step', 'loss', 'accuracy', 'val_loss', 'val_accuracy',
-               'learning_rate', 'skipped_steps', 'seconds', 'images_per_second')
+CSV_COLUMNS = (
+    'epoch',
+    'step',
+    'loss',
+    'accuracy',
+    'val_loss',
+    'val_accuracy',
+    'learning_rate',
+    'skipped_steps',
+    'seconds',
+    'images_per_second',
+)
 TIMING_COLUMNS = ('seconds', 'images_per_second')
 
 
@@ -20,8 +30,9 @@ def _improved(value: float, best: float, mode: str, min_delta: float) -> bool:
   return value > best + min_delta if mode == 'max' else value < best - min_delta
 
 
-def early_stopping_reason(rows: List[Dict[str, Any]], monitor: str, patience: int,
-                          min_delta: float) -> Optional[str]:
+def early_stopping_reason(
+    rows: List[Dict[str, Any]], monitor: str, patience: int, min_delta: float
+) -> Optional[str]:
   """Why to stop after the last row, or None: `patience` epochs without improvement."""
   mode = monitor_mode(monitor)
   best_epoch, best = None, None
@@ -29,8 +40,10 @@ def early_stopping_reason(rows: List[Dict[str, Any]], monitor: str, patience: in
     if best is None or _improved(row[monitor], best, mode, min_delta):
       best_epoch, best = row['epoch'], row[monitor]
   if best_epoch is not None and rows[-1]['epoch'] - best_epoch >= patience:
-    return (f'early stopping: {monitor} has not improved for {patience} epochs '
-            f'(best {best:.4f} at epoch {best_epoch})')
+    return (
+        f'early stopping: {monitor} has not improved for {patience} epochs '
+        f'(best {best:.4f} at epoch {best_epoch})'
+    )
   return None
 
 
@@ -41,7 +54,7 @@ def write_csv(path: str, rows: List[Dict[str, Any]]):
     writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
     writer.writeheader()
     for row in rows:
-      writer.writerow({k: row.get(k, 0) for k in CSV_COLUMNS})   # 0: logs from before a column
+      writer.writerow({k: row.get(k, 0) for k in CSV_COLUMNS})  # 0: logs from before a column
   os.replace(tmp, path)
 
 
@@ -61,9 +74,11 @@ class Progress:
     elapsed = time.time() - self._t0
     rate = (step - self._step0) / elapsed if elapsed > 0 else 0.0
     eta = (self.total_steps - step) / rate if rate > 0 else float('nan')
-    return (f'epoch {epoch}/{num_epochs} step {step}/{self.total_steps} '
-            f'loss {loss:.4f} accuracy {accuracy:.4f} | {rate * self.batch_size:.1f} images/s '
-            f'| ETA {_duration(eta)}')
+    return (
+        f'epoch {epoch}/{num_epochs} step {step}/{self.total_steps} '
+        f'loss {loss:.4f} accuracy {accuracy:.4f} | {rate * self.batch_size:.1f} images/s '
+        f'| ETA {_duration(eta)}'
+    )
 
   def log(self, *args):
     if jax.process_index() == 0:

@@ -23,7 +23,8 @@ from catsdogs_jax.weights import loading
 @dataclasses.dataclass
 class Experiment:
   """Everything one run is made of; complete when `build` returns it."""
-  config: ml_collections.ConfigDict   # resolved (see `build`): what config.json records
+
+  config: ml_collections.ConfigDict  # resolved (see `build`): what config.json records
   workdir: str
   info: 'input_pipeline.DatasetInfo'  # noqa: F821 (TensorFlow only where data is read)
   model: nn.Module
@@ -33,10 +34,10 @@ class Experiment:
   schedule: Callable
   plateau: optax.GradientTransformationExtraArgs
   init_fn: Callable
-  input_shape: Tuple[int, ...]        # (H, W, C) of the model's input (features when extracting)
-  make_pipeline: Callable             # split -> batches (images, or cached features)
+  input_shape: Tuple[int, ...]  # (H, W, C) of the model's input (features when extracting)
+  make_pipeline: Callable  # split -> batches (images, or cached features)
   checkpoints: checkpointing.Checkpoints
-  loaded: Optional[loading.LoadedWeights] = None   # config.init_from, put into init_state()
+  loaded: Optional[loading.LoadedWeights] = None  # config.init_from, put into init_state()
   lock: Optional[workdir_files.Lock] = None  # held while training; None when read only
 
   def release(self):
@@ -53,12 +54,15 @@ class Experiment:
     if self.loaded is None:
       return state
     rep = parallel.replicated(self.mesh)
-    merge = lambda init, tree, what: jax.device_put(loading.merge(
-        jax.device_get(init), tree, self.config.dont_load, what), rep)
+    merge = lambda init, tree, what: jax.device_put(
+        loading.merge(jax.device_get(init), tree, self.config.dont_load, what), rep
+    )
     return state.replace(
         params=merge(state.params, self.loaded.params, 'parameters'),
         batch_stats=merge(state.batch_stats, self.loaded.batch_stats, 'BatchNorm statistics')
-        if state.batch_stats else state.batch_stats)
+        if state.batch_stats
+        else state.batch_stats,
+    )
 
   def pipeline(self, split: str):
     return self.make_pipeline(split)
@@ -67,36 +71,46 @@ class Experiment:
 @dataclasses.dataclass(frozen=True)
 class FeatureHead:
   """config.features: a head trained on the cached features of a frozen pretrained base."""
-  model: nn.Module               # the head alone
-  input_shape: Tuple[int, ...]   # one image's features
-  make_pipeline: Callable        # split -> batches of cached features
-  config: ml_collections.ConfigDict   # preprocessing 'none': the base already preprocessed
+
+  model: nn.Module  # the head alone
+  input_shape: Tuple[int, ...]  # one image's features
+  make_pipeline: Callable  # split -> batches of cached features
+  config: ml_collections.ConfigDict  # preprocessing 'none': the base already preprocessed
 
 
 def _head_model(config):
   """The head trained on cached features (config.features.enabled)."""
   from catsdogs_jax.data import feature_cache
   from catsdogs_jax.models.initializers import get_initializer
+
   return feature_cache.HeadModel(
-      head=config.model.head, num_outputs=models.num_outputs(config),
-      head_units=config.model.head_units or 256, dropout_rate=config.model.dropout_rate,
-      kernel_init=get_initializer(config.model.kernel_init, config.model.init_stddev))
+      head=config.model.head,
+      num_outputs=models.num_outputs(config),
+      head_units=config.model.head_units or 256,
+      dropout_rate=config.model.dropout_rate,
+      kernel_init=get_initializer(config.model.kernel_init, config.model.init_stddev),
+  )
 
 
 def _feature_extraction(config, loaded: Optional[loading.LoadedWeights], info, mesh) -> FeatureHead:
   """The head, its input and data for config.features, the base's weights checked exactly."""
   from catsdogs_jax.data import feature_cache, input_pipeline
+
   if loaded is None or not config.model.head:
-    raise config_checks.ConfigError('config.features.enabled needs config.init_from (the '
-                                 'pretrained base) and config.model.head (what to train).')
+    raise config_checks.ConfigError(
+        'config.features.enabled needs config.init_from (the '
+        'pretrained base) and config.model.head (what to train).'
+    )
   if augment.is_enabled(config.augment):
     raise config_checks.ConfigError(
-        'config.features.enabled computes each image\'s features once, so it cannot augment; '
-        'turn config.augment off, or train end to end (configs/vgg16_frozen_aug.py).')
+        "config.features.enabled computes each image's features once, so it cannot augment; "
+        'turn config.augment off, or train end to end (configs/vgg16_frozen_aug.py).'
+    )
   if config.eval_flip:
     raise config_checks.ConfigError(
         'config.features.enabled evaluates cached features of the unmirrored images, so '
-        'config.eval_flip would be ignored; turn it off, or evaluate end to end.')
+        'config.eval_flip would be ignored; turn it off, or evaluate end to end.'
+    )
   base_config = config.copy_and_resolve_references()
   base_config.model.head, base_config.model.head_units = None, None
   base = models.create_model(base_config)
@@ -105,27 +119,31 @@ def _feature_extraction(config, loaded: Optional[loading.LoadedWeights], info, m
   # Exact (but for config.dont_load, e.g. an unused ImageNet classifier), or it says why.
   variables = {'params': loading.merge(abstract['params'], loaded.params, config.dont_load)}
   if 'batch_stats' in abstract:
-    variables['batch_stats'] = loading.merge(abstract['batch_stats'], loaded.batch_stats,
-                                             config.dont_load, what='BatchNorm statistics')
-  feature_shape = jax.eval_shape(base.apply, abstract, jax.ShapeDtypeStruct((1, *size),
-                                                                            np.float32)).shape[1:]
+    variables['batch_stats'] = loading.merge(
+        abstract['batch_stats'], loaded.batch_stats, config.dont_load, what='BatchNorm statistics'
+    )
+  feature_shape = jax.eval_shape(
+      base.apply, abstract, jax.ShapeDtypeStruct((1, *size), np.float32)
+  ).shape[1:]
   head = _head_model(config)
   head_config = config.copy_and_resolve_references()
-  head_config.data.preprocess = 'none'   # the base already preprocessed and ran
+  head_config.data.preprocess = 'none'  # the base already preprocessed and ran
 
   def make_pipeline(split):
     images = input_pipeline.ImagePipeline(config, split, info.class_names)
-    feats, labels = feature_cache.cached_features(config, split, base, variables, images, mesh,
-                                                 loaded.metadata)
-    return feature_cache.FeaturePipeline(head_config, feats, labels,
-                                         images.examples_per_process, images.local_batch)
+    feats, labels = feature_cache.cached_features(
+        config, split, base, variables, images, mesh, loaded.metadata
+    )
+    return feature_cache.FeaturePipeline(
+        head_config, feats, labels, images.examples_per_process, images.local_batch
+    )
 
   return FeatureHead(head, tuple(feature_shape), make_pipeline, head_config)
 
 
 def _state_signature(config, steps_per_epoch: int, input_shape) -> tuple:
   """The structure, shapes and dtypes of the train state a config makes, computed without running it."""
-  if config.features.enabled:   # a head on the cached features of `input_shape`
+  if config.features.enabled:  # a head on the cached features of `input_shape`
     model = _head_model(config)
   else:
     model = models.create_model(config)
@@ -136,48 +154,57 @@ def _state_signature(config, steps_per_epoch: int, input_shape) -> tuple:
   return jax.tree.structure(shapes), [(x.shape, x.dtype) for x in jax.tree.leaves(shapes)]
 
 
-def build(config, workdir: str, read_only: bool = False,
-          devices: Optional[list] = None) -> Experiment:
+def build(
+    config, workdir: str, read_only: bool = False, devices: Optional[list] = None
+) -> Experiment:
   """Checks config, data, model, weights and workdir (cheap checks first), then assembles a run.
 
   The run's config is a new, resolved one (`config` is left as it is): train_from
   written out as `trainable`, preprocess 'auto' as the init_from weights' own, and
   for config.features the head's.
   """
-  from catsdogs_jax.data import input_pipeline   # TensorFlow only where data is read
+  from catsdogs_jax.data import input_pipeline  # TensorFlow only where data is read
+
   mesh = parallel.create_mesh(devices)
   config_checks.validate_config(config, num_devices=mesh.size)
   model = models.create_model(config)
   config_checks.check_image_size(config, model)
   resolved = config_checks.resolve_train_from(config, model)
   loaded = None
-  if resolved.init_from:   # may download and convert published weights: after the cheap checks
+  if resolved.init_from:  # may download and convert published weights: after the cheap checks
     loaded = loading.read(resolved.init_from)
     resolved = _with_preprocessing_of(resolved, loaded)
   info = input_pipeline.describe(resolved)
   steps_per_epoch = (info.num_examples['train'] // jax.process_count()) // (
-      resolved.batch_size // jax.process_count())
+      resolved.batch_size // jax.process_count()
+  )
   config_checks.check_dataset(resolved, info, steps_per_epoch)
   input_shape = models.input_shape(resolved)
   make_pipeline = lambda split: input_pipeline.ImagePipeline(resolved, split, info.class_names)
   if resolved.features.enabled:
     head = _feature_extraction(resolved, loaded, info, mesh)
-    model, input_shape, make_pipeline, resolved = (head.model, head.input_shape,
-                                                   head.make_pipeline, head.config)
-    loaded = None   # the weights went into the base; the head starts fresh
+    model, input_shape, make_pipeline, resolved = (
+        head.model,
+        head.input_shape,
+        head.make_pipeline,
+        head.config,
+    )
+    loaded = None  # the weights went into the base; the head starts fresh
   tx, schedule = optimizers.create_optimizer(resolved, steps_per_epoch)
   plateau = optimizers.create_plateau(resolved)
   init_fn = make_init_fn(model, tx, plateau, input_shape)
   abstract = abstract_state(init_fn, mesh, resolved.seed)
-  if loaded is not None:   # fails listing what differs, before any training
+  if loaded is not None:  # fails listing what differs, before any training
     loading.merge(abstract.params, loaded.params, resolved.dont_load)
   lock = None if read_only else workdir_files.Lock(workdir)
   try:
     if checkpointing.has_checkpoints(workdir):
       workdir_files.check_config_change(
-          workdir, resolved, lambda c: _state_signature(c, steps_per_epoch, input_shape))
+          workdir, resolved, lambda c: _state_signature(c, steps_per_epoch, input_shape)
+      )
     workdir_files.check_model(
-        workdir, workdir_files.model_signature(resolved, abstract.params), write=not read_only)
+        workdir, workdir_files.model_signature(resolved, abstract.params), write=not read_only
+    )
     checkpoints = checkpointing.Checkpoints(workdir, resolved, read_only=read_only)
     if not read_only:
       workdir_files.write_run_config(workdir, resolved)
@@ -185,19 +212,49 @@ def build(config, workdir: str, read_only: bool = False,
     if lock is not None:
       lock.release()
     raise
-  logging.info('dataset %s: classes %s, images %s', resolved.data.dataset, info.class_names,
-               info.num_examples)
-  logging.info('model %s\n%s', resolved.model.name, summary.model_summary(
-      model, {'params': abstract.params, 'batch_stats': abstract.batch_stats}, input_shape,
-      frozen=lambda path: optimizers.is_frozen(path, resolved)))
-  return Experiment(resolved, workdir, info, model, mesh, steps_per_epoch, tx, schedule, plateau,
-                    init_fn, tuple(input_shape), make_pipeline, checkpoints, loaded, lock)
+  logging.info(
+      'dataset %s: classes %s, images %s',
+      resolved.data.dataset,
+      info.class_names,
+      info.num_examples,
+  )
+  logging.info(
+      'model %s\n%s',
+      resolved.model.name,
+      summary.model_summary(
+          model,
+          {'params': abstract.params, 'batch_stats': abstract.batch_stats},
+          input_shape,
+          frozen=lambda path: optimizers.is_frozen(path, resolved),
+      ),
+  )
+  return Experiment(
+      resolved,
+      workdir,
+      info,
+      model,
+      mesh,
+      steps_per_epoch,
+      tx,
+      schedule,
+      plateau,
+      init_fn,
+      tuple(input_shape),
+      make_pipeline,
+      checkpoints,
+      loaded,
+      lock,
+  )
 
 
 def _with_preprocessing_of(config, loaded: loading.LoadedWeights):
   """A copy of `config` whose preprocess 'auto' is the weights' own."""
   resolved = config.copy_and_resolve_references()
   resolved.data.preprocess = preprocessing.resolve(config.data.preprocess, loaded.metadata)
-  logging.info('initialising from %s (%s, preprocessing %r)', config.init_from,
-               loaded.metadata.get('source'), resolved.data.preprocess)
+  logging.info(
+      'initialising from %s (%s, preprocessing %r)',
+      config.init_from,
+      loaded.metadata.get('source'),
+      resolved.data.preprocess,
+  )
   return resolved

@@ -14,6 +14,7 @@ class Loss:
 
   Each takes the [B, 1] (sigmoid) or [B, C] (softmax) logits.
   """
+
   per_example: Callable  # (float32 logits, integer labels) -> [B] cross-entropy
   predictions: Callable  # logits -> [B] int32 class index
   probabilities: Callable  # float32 logits -> [B, num_classes]
@@ -33,18 +34,21 @@ LOSSES: Dict[str, Loss] = {
     'sigmoid': Loss(
         per_example=_sigmoid_cross_entropy,
         predictions=lambda logits: (logits[:, 0] > 0).astype(jnp.int32),
-        probabilities=_sigmoid_probabilities),
+        probabilities=_sigmoid_probabilities,
+    ),
     'softmax': Loss(
         per_example=optax.softmax_cross_entropy_with_integer_labels,
         predictions=lambda logits: jnp.argmax(logits, axis=-1).astype(jnp.int32),
-        probabilities=lambda logits: jax.nn.softmax(logits, axis=-1)),
+        probabilities=lambda logits: jax.nn.softmax(logits, axis=-1),
+    ),
 }
 
 
 def get_loss(name: str) -> Loss:
   if name not in LOSSES:
-    raise ValueError(f'Unknown loss {name!r} (config.loss); '
-                     f'choose one of: {", ".join(LOSSES)}.')
+    raise ValueError(
+        f'Unknown loss {name!r} (config.loss); ' f'choose one of: {", ".join(LOSSES)}.'
+    )
   return LOSSES[name]
 
 

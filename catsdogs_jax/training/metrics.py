@@ -10,6 +10,7 @@ from clu import metrics
 @flax.struct.dataclass
 class ConfusionMatrix(metrics.Metric):
   """Counts [true class, predicted class]; padded examples have mask 0."""
+
   counts: jnp.ndarray
 
   @classmethod
@@ -34,6 +35,7 @@ class SkippedSteps(metrics.Metric):
   (`leading`) and end (`trailing`), the longest run inside it, and whether
   every step was skipped: enough to know the longest run across any merges.
   """
+
   total: jnp.ndarray
   leading: jnp.ndarray
   trailing: jnp.ndarray
@@ -55,18 +57,26 @@ class SkippedSteps(metrics.Metric):
         total=self.total + other.total,
         leading=self.leading + other.leading * self.every,
         trailing=other.trailing + self.trailing * other.every,
-        longest=jnp.maximum(jnp.maximum(self.longest, other.longest),
-                            self.trailing + other.leading),
-        every=self.every * other.every)
+        longest=jnp.maximum(
+            jnp.maximum(self.longest, other.longest), self.trailing + other.leading
+        ),
+        every=self.every * other.every,
+    )
 
   def compute(self):
-    return {'total': self.total, 'leading': self.leading, 'trailing': self.trailing,
-            'longest': self.longest, 'every': self.every}
+    return {
+        'total': self.total,
+        'leading': self.leading,
+        'trailing': self.trailing,
+        'longest': self.longest,
+        'every': self.every,
+    }
 
 
 @flax.struct.dataclass
 class TrainMetrics(metrics.Collection):
   """Averages over the examples of applied steps (`mask`: 0 on a skipped step's examples)."""
+
   loss: metrics.Average.from_output('loss')
   accuracy: metrics.Average.from_output('accuracy')
   skipped: SkippedSteps
@@ -86,5 +96,6 @@ def to_json(collection) -> list:
 
 def from_json(leaves: list, like):
   """The collection saved by `to_json`, in the structure of `like` (e.g. `TrainMetrics.empty()`)."""
-  return jax.tree.unflatten(jax.tree.structure(like),
-                            [jnp.asarray(value, dtype) for value, dtype in leaves])
+  return jax.tree.unflatten(
+      jax.tree.structure(like), [jnp.asarray(value, dtype) for value, dtype in leaves]
+  )

@@ -24,14 +24,19 @@ def _step(config, steps_per_epoch: int, warmup: int) -> optax.Schedule:
 
 def _cosine(config, steps_per_epoch: int, warmup: int) -> optax.Schedule:
   total = config.num_epochs * steps_per_epoch
-  return optax.cosine_decay_schedule(config.optimizer.learning_rate, max(total - warmup, 1),
-                                     alpha=config.schedule.cosine_alpha)
+  return optax.cosine_decay_schedule(
+      config.optimizer.learning_rate, max(total - warmup, 1), alpha=config.schedule.cosine_alpha
+  )
 
 
 # config.schedule.name -> (config, steps_per_epoch, warmup_steps) -> the schedule after warmup.
 # 'plateau' is constant here: create_plateau scales it once per epoch.
 SCHEDULES: Dict[str, Callable[..., optax.Schedule]] = {
-    'constant': _constant, 'step': _step, 'cosine': _cosine, 'plateau': _constant}
+    'constant': _constant,
+    'step': _step,
+    'cosine': _cosine,
+    'plateau': _constant,
+}
 
 
 def _sgd(o, schedule) -> optax.GradientTransformation:
@@ -40,8 +45,14 @@ def _sgd(o, schedule) -> optax.GradientTransformation:
 
 def _rmsprop(o, schedule) -> optax.GradientTransformation:
   # Keras adds epsilon outside the square root; so do we (eps_in_sqrt=False).
-  return optax.rmsprop(schedule, decay=o.rho, eps=o.eps, eps_in_sqrt=False,
-                       momentum=o.momentum or None, nesterov=o.nesterov)
+  return optax.rmsprop(
+      schedule,
+      decay=o.rho,
+      eps=o.eps,
+      eps_in_sqrt=False,
+      momentum=o.momentum or None,
+      nesterov=o.nesterov,
+  )
 
 
 def _adam(o, schedule) -> optax.GradientTransformation:
@@ -50,20 +61,27 @@ def _adam(o, schedule) -> optax.GradientTransformation:
 
 # config.optimizer.name -> (config.optimizer, schedule) -> the optax optimiser.
 OPTIMIZERS: Dict[str, Callable[..., optax.GradientTransformation]] = {
-    'sgd': _sgd, 'rmsprop': _rmsprop, 'adam': _adam}
+    'sgd': _sgd,
+    'rmsprop': _rmsprop,
+    'adam': _adam,
+}
 
 
 def _schedule_factory(name: str):
   if name not in SCHEDULES:
-    raise ValueError(f'Unknown schedule {name!r} (config.schedule.name); '
-                     f'choose one of: {", ".join(SCHEDULES)}.')
+    raise ValueError(
+        f'Unknown schedule {name!r} (config.schedule.name); '
+        f'choose one of: {", ".join(SCHEDULES)}.'
+    )
   return SCHEDULES[name]
 
 
 def _optimizer_factory(name: str):
   if name not in OPTIMIZERS:
-    raise ValueError(f'Unknown optimizer {name!r} (config.optimizer.name); '
-                     f'choose one of: {", ".join(OPTIMIZERS)}.')
+    raise ValueError(
+        f'Unknown optimizer {name!r} (config.optimizer.name); '
+        f'choose one of: {", ".join(OPTIMIZERS)}.'
+    )
   return OPTIMIZERS[name]
 
 
@@ -100,8 +118,9 @@ def _kernel_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def create_optimizer(config, steps_per_epoch: int, schedule: Optional[optax.Schedule] = None
-                     ) -> Tuple[optax.GradientTransformation, Callable]:
+def create_optimizer(
+    config, steps_per_epoch: int, schedule: Optional[optax.Schedule] = None
+) -> Tuple[optax.GradientTransformation, Callable]:
   """Returns the optax transformation and its learning-rate schedule (config's, or `schedule`)."""
   schedule = create_schedule(config, steps_per_epoch) if schedule is None else schedule
   parts = []
@@ -116,7 +135,8 @@ def create_optimizer(config, steps_per_epoch: int, schedule: Optional[optax.Sche
     # Frozen parameters get zero updates and no optimizer state.
     tx = optax.multi_transform(
         {'trainable': tx, 'frozen': optax.set_to_zero()},
-        lambda params: frozen_labels(params, config))
+        lambda params: frozen_labels(params, config),
+    )
   return tx, schedule
 
 
@@ -124,9 +144,13 @@ def create_plateau(config) -> optax.GradientTransformationExtraArgs:
   """Reduce-on-plateau, updated once per epoch with the monitored validation metric."""
   s = config.schedule
   return optax.contrib.reduce_on_plateau(
-      factor=s.plateau_factor, patience=s.plateau_patience, rtol=0.0,
-      atol=s.plateau_min_delta, cooldown=s.plateau_cooldown,
-      min_scale=s.plateau_min_scale)
+      factor=s.plateau_factor,
+      patience=s.plateau_patience,
+      rtol=0.0,
+      atol=s.plateau_min_delta,
+      cooldown=s.plateau_cooldown,
+      min_scale=s.plateau_min_scale,
+  )
 
 
 def plateau_value(config, metrics) -> float:

@@ -9,12 +9,12 @@ import numpy as np
 import optax
 
 from catsdogs_jax.data import augment
+from catsdogs_jax.data.preprocessing import get_preprocessor
+from catsdogs_jax.models import batch_norm
 from catsdogs_jax.runtime import parallel
 from catsdogs_jax.training import losses
 from catsdogs_jax.training.metrics import EvalMetrics, TrainMetrics
-from catsdogs_jax.models import batch_norm
 from catsdogs_jax.training.optimizers import frozen_mask, is_frozen
-from catsdogs_jax.data.preprocessing import get_preprocessor
 
 
 def model_variables(state, params=None):
@@ -47,13 +47,21 @@ def make_train_step(model, tx: optax.GradientTransformation, config):
       # JAX does not differentiate the frozen part of the network at all.
       # Frozen BatchNorm layers normalise with, and keep, their running statistics;
       # with config.batch_norm_running_average every BatchNorm layer does.
-      params = jax.tree.map(lambda p, frozen: jax.lax.stop_gradient(p) if frozen else p,
-                            params, frozen_mask(params, config))
+      params = jax.tree.map(
+          lambda p, frozen: jax.lax.stop_gradient(p) if frozen else p,
+          params,
+          frozen_mask(params, config),
+      )
       with batch_norm.inference_where(
-          lambda path: config.batch_norm_running_average or is_frozen(path, config)):
+          lambda path: config.batch_norm_running_average or is_frozen(path, config)
+      ):
         logits, new_vars = model.apply(
-            model_variables(state, params), images, train=True,
-            rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
+            model_variables(state, params),
+            images,
+            train=True,
+            rngs={'dropout': dropout_rng},
+            mutable=['batch_stats'],
+        )
       per_example = losses.per_example_loss(logits, labels, config.loss)
       return per_example.mean(), (per_example, logits, new_vars)
 
@@ -69,12 +77,16 @@ def make_train_step(model, tx: optax.GradientTransformation, config):
     finite = jnp.isfinite(per_example).all() & _all_finite(grads)
     skip = (~finite) if config.nan_policy == 'skip' else jnp.zeros((), bool)
     # A skipped update leaves the state as it was; the step (so data order and RNG) moves on.
-    new_state = jax.tree.map(lambda new, old: jnp.where(skip, old, new), new_state,
-                             state.replace(step=state.step + 1))
+    new_state = jax.tree.map(
+        lambda new, old: jnp.where(skip, old, new), new_state, state.replace(step=state.step + 1)
+    )
     correct = losses.predictions(logits, config.loss) == labels
     metrics = TrainMetrics.single_from_model_output(
-        loss=per_example, accuracy=correct.astype(jnp.float32),
-        mask=jnp.broadcast_to(~skip, per_example.shape), skipped=skip)
+        loss=per_example,
+        accuracy=correct.astype(jnp.float32),
+        mask=jnp.broadcast_to(~skip, per_example.shape),
+        skipped=skip,
+    )
     return new_state, metrics, finite
 
   return train_step
@@ -88,7 +100,7 @@ def _inference_logits(model, config):
     images = preprocess(images).astype(compute_dtype)
     variables = model_variables(state)
     logits = model.apply(variables, images, train=False)
-    if config.eval_flip:   # a cat is a cat in the mirror: average both views' logits
+    if config.eval_flip:  # a cat is a cat in the mirror: average both views' logits
       mirrored = model.apply(variables, images[:, :, ::-1], train=False)
       logits = (logits + mirrored) / 2
     return logits
@@ -107,8 +119,11 @@ def make_eval_step(model, config):
     return EvalMetrics.single_from_model_output(
         loss=losses.per_example_loss(logits, labels, config.loss),
         accuracy=(predictions == labels).astype(jnp.float32),
-        labels=labels, predictions=predictions, num_classes=config.data.num_classes,
-        mask=batch['mask'])
+        labels=labels,
+        predictions=predictions,
+        num_classes=config.data.num_classes,
+        mask=batch['mask'],
+    )
 
   return eval_step
 
@@ -122,14 +137,17 @@ def make_predict_step(model, config):
 
   def predict_step(state, batch):
     logits = logits_fn(state, batch['image'])
-    return {'probabilities': losses.probabilities(logits, config.loss),
-            'loss': losses.per_example_loss(logits, batch['label'], config.loss)}
+    return {
+        'probabilities': losses.probabilities(logits, config.loss),
+        'loss': losses.per_example_loss(logits, batch['label'], config.loss),
+    }
 
   return predict_step
 
 
-def run_eval(eval_step, state, pipeline, mesh,
-             after_batch: Optional[Callable[[int], Any]] = None) -> Dict[str, Any]:
+def run_eval(
+    eval_step, state, pipeline, mesh, after_batch: Optional[Callable[[int], Any]] = None
+) -> Dict[str, Any]:
   """Loss, accuracy and confusion matrix over every image of `pipeline` exactly once.
 
   `after_batch(index)` is called after each batch is dispatched (the train loop's hooks).
@@ -142,5 +160,9 @@ def run_eval(eval_step, state, pipeline, mesh,
     total = metrics if total is None else total.merge(metrics)
   result = jax.device_get(total.compute())
   confusion = np.asarray(result['confusion'])
-  return {'loss': float(result['loss']), 'accuracy': float(result['accuracy']),
-          'confusion': confusion.tolist(), 'num_images': int(confusion.sum())}
+  return {
+      'loss': float(result['loss']),
+      'accuracy': float(result['accuracy']),
+      'confusion': confusion.tolist(),
+      'num_images': int(confusion.sum()),
+  }

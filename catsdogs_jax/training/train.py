@@ -27,7 +27,8 @@ from clu import metric_writers, periodic_actions
 from flax import traverse_util
 
 from catsdogs_jax.runtime import parallel, preemption
-from catsdogs_jax.training import epoch_log, experiment, metrics as metrics_lib, optimizers
+from catsdogs_jax.training import epoch_log, experiment, optimizers
+from catsdogs_jax.training import metrics as metrics_lib
 from catsdogs_jax.training.steps import make_eval_step, make_train_step, run_eval
 
 
@@ -38,24 +39,33 @@ class NonFiniteLossError(FloatingPointError):
 @dataclasses.dataclass
 class History:
   """What a checkpoint keeps besides the state: the finished epochs' log rows, and why it stopped."""
+
   epochs: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
   stop_reason: Optional[str] = None
-  skips_in_a_row: int = 0     # non-finite steps skipped at the end of the last epoch (nan_policy='skip')
+  skips_in_a_row: int = (
+      0  # non-finite steps skipped at the end of the last epoch (nan_policy='skip')
+  )
   # A checkpoint in the middle of an epoch: its step, running metrics (JSON) and finiteness.
   partial_epoch: Optional[Dict[str, Any]] = None
 
   def to_json(self) -> Dict[str, Any]:
-    out = {'epochs': self.epochs, 'stop_reason': self.stop_reason,
-           'skips_in_a_row': self.skips_in_a_row}
+    out = {
+        'epochs': self.epochs,
+        'stop_reason': self.stop_reason,
+        'skips_in_a_row': self.skips_in_a_row,
+    }
     if self.partial_epoch is not None:
       out['partial_epoch'] = self.partial_epoch
     return out
 
   @classmethod
   def from_json(cls, saved: Dict[str, Any]) -> 'History':
-    return cls(epochs=list(saved['epochs']), stop_reason=saved.get('stop_reason'),
-               skips_in_a_row=saved.get('skips_in_a_row', 0),
-               partial_epoch=saved.get('partial_epoch'))
+    return cls(
+        epochs=list(saved['epochs']),
+        stop_reason=saved.get('stop_reason'),
+        skips_in_a_row=saved.get('skips_in_a_row', 0),
+        partial_epoch=saved.get('partial_epoch'),
+    )
 
   def finished(self, num_epochs: int) -> bool:
     return bool(self.stop_reason) or len(self.epochs) >= num_epochs
@@ -64,14 +74,15 @@ class History:
 @dataclasses.dataclass
 class Loop:
   """Where the loop stands: the run, its state and history, and the running epoch so far."""
+
   exp: experiment.Experiment
   state: Any
   history: History
   step: int
-  epoch: int = 0                # the running epoch, from 0
-  metrics: Any = None           # TrainMetrics of the running epoch so far (on the devices)
-  finite: Any = None            # every step of the running epoch finite (on the devices)
-  carry: int = 0                # skipped steps in a row before the running epoch
+  epoch: int = 0  # the running epoch, from 0
+  metrics: Any = None  # TrainMetrics of the running epoch so far (on the devices)
+  finite: Any = None  # every step of the running epoch finite (on the devices)
+  carry: int = 0  # skipped steps in a row before the running epoch
 
   @property
   def config(self):
@@ -84,8 +95,7 @@ class Loop:
   def learning_rate(self) -> float:
     """The last step's learning rate, after stopping on non-finite steps (a host sync)."""
     lr = float(optimizers.learning_rate(self.exp.schedule, self.step - 1, self.state.plateau))
-    _check_health(self.config, self.metrics, self.finite, self.carry, self.step,
-                  self.epoch + 1, lr)
+    _check_health(self.config, self.metrics, self.finite, self.carry, self.step, self.epoch + 1, lr)
     return lr
 
   def save(self, val_metrics: Optional[Dict[str, float]], hooks: Sequence['Hook']):
@@ -96,9 +106,12 @@ class Loop:
 
   def save_partial_epoch(self, hooks: Sequence['Hook']):
     """A checkpoint in the middle of an epoch, with what the epoch's log row needs so far."""
-    self.learning_rate()   # never checkpoint a non-finite state
-    self.history.partial_epoch = {'step': self.step, 'metrics': metrics_lib.to_json(self.metrics),
-                                  'finite': bool(self.finite)}
+    self.learning_rate()  # never checkpoint a non-finite state
+    self.history.partial_epoch = {
+        'step': self.step,
+        'metrics': metrics_lib.to_json(self.metrics),
+        'finite': bool(self.finite),
+    }
     self.save(None, hooks)
     self.history.partial_epoch = None
     self.exp.checkpoints.wait()
@@ -136,9 +149,11 @@ class LogProgress(Hook):
   def __init__(self, workdir: str, config, total_steps: int, start_step: int):
     self.workdir, self.config = workdir, config
     self.writer = metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0, asynchronous=False)
-    self.report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=self.writer,
-                                                  every_steps=config.log_every_steps)
+        workdir, just_logging=jax.process_index() > 0, asynchronous=False
+    )
+    self.report = periodic_actions.ReportProgress(
+        num_train_steps=total_steps, writer=self.writer, every_steps=config.log_every_steps
+    )
     self.progress = epoch_log.Progress(total_steps, config.batch_size, start_step)
 
   def begin(self, loop):
@@ -149,21 +164,38 @@ class LogProgress(Hook):
     self.report(loop.step)
     if loop.step % self.config.log_every_steps:
       return
-    lr = loop.learning_rate()   # the only per-step host sync
+    lr = loop.learning_rate()  # the only per-step host sync
     running = loop.metrics.compute()
-    self.progress.log(loop.epoch + 1, self.config.num_epochs, loop.step, float(running['loss']),
-                      float(running['accuracy']))
-    self.writer.write_scalars(loop.step, {'train_loss': running['loss'],
-                                          'train_accuracy': running['accuracy'],
-                                          'learning_rate': lr})
+    self.progress.log(
+        loop.epoch + 1,
+        self.config.num_epochs,
+        loop.step,
+        float(running['loss']),
+        float(running['accuracy']),
+    )
+    self.writer.write_scalars(
+        loop.step,
+        {'train_loss': running['loss'], 'train_accuracy': running['accuracy'], 'learning_rate': lr},
+    )
 
   def after_epoch(self, loop, row):
-    logging.info('epoch %d/%d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f '
-                 '(%d images) lr %.3g, %.1fs', row['epoch'], self.config.num_epochs, row['loss'],
-                 row['accuracy'], row['val_loss'], row['val_accuracy'], row['val_images'],
-                 row['learning_rate'], row['seconds'])
-    self.writer.write_scalars(loop.step, {k: row[k] for k in ('loss', 'accuracy', 'val_loss',
-                                                              'val_accuracy', 'learning_rate')})
+    logging.info(
+        'epoch %d/%d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f '
+        '(%d images) lr %.3g, %.1fs',
+        row['epoch'],
+        self.config.num_epochs,
+        row['loss'],
+        row['accuracy'],
+        row['val_loss'],
+        row['val_accuracy'],
+        row['val_images'],
+        row['learning_rate'],
+        row['seconds'],
+    )
+    self.writer.write_scalars(
+        loop.step,
+        {k: row[k] for k in ('loss', 'accuracy', 'val_loss', 'val_accuracy', 'learning_rate')},
+    )
     self.writer.flush()
 
   def end(self, loop):
@@ -178,7 +210,7 @@ class StopOnSignal(Hook):
   """
 
   def __init__(self, guard: preemption.Guard, hooks: Sequence[Hook]):
-    self.guard, self.hooks = guard, hooks   # `hooks`: told of the checkpoint it saves
+    self.guard, self.hooks = guard, hooks  # `hooks`: told of the checkpoint it saves
 
   def after_step(self, loop):
     # At an epoch's end the epoch is validated and saved first (after_epoch).
@@ -195,18 +227,24 @@ class StopOnSignal(Hook):
 
   def _message(self, loop) -> str:
     epoch, into = divmod(loop.step, loop.steps_per_epoch)
-    where = (f'epoch {epoch + 1}, step {into} of {loop.steps_per_epoch}' if into
-             else f'the end of epoch {epoch}')
-    return (f'{self.guard.received} received: stopped after step {loop.step} ({where}) with a '
-            f'checkpoint in {loop.exp.workdir}. Run the same command again to resume from it.')
+    where = (
+        f'epoch {epoch + 1}, step {into} of {loop.steps_per_epoch}'
+        if into
+        else f'the end of epoch {epoch}'
+    )
+    return (
+        f'{self.guard.received} received: stopped after step {loop.step} ({where}) with a '
+        f'checkpoint in {loop.exp.workdir}. Run the same command again to resume from it.'
+    )
 
 
 class Profile(Hook):
   """A profiler trace of `num_steps` steps from `first_step` (TensorBoard's profile tab)."""
 
   def __init__(self, workdir: str, first_step: int, num_steps: int):
-    self.action = periodic_actions.Profile(logdir=workdir, first_profile=first_step,
-                                           num_profile_steps=num_steps)
+    self.action = periodic_actions.Profile(
+        logdir=workdir, first_profile=first_step, num_profile_steps=num_steps
+    )
 
   def after_step(self, loop):
     self.action(loop.step)
@@ -221,7 +259,7 @@ def train_and_evaluate(config, workdir: str, hooks: Sequence[Hook] = ()) -> Hist
   try:
     return _train(exp, list(hooks))
   finally:
-    exp.checkpoints.close()   # waits for a save in flight, also when training failed
+    exp.checkpoints.close()  # waits for a save in flight, also when training failed
     exp.release()
 
 
@@ -249,10 +287,13 @@ def _train(exp: experiment.Experiment, extra_hooks: List[Hook]) -> History:
   if loop.history.finished(config.num_epochs):
     # A run killed between its last checkpoint and the log still gets its full log.
     _write_log_csv(loop)
-    logging.info('Training in %s is already finished (%d epochs%s); nothing to do. Use '
-                 '--mode=evaluate, or raise --config.num_epochs to train further.',
-                 workdir, len(loop.history.epochs),
-                 f'; {loop.history.stop_reason}' if loop.history.stop_reason else '')
+    logging.info(
+        'Training in %s is already finished (%d epochs%s); nothing to do. Use '
+        '--mode=evaluate, or raise --config.num_epochs to train further.',
+        workdir,
+        len(loop.history.epochs),
+        f'; {loop.history.stop_reason}' if loop.history.stop_reason else '',
+    )
     return loop.history
 
   train_data, val_data = exp.pipeline(config.data.train_split), exp.pipeline(config.data.eval_split)
@@ -262,8 +303,9 @@ def _train(exp: experiment.Experiment, extra_hooks: List[Hook]) -> History:
   plateau_update = jax.jit(lambda s, value: exp.plateau.update(0.0, s, value=value)[1])
 
   with preemption.Guard() as guard:
-    hooks = extra_hooks + [LogProgress(workdir, config, exp.steps_per_epoch * config.num_epochs,
-                                       loop.step)]
+    hooks = extra_hooks + [
+        LogProgress(workdir, config, exp.steps_per_epoch * config.num_epochs, loop.step)
+    ]
     if config.profile.num_steps:
       hooks.append(Profile(workdir, config.profile.first_step, config.profile.num_steps))
     hooks.append(StopOnSignal(guard, hooks))
@@ -282,9 +324,12 @@ def _train(exp: experiment.Experiment, extra_hooks: List[Hook]) -> History:
   exp.checkpoints.wait()
   for hook in hooks:
     hook.end(loop)
-  logging.info('training finished: %d epochs, best checkpoint at step %s (by %s)',
-               len(loop.history.epochs), exp.checkpoints.best_step(),
-               config.checkpoint.best_monitor)
+  logging.info(
+      'training finished: %d epochs, best checkpoint at step %s (by %s)',
+      len(loop.history.epochs),
+      exp.checkpoints.best_step(),
+      config.checkpoint.best_monitor,
+  )
   return loop.history
 
 
@@ -304,29 +349,50 @@ def _train_epoch(loop: Loop, train_data, train_step, hooks: Sequence[Hook]):
       hook.after_step(loop)
 
 
-def _end_epoch(loop: Loop, val_data, eval_step, plateau_update, hooks: Sequence[Hook],
-               started: float, first_step: int) -> Dict[str, Any]:
+def _end_epoch(
+    loop: Loop,
+    val_data,
+    eval_step,
+    plateau_update,
+    hooks: Sequence[Hook],
+    started: float,
+    first_step: int,
+) -> Dict[str, Any]:
   """Validation, the epoch's log row, the plateau schedule, early stopping and the checkpoint."""
   config, history = loop.config, loop.history
   lr = loop.learning_rate()
   train = jax.device_get(loop.metrics.compute())
-  val = run_eval(eval_step, loop.state, val_data, loop.exp.mesh,
-                 after_batch=lambda i: [hook.after_eval_batch(loop, i) for hook in hooks])
+  val = run_eval(
+      eval_step,
+      loop.state,
+      val_data,
+      loop.exp.mesh,
+      after_batch=lambda i: [hook.after_eval_batch(loop, i) for hook in hooks],
+  )
   seconds = time.time() - started
-  row = {'epoch': loop.epoch + 1, 'step': loop.step, 'loss': float(train['loss']),
-         'accuracy': float(train['accuracy']), 'val_loss': val['loss'],
-         'val_accuracy': val['accuracy'], 'learning_rate': lr,
-         'skipped_steps': int(train['skipped']['total']), 'seconds': round(seconds, 3),
-         'images_per_second': round((loop.step - first_step) * config.batch_size / seconds, 2)}
+  row = {
+      'epoch': loop.epoch + 1,
+      'step': loop.step,
+      'loss': float(train['loss']),
+      'accuracy': float(train['accuracy']),
+      'val_loss': val['loss'],
+      'val_accuracy': val['accuracy'],
+      'learning_rate': lr,
+      'skipped_steps': int(train['skipped']['total']),
+      'seconds': round(seconds, 3),
+      'images_per_second': round((loop.step - first_step) * config.batch_size / seconds, 2),
+  }
   history.epochs.append(row)
   history.skips_in_a_row = _skips_in_a_row(loop.metrics, loop.carry)
   if config.schedule.name == 'plateau':
-    loop.state = loop.state.replace(plateau=plateau_update(
-        loop.state.plateau, optimizers.plateau_value(config, row)))
+    loop.state = loop.state.replace(
+        plateau=plateau_update(loop.state.plateau, optimizers.plateau_value(config, row))
+    )
   if config.early_stopping.enabled:
     es = config.early_stopping
-    history.stop_reason = epoch_log.early_stopping_reason(history.epochs, es.monitor,
-                                                          es.patience, es.min_delta)
+    history.stop_reason = epoch_log.early_stopping_reason(
+        history.epochs, es.monitor, es.patience, es.min_delta
+    )
   val_metrics = {'val_loss': row['val_loss'], 'val_accuracy': row['val_accuracy']}
   if not all(math.isfinite(v) for v in val_metrics.values()):
     # Kept as a latest checkpoint, never picked as the best one.
@@ -342,15 +408,16 @@ def _write_log_csv(loop: Loop):
     epoch_log.write_csv(os.path.join(loop.exp.workdir, epoch_log.LOG_CSV), loop.history.epochs)
 
 
-def _check_health(config, metrics, finite, carry: int, step: int, epoch: int,
-                  learning_rate: float):
+def _check_health(config, metrics, finite, carry: int, step: int, epoch: int, learning_rate: float):
   """Stops on a non-finite step ('stop'), or on too many skipped steps in a row ('skip').
 
   `carry`: skips in a row at the end of the previous epochs.
   """
-  causes = (f'(epoch {epoch}, learning rate {learning_rate:.3g}). Likely causes: a learning '
-            'rate too high for this model (try --mode=lr_find), unnormalised inputs (check '
-            'config.data.preprocess), or bad images. Earlier checkpoints are kept.')
+  causes = (
+      f'(epoch {epoch}, learning rate {learning_rate:.3g}). Likely causes: a learning '
+      'rate too high for this model (try --mode=lr_find), unnormalised inputs (check '
+      'config.data.preprocess), or bad images. Earlier checkpoints are kept.'
+  )
   if config.nan_policy == 'stop':
     if not bool(finite):
       raise NonFiniteLossError(f'Non-finite loss or gradients before step {step} {causes}')
@@ -361,7 +428,8 @@ def _check_health(config, metrics, finite, carry: int, step: int, epoch: int,
     raise NonFiniteLossError(
         f'{in_a_row} steps in a row had a non-finite loss or gradients and were skipped '
         f'(config.max_skipped_steps={config.max_skipped_steps}); stopped before step {step} '
-        + causes)
+        + causes
+    )
 
 
 def _skips_in_a_row(metrics, carry: int) -> int:

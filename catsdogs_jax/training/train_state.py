@@ -15,10 +15,10 @@ from catsdogs_jax.runtime import parallel
 class TrainState:
   step: jax.Array
   params: Any
-  batch_stats: Any      # BatchNorm running statistics ({} for models without BN)
+  batch_stats: Any  # BatchNorm running statistics ({} for models without BN)
   opt_state: Any
-  plateau: Any          # optax reduce_on_plateau state; its `scale` multiplies updates
-  rng: jax.Array        # raw uint32 key data, folded with the step for dropout
+  plateau: Any  # optax reduce_on_plateau state; its `scale` multiplies updates
+  rng: jax.Array  # raw uint32 key data, folded with the step for dropout
 
 
 def make_init_fn(model, tx: optax.GradientTransformation, plateau, image_shape):

@@ -17,15 +17,23 @@ from catsdogs_jax.weights import converted, pretrained
 def _define_flags():
   """The command line's flags, defined only when this module runs as the program."""
   flags.DEFINE_enum('format', 'keras_h5', list(pretrained.CONVERTERS), 'Format of the weight file.')
-  flags.DEFINE_string('model', 'vgg16', 'Our model name (keras_h5: vgg16, vgg19, efficientnet_b0; '
-                      'torch: vgg16, vgg19, resnet18..152, efficientnet_b0, '
-                      'efficientnet_lite0..2).')
+  flags.DEFINE_string(
+      'model',
+      'vgg16',
+      'Our model name (keras_h5: vgg16, vgg19, efficientnet_b0; '
+      'torch: vgg16, vgg19, resnet18..152, efficientnet_b0, '
+      'efficientnet_lite0..2).',
+  )
   flags.DEFINE_string('input', None, 'The weight file.')
   flags.DEFINE_string('output', None, 'Directory to write the converted weights to.')
-  flags.DEFINE_string('pretrained', None, 'A published weight set (catsdogs_jax.models.'
-                      'WEIGHT_SETS): checks --input (default: its package file or a download) '
-                      'against its checksum and converts it into the cache that '
-                      'init_from="pretrained:NAME" reads; --format, --model, --output unused.')
+  flags.DEFINE_string(
+      'pretrained',
+      None,
+      'A published weight set (catsdogs_jax.models.'
+      'WEIGHT_SETS): checks --input (default: its package file or a download) '
+      'against its checksum and converts it into the cache that '
+      'init_from="pretrained:NAME" reads; --format, --model, --output unused.',
+  )
 
 
 def main(argv):

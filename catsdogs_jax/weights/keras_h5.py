@@ -24,7 +24,6 @@ import numpy as np
 from flax import traverse_util
 
 from catsdogs_jax.data import preprocessing
-
 from catsdogs_jax.weights.converted import ConversionError, Mapping, unchanged, write
 
 
@@ -35,10 +34,12 @@ def read_keras_h5(path: str) -> Dict[str, List[np.ndarray]]:
   except OSError as e:
     raise ConversionError(f'{path!r} is not an HDF5 file ({e}).') from e
   with handle as f:
-    group = f['model_weights'] if 'model_weights' in f else f   # whole-model files nest weights
+    group = f['model_weights'] if 'model_weights' in f else f  # whole-model files nest weights
     if 'layer_names' not in group.attrs:
-      raise ConversionError(f'{path!r} is not a Keras weight file: it has no "layer_names" '
-                            'attribute (expected the legacy .h5 format of keras.applications).')
+      raise ConversionError(
+          f'{path!r} is not a Keras weight file: it has no "layer_names" '
+          'attribute (expected the legacy .h5 format of keras.applications).'
+      )
     layers = {}
     for name in group.attrs['layer_names']:
       name = name.decode() if isinstance(name, bytes) else str(name)
@@ -71,18 +72,23 @@ def _keras_normalization(layers: Dict[str, List[np.ndarray]]) -> str:
   """The preprocessing that the file's Normalization layer (after Rescaling(1/255)) amounts to."""
   names = [n for n in layers if n.startswith('normalization')]
   if len(names) != 1:
-    raise ConversionError(f'Expected one Normalization layer in the file, found {names}: '
-                          'is this a keras.applications EfficientNet file?')
+    raise ConversionError(
+        f'Expected one Normalization layer in the file, found {names}: '
+        'is this a keras.applications EfficientNet file?'
+    )
   mean, variance = (np.asarray(a, np.float64).reshape(-1) for a in layers[names[0]][:2])
   if np.allclose(mean, 0) and np.allclose(variance, 1):
     return 'rescale'
   if np.allclose(mean, preprocessing.TORCH_MEAN, atol=1e-4) and (
-      np.allclose(variance, preprocessing.TORCH_STD, atol=1e-4) or
-      np.allclose(variance, np.square(preprocessing.TORCH_STD), atol=1e-4)):
+      np.allclose(variance, preprocessing.TORCH_STD, atol=1e-4)
+      or np.allclose(variance, np.square(preprocessing.TORCH_STD), atol=1e-4)
+  ):
     return 'torch'
-  raise ConversionError(f'The Normalization layer {names[0]!r} has mean {mean.tolist()} and '
-                        f'variance {variance.tolist()}, neither ImageNet\'s nor an untrained '
-                        'model\'s: no preprocessing of ours matches it.')
+  raise ConversionError(
+      f'The Normalization layer {names[0]!r} has mean {mean.tolist()} and '
+      f"variance {variance.tolist()}, neither ImageNet's nor an untrained "
+      "model's: no preprocessing of ours matches it."
+  )
 
 
 KERAS_MODELS = {'vgg16': _vgg_shape, 'vgg19': _vgg_shape, 'efficientnet_b0': _efficientnet_shape}
@@ -94,7 +100,7 @@ _KERAS_ORDER = {'kernel': 0, 'scale': 0, 'bias': 1, 'mean': 2, 'var': 3}
 
 
 def _depthwise_kernel(w):
-  return np.transpose(w, (0, 1, 3, 2))   # Keras (k, k, C, 1) -> grouped Flax (k, k, 1, C)
+  return np.transpose(w, (0, 1, 3, 2))  # Keras (k, k, C, 1) -> grouped Flax (k, k, 1, C)
 
 
 def keras_mapping(abstract_variables) -> Mapping:
@@ -111,17 +117,34 @@ def keras_tensors(layers: Dict[str, List[np.ndarray]]) -> Dict[str, np.ndarray]:
   return {f'{name}/{i}': a for name, arrays in layers.items() for i, a in enumerate(arrays)}
 
 
-def convert_keras_h5(path: str, model: str, output: str, preprocess: Optional[str] = None,
-                     metadata: Optional[Dict] = None) -> Dict:
+def convert_keras_h5(
+    path: str,
+    model: str,
+    output: str,
+    preprocess: Optional[str] = None,
+    metadata: Optional[Dict] = None,
+) -> Dict:
   """Converts a keras.applications VGG16/VGG19/EfficientNetB0 .h5 file into `output`.
 
   The preprocessing is read from the file unless `preprocess` is given.
   """
   if model not in KERAS_MODELS:
-    raise ConversionError(f'No Keras converter for {model!r}; choose one of '
-                          f'{", ".join(KERAS_MODELS)}.')
+    raise ConversionError(
+        f'No Keras converter for {model!r}; choose one of ' f'{", ".join(KERAS_MODELS)}.'
+    )
   layers = read_keras_h5(path)
   include_top, num_classes, image_size, from_file = KERAS_MODELS[model](layers)
-  return write(path, output, 'keras_h5', model, include_top, num_classes, image_size,
-                  keras_tensors(layers), keras_mapping, ignore=('^normalization',),
-                  preprocess=preprocess or from_file, extra=metadata)
+  return write(
+      path,
+      output,
+      'keras_h5',
+      model,
+      include_top,
+      num_classes,
+      image_size,
+      keras_tensors(layers),
+      keras_mapping,
+      ignore=('^normalization',),
+      preprocess=preprocess or from_file,
+      extra=metadata,
+  )

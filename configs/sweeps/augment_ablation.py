@@ -7,12 +7,12 @@
 
 def get_sweep():
   return [
-      {},                                        # baseline: every augmentation on
+      {},  # baseline: every augmentation on
       {'augment.rotation_range': 0.0},
       {'augment.width_shift_range': 0.0},
       {'augment.height_shift_range': 0.0},
       {'augment.shear_range': 0.0},
       {'augment.zoom_range': 0.0},
       {'augment.horizontal_flip': False},
-      {'augment.fill_mode': 'constant'},         # black outside the image instead of the nearest pixel
+      {'augment.fill_mode': 'constant'},  # black outside the image instead of the nearest pixel
   ]

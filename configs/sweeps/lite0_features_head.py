@@ -7,7 +7,7 @@
 
 def get_sweep():
   return [
-      {},                                        # the config: Adam 1e-3, dropout 0.2, no decay
+      {},  # the config: Adam 1e-3, dropout 0.2, no decay
       {'optimizer.weight_decay': 1e-3},
       {'optimizer.weight_decay': 1e-2},
       {'model.dropout_rate': 0.5},

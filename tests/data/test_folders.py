@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from catsdogs_jax.data import folders, input_pipeline
+
 from conftest import make_image_folder, tiny_config
 
 
@@ -22,20 +23,24 @@ def _save(path, mode='RGB', fmt=None, size=(30, 40), seed=0):
 def messy_folder(tmp_path):
   root = make_image_folder(tmp_path, counts=(('train', 8), ('validation', 4), ('test', 4)))
   cats = os.path.join(root, 'train', 'cats')
-  good = [_save(f'{cats}/gray.jpg', 'L'), _save(f'{cats}/cmyk.jpg', 'CMYK'),
-          _save(f'{cats}/rgba.png', 'RGBA'), _save(f'{cats}/still.gif', 'P'),
-          _save(f'{cats}/pillow_only.tiff', 'RGB', 'TIFF'),
-          _save(f'{cats}/nested/deeper/UPPER.JPG', 'RGB', 'JPEG')]
+  good = [
+      _save(f'{cats}/gray.jpg', 'L'),
+      _save(f'{cats}/cmyk.jpg', 'CMYK'),
+      _save(f'{cats}/rgba.png', 'RGBA'),
+      _save(f'{cats}/still.gif', 'P'),
+      _save(f'{cats}/pillow_only.tiff', 'RGB', 'TIFF'),
+      _save(f'{cats}/nested/deeper/UPPER.JPG', 'RGB', 'JPEG'),
+  ]
   data = open(os.path.join(cats, 'cats.0.jpg'), 'rb').read()
   with open(os.path.join(cats, 'truncated.jpg'), 'wb') as f:
-    f.write(data[:len(data) // 2])
+    f.write(data[: len(data) // 2])
   with open(os.path.join(cats, 'garbage.png'), 'wb') as f:
     f.write(b'this is not a png at all')
   open(os.path.join(cats, 'zero.jpg'), 'wb').close()
   for name in ('notes.txt', 'Thumbs.db', '.DS_Store', '._cats.1.jpg'):
     with open(os.path.join(cats, name), 'wb') as f:
       f.write(b'x')
-  for f in os.listdir(os.path.join(root, 'test', 'dogs')):   # an empty class folder
+  for f in os.listdir(os.path.join(root, 'test', 'dogs')):  # an empty class folder
     os.remove(os.path.join(root, 'test', 'dogs', f))
   return root, good
 
@@ -47,8 +52,12 @@ def test_messy_split_keeps_every_decodable_image_and_skips_the_rest(messy_folder
   assert len(found.paths) == 8 + len(good)
   assert set(good) <= set(found.paths)
   counts = {kind: len(paths) for kind, paths in found.skipped.items()}
-  assert counts == {'corrupt or truncated image': 2, 'empty file': 1, 'not an image file': 2,
-                    'hidden file': 2}
+  assert counts == {
+      'corrupt or truncated image': 2,
+      'empty file': 1,
+      'not an image file': 2,
+      'hidden file': 2,
+  }
   assert 'skipped 7 files' in caplog.text and 'garbage.png' in caplog.text
   assert 'corrupt or truncated image: 2, empty file: 1' in caplog.text
   # Only Pillow reads TIFF: it is carried as PNG bytes, everything else as a path.
@@ -65,7 +74,7 @@ def test_every_kept_image_reaches_the_model_as_rgb(messy_folder):
   assert images.shape == (14, 48, 48, 3)
   paths = list(folders.read_split(root, 'train', ('cats', 'dogs')).paths)
   gray = images[paths.index(good[0])].astype(int)
-  assert np.abs(gray[..., 0] - gray[..., 1]).max() <= 1    # grayscale became R = G = B
+  assert np.abs(gray[..., 0] - gray[..., 1]).max() <= 1  # grayscale became R = G = B
   # A whole epoch of training batches reads without error.
   assert sum(1 for _ in pipe.train_epoch(0)) == pipe.steps_per_epoch == 3
 
@@ -85,8 +94,10 @@ def test_split_with_only_unreadable_files_is_an_error(tmp_path):
     for f in os.listdir(directory):
       with open(os.path.join(directory, f), 'wb') as out:
         out.write(b'\xff\xd8\xff broken')
-  with pytest.raises(folders.DataError,
-                     match=r"Split 'validation' .* no usable image .*corrupt or truncated image: 2"):
+  with pytest.raises(
+      folders.DataError,
+      match=r"Split 'validation' .* no usable image .*corrupt or truncated image: 2",
+  ):
     input_pipeline.describe(tiny_config(root))
 
 
@@ -96,7 +107,7 @@ def flat_folder(tmp_path):
     for name, seed in (('cat', i), ('dog', 100 + i)):
       _save(str(tmp_path / f'{name}.{i}.jpg'), seed=seed)
   (tmp_path / 'readme.txt').write_text('Kaggle dogs vs cats')
-  _save(str(tmp_path / '7.jpg'))                  # Kaggle's unlabelled test images look so
+  _save(str(tmp_path / '7.jpg'))  # Kaggle's unlabelled test images look so
   return str(tmp_path)
 
 
@@ -108,7 +119,7 @@ def test_flat_kaggle_layout_labels_from_names_and_a_fixed_split(flat_folder):
   names = ('cat', 'dog')
   splits = {s: folders.read_split(flat_folder, s, names) for s in folders.FLAT_SPLITS}
   everything = [p for s in splits.values() for p in s.paths]
-  assert len(set(everything)) == 40                      # disjoint and complete
+  assert len(set(everything)) == 40  # disjoint and complete
   for split in splits.values():
     for path, label in zip(split.paths, split.labels):
       assert os.path.basename(path).startswith(names[label])
@@ -129,6 +140,6 @@ def test_folder_splits_take_tfds_style_slices_per_class(image_folder):
   whole = folders.read_split(image_folder, 'train', names)
   first = folders.read_split(image_folder, 'train[:3]', names)
   rest = folders.read_split(image_folder, 'train[25%:]', names)
-  assert np.bincount(first.labels).tolist() == [3, 3]      # 3 of each class
-  assert np.bincount(rest.labels).tolist() == [9, 9]       # 12 per class, minus the first 3
+  assert np.bincount(first.labels).tolist() == [3, 3]  # 3 of each class
+  assert np.bincount(rest.labels).tolist() == [9, 9]  # 12 per class, minus the first 3
   assert set(first.paths) <= set(whole.paths) and not set(first.paths) & set(rest.paths)

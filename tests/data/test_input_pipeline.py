@@ -6,17 +6,21 @@ import numpy as np
 import pytest
 
 from catsdogs_jax.data import input_pipeline
+
 from conftest import make_image_folder, tiny_config
 
 
 def _labels_and_masks(pipeline):
   batches = list(pipeline.eval_batches())
-  return batches, np.concatenate([b['label'] for b in batches]), np.concatenate(
-      [b['mask'] for b in batches])
+  return (
+      batches,
+      np.concatenate([b['label'] for b in batches]),
+      np.concatenate([b['mask'] for b in batches]),
+  )
 
 
 def test_eval_counts_every_image_exactly_once(image_folder):
-  config = tiny_config(image_folder, batch_size=4)   # 10 images: batches of 4, 4, 2+2 padding
+  config = tiny_config(image_folder, batch_size=4)  # 10 images: batches of 4, 4, 2+2 padding
   pipe = input_pipeline.ImagePipeline(config, 'validation', ('cats', 'dogs'))
   batches, labels, masks = _labels_and_masks(pipe)
   assert [len(b['label']) for b in batches] == [4, 4, 4]
@@ -27,35 +31,41 @@ def test_eval_counts_every_image_exactly_once(image_folder):
 
 
 def test_processes_read_disjoint_parts_and_pad_to_equal_batch_counts(image_folder):
-  config = tiny_config(image_folder, batch_size=6)   # 10 images, 3 processes of batch 2
-  everything = _labels_and_masks(input_pipeline.ImagePipeline(
-      config, 'validation', ('cats', 'dogs'), process_index=0, process_count=1))[0]
+  config = tiny_config(image_folder, batch_size=6)  # 10 images, 3 processes of batch 2
+  everything = _labels_and_masks(
+      input_pipeline.ImagePipeline(
+          config, 'validation', ('cats', 'dogs'), process_index=0, process_count=1
+      )
+  )[0]
   fingerprint = lambda batches: sorted(
-      int(x) for b in batches for x in b['image'][b['mask'] == 1].sum(axis=(1, 2, 3)))
+      int(x) for b in batches for x in b['image'][b['mask'] == 1].sum(axis=(1, 2, 3))
+  )
   parts, batch_counts = [], []
   for index in range(3):
-    pipe = input_pipeline.ImagePipeline(config, 'validation', ('cats', 'dogs'),
-                                        process_index=index, process_count=3)
+    pipe = input_pipeline.ImagePipeline(
+        config, 'validation', ('cats', 'dogs'), process_index=index, process_count=3
+    )
     batches, _, masks = _labels_and_masks(pipe)
     batch_counts.append(len(batches))
     assert int(masks.sum()) == pipe.num_examples
     parts.extend(fingerprint(batches))
   assert pipe.examples_per_process == [4, 3, 3]
-  assert batch_counts == [2, 2, 2]                       # every process steps together
-  assert sorted(parts) == fingerprint(everything)        # disjoint, and nothing missing
+  assert batch_counts == [2, 2, 2]  # every process steps together
+  assert sorted(parts) == fingerprint(everything)  # disjoint, and nothing missing
 
 
 def test_train_order_depends_only_on_seed_and_epoch(image_folder):
   config = tiny_config(image_folder)
   pipe = input_pipeline.ImagePipeline(config, 'train', ('cats', 'dogs'))
-  epoch = lambda p, e, skip=0: [b['image'].sum(axis=(1, 2, 3)).tolist()
-                                for b in p.train_epoch(e, skip)]
+  epoch = lambda p, e, skip=0: [
+      b['image'].sum(axis=(1, 2, 3)).tolist() for b in p.train_epoch(e, skip)
+  ]
   first = epoch(pipe, 0)
   assert len(first) == pipe.steps_per_epoch == 3
   again = input_pipeline.ImagePipeline(config, 'train', ('cats', 'dogs'))
-  assert epoch(again, 0) == first               # a new program sees the same order
-  assert epoch(pipe, 1) != first                # the next epoch is reshuffled
-  assert epoch(pipe, 0, skip=1) == first[1:]    # resuming mid-epoch
+  assert epoch(again, 0) == first  # a new program sees the same order
+  assert epoch(pipe, 1) != first  # the next epoch is reshuffled
+  assert epoch(pipe, 0, skip=1) == first[1:]  # resuming mid-epoch
   config.seed = 1
   assert epoch(input_pipeline.ImagePipeline(config, 'train', ('cats', 'dogs')), 0) != first
 
@@ -78,13 +88,15 @@ def test_nested_folders_and_case_are_read_non_images_ignored(tmp_path):
 
 
 def test_missing_folder_names_the_path_and_layout(tmp_path):
-  with pytest.raises(input_pipeline.DataError, match=r"does not exist.*split/label/image"):
+  with pytest.raises(input_pipeline.DataError, match=r'does not exist.*split/label/image'):
     input_pipeline.describe(tiny_config(tmp_path / 'nowhere'))
 
 
 def test_missing_split_lists_the_splits_found(tmp_path):
   root = make_image_folder(tmp_path, counts=(('train', 4), ('test', 2)))
-  with pytest.raises(input_pipeline.DataError, match=r"no split folder 'validation' \(found: test, train\)"):
+  with pytest.raises(
+      input_pipeline.DataError, match=r"no split folder 'validation' \(found: test, train\)"
+  ):
     input_pipeline.describe(tiny_config(root))
 
 
@@ -99,7 +111,11 @@ def test_empty_split_is_an_error(tmp_path):
 
 def test_unprepared_tfds_dataset_says_how_to_use_a_folder(tmp_path):
   config = tiny_config(tmp_path)
-  config.data.dataset, config.data.data_dir, config.data.download = 'cats_vs_dogs', str(tmp_path), False
+  config.data.dataset, config.data.data_dir, config.data.download = (
+      'cats_vs_dogs',
+      str(tmp_path),
+      False,
+  )
   with pytest.raises(input_pipeline.DataError) as error:
     input_pipeline.describe(config)
   message = str(error.value)

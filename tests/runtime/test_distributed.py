@@ -16,42 +16,57 @@ import time
 import numpy as np
 import pytest
 
-from catsdogs_jax.training import epoch_log
 from catsdogs_jax.runtime import checkpointing, distributed
+from catsdogs_jax.training import epoch_log
+
 import inject_fault
 from conftest import ROOT, make_image_folder, tiny_mlp_fields
 
 MLP = os.path.join(ROOT, 'configs', 'mnist_mlp.py')
-HEARTBEAT = 5       # seconds: how soon a dead process is noticed here
+HEARTBEAT = 5  # seconds: how soon a dead process is noticed here
 EPOCHS, STEPS_PER_EPOCH = 4, 3
-VALIDATION_IMAGES = 9   # odd: 5 + 4 over two processes
+VALIDATION_IMAGES = 9  # odd: 5 + 4 over two processes
 
 
 @pytest.fixture(scope='module')
 def folder(tmp_path_factory):
-  root = make_image_folder(tmp_path_factory.mktemp('images'),
-                           counts=(('train', 24), ('validation', 10), ('test', 2)))
+  root = make_image_folder(
+      tmp_path_factory.mktemp('images'), counts=(('train', 24), ('validation', 10), ('test', 2))
+  )
   os.remove(os.path.join(root, 'validation', 'dogs', 'dogs.4.jpg'))
   return root
 
 
 def _flags(folder, workdir, **fields):
-  fields = {**tiny_mlp_fields(folder), 'num_epochs': EPOCHS, 'model.dropout_rate': 0.3,
-            **fields}
-  return [f'--config={MLP}', f'--workdir={workdir}', f'--heartbeat_timeout={HEARTBEAT}',
-          *(f'--config.{k}={v}' for k, v in fields.items())]
+  fields = {**tiny_mlp_fields(folder), 'num_epochs': EPOCHS, 'model.dropout_rate': 0.3, **fields}
+  return [
+      f'--config={MLP}',
+      f'--workdir={workdir}',
+      f'--heartbeat_timeout={HEARTBEAT}',
+      *(f'--config.{k}={v}' for k, v in fields.items()),
+  ]
 
 
 def _start(folder, workdir, per_process=((), ()), program='main.py', **fields):
   """Starts one process per entry of `per_process` (extra arguments of each); returns them."""
   port = distributed.free_port()
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
-             JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
-             JAX_NUM_PROCESSES=str(len(per_process)))
-  return [subprocess.Popen([sys.executable, program, *_flags(folder, workdir, **fields),
-                            *extra], cwd=ROOT, env=dict(env, JAX_PROCESS_ID=str(i)),
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-          for i, extra in enumerate(per_process)]
+  env = dict(
+      os.environ,
+      XLA_FLAGS='--xla_force_host_platform_device_count=2',
+      JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
+      JAX_NUM_PROCESSES=str(len(per_process)),
+  )
+  return [
+      subprocess.Popen(
+          [sys.executable, program, *_flags(folder, workdir, **fields), *extra],
+          cwd=ROOT,
+          env=dict(env, JAX_PROCESS_ID=str(i)),
+          stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT,
+          text=True,
+      )
+      for i, extra in enumerate(per_process)
+  ]
 
 
 def _finish(procs, timeout=240):
@@ -62,12 +77,28 @@ def _finish(procs, timeout=240):
 def test_two_processes_train_and_evaluate_like_one():
   out = os.path.join(os.environ.get('TMPDIR', '/tmp'), f'layouts_{os.getpid()}.json')
   result = subprocess.run(
-      [sys.executable, 'benchmarks/multiprocess.py', '--layouts=1x4,2x2', f'--json={out}',
-       f'--config={MLP}', '--config.data.image_size=8', '--config.data.channels=3',
-       '--config.data.num_classes=2', '--config.batch_size=8', '--config.loss=softmax',
-       '--config.data.preprocess=rescale', '--config.model.dropout_rate=0.3', '--steps=3',
-       '--warmup=1', '--eval_examples=13'],
-      cwd=ROOT, capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          'benchmarks/multiprocess.py',
+          '--layouts=1x4,2x2',
+          f'--json={out}',
+          f'--config={MLP}',
+          '--config.data.image_size=8',
+          '--config.data.channels=3',
+          '--config.data.num_classes=2',
+          '--config.batch_size=8',
+          '--config.loss=softmax',
+          '--config.data.preprocess=rescale',
+          '--config.model.dropout_rate=0.3',
+          '--steps=3',
+          '--warmup=1',
+          '--eval_examples=13',
+      ],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   with open(out) as f:
     layouts = json.load(f)
@@ -75,7 +106,7 @@ def test_two_processes_train_and_evaluate_like_one():
   os.remove(out)
   assert (one['processes'], one['devices'], two['processes'], two['devices']) == (1, 4, 2, 4)
   np.testing.assert_allclose(two['losses'], one['losses'], rtol=1e-5)
-  assert len(one['losses']) == 4 and one['losses'][0] != one['losses'][-1]   # it trained
+  assert len(one['losses']) == 4 and one['losses'][0] != one['losses'][-1]  # it trained
   for key in ('params_sum', 'params_abs_sum', 'params_weighted'):
     np.testing.assert_allclose(two[key], one[key], rtol=1e-5, atol=1e-5)
   assert one['eval']['num_images'] == two['eval']['num_images'] == 13
@@ -100,17 +131,19 @@ def test_main_writes_one_log_and_one_set_of_checkpoints(two_process_run):
   assert sorted(checkpoints) == ['12', '6', '9']
   assert len([f for f in os.listdir(workdir) if f.startswith('events.out')]) == 1
   assert not [f for f in os.listdir(workdir) if f.endswith('.tmp') or f == 'lock.json']
-  for log in logs:   # every validation image counted once, over both processes
+  for log in logs:  # every validation image counted once, over both processes
     assert log.count(f'({VALIDATION_IMAGES} images)') == EPOCHS
     assert 'process 1 of 2' in log or 'process 0 of 2' in log
-  assert 'images/s | ETA' in logs[0] and 'images/s | ETA' not in logs[1]   # progress: process 0
+  assert 'images/s | ETA' in logs[0] and 'images/s | ETA' not in logs[1]  # progress: process 0
 
 
-def test_sigterm_then_kill_9_of_one_process_and_both_resume_exactly(folder, two_process_run,
-                                                                     tmp_path):
+def test_sigterm_then_kill_9_of_one_process_and_both_resume_exactly(
+    folder, two_process_run, tmp_path
+):
   workdir = str(tmp_path / 'run')
-  faulty = lambda fault: _start(folder, workdir, per_process=((), (f'--fault={fault}',)),
-                                program='benchmarks/inject_fault.py')
+  faulty = lambda fault: _start(
+      folder, workdir, per_process=((), (f'--fault={fault}',)), program='benchmarks/inject_fault.py'
+  )
   # SIGTERM to process 1 after step 1: both stop at the next sync point (log step 2).
   codes, logs = _finish(faulty('term_step:1'))
   assert codes == [1, 1], logs[0][-2000:]
@@ -122,7 +155,7 @@ def test_sigterm_then_kill_9_of_one_process_and_both_resume_exactly(folder, two_
   procs = faulty('kill_step:3')
   procs[1].wait(timeout=240)
   died = time.monotonic()
-  procs[0].wait(timeout=HEARTBEAT + 30)   # bounded: never a hang
+  procs[0].wait(timeout=HEARTBEAT + 30)  # bounded: never a hang
   waited = time.monotonic() - died
   codes, logs = _finish(procs)
   assert codes[1] == -9 and codes[0] != 0, logs[0][-2000:]
@@ -132,52 +165,80 @@ def test_sigterm_then_kill_9_of_one_process_and_both_resume_exactly(folder, two_
   newest = checkpointing.saved_steps(workdir)[-1]
   assert newest in (2, 3)
 
-  codes, logs = _finish(_start(folder, workdir))   # both again: the same command
+  codes, logs = _finish(_start(folder, workdir))  # both again: the same command
   assert codes == [0, 0], logs[0][-3000:]
   assert f'resuming from the checkpoint at step {newest}' in logs[0]
-  assert inject_fault.same_outcome(inject_fault.outcome(workdir),
-                                      inject_fault.outcome(two_process_run[0]))
+  assert inject_fault.same_outcome(
+      inject_fault.outcome(workdir), inject_fault.outcome(two_process_run[0])
+  )
 
 
 def test_processes_with_different_configs_are_refused(folder, tmp_path):
   workdir = str(tmp_path / 'run')
-  codes, logs = _finish(_start(folder, workdir,
-                               per_process=((), ('--config.optimizer.learning_rate=0.1',))))
+  codes, logs = _finish(
+      _start(folder, workdir, per_process=((), ('--config.optimizer.learning_rate=0.1',)))
+  )
   assert codes == [1, 1]
   for log in logs:
-    assert ('process 1 differs from process 0 in config.optimizer.learning_rate: 0.008 vs 0.1'
-            in log), log[-2000:]
-  assert not os.path.exists(workdir)   # refused before anything was written
+    assert (
+        'process 1 differs from process 0 in config.optimizer.learning_rate: 0.008 vs 0.1' in log
+    ), log[-2000:]
+  assert not os.path.exists(workdir)  # refused before anything was written
 
 
 def test_unreachable_coordinator_is_named(tmp_path):
   port = distributed.free_port()
   result = subprocess.run(
-      [sys.executable, 'main.py', f'--config={MLP}', f'--workdir={tmp_path}/run',
-       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', '--process_id=1',
-       '--distributed_timeout=2'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+      [
+          sys.executable,
+          'main.py',
+          f'--config={MLP}',
+          f'--workdir={tmp_path}/run',
+          f'--coordinator_address=127.0.0.1:{port}',
+          '--num_processes=2',
+          '--process_id=1',
+          '--distributed_timeout=2',
+      ],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert result.returncode == 1
   assert f'could not reach the coordinator at 127.0.0.1:{port} within 2 s' in result.stderr
   assert 'firewall' in result.stderr
 
 
-@pytest.mark.parametrize('kwargs,expected', [
-    ({'coordinator_address': '127.0.0.1:1234'}, '--num_processes, --process_id'),
-    ({'coordinator_address': '127.0.0.1:1234', 'num_processes': 2, 'process_id': 2},
-     '--process_id=2 must be in 0..1'),
-    ({'coordinator_address': 'host-without-port', 'num_processes': 2, 'process_id': 1},
-     'is not HOST:PORT'),
-])
+@pytest.mark.parametrize(
+    'kwargs,expected',
+    [
+        ({'coordinator_address': '127.0.0.1:1234'}, '--num_processes, --process_id'),
+        (
+            {'coordinator_address': '127.0.0.1:1234', 'num_processes': 2, 'process_id': 2},
+            '--process_id=2 must be in 0..1',
+        ),
+        (
+            {'coordinator_address': 'host-without-port', 'num_processes': 2, 'process_id': 1},
+            'is not HOST:PORT',
+        ),
+    ],
+)
 def test_incomplete_distributed_flags_are_refused(monkeypatch, kwargs, expected):
-  for name in (distributed.ENV_COORDINATOR, distributed.ENV_NUM_PROCESSES,
-               distributed.ENV_PROCESS_ID):
+  for name in (
+      distributed.ENV_COORDINATOR,
+      distributed.ENV_NUM_PROCESSES,
+      distributed.ENV_PROCESS_ID,
+  ):
     monkeypatch.delenv(name, raising=False)
   with pytest.raises(distributed.DistributedError, match=expected):
     distributed.initialize(**kwargs)
 
 
 def test_one_process_needs_no_flag(monkeypatch):
-  for name in (distributed.ENV_COORDINATOR, distributed.ENV_NUM_PROCESSES,
-               distributed.ENV_PROCESS_ID):
+  for name in (
+      distributed.ENV_COORDINATOR,
+      distributed.ENV_NUM_PROCESSES,
+      distributed.ENV_PROCESS_ID,
+  ):
     monkeypatch.delenv(name, raising=False)
   assert distributed.initialize() is False

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from catsdogs_jax import models
-from catsdogs_jax.training import optimizers
-from catsdogs_jax.runtime import parallel
 from catsdogs_jax.models.resnet import BasicBlock, ResNet
+from catsdogs_jax.runtime import parallel
+from catsdogs_jax.training import optimizers
 from catsdogs_jax.training.steps import make_eval_step, make_train_step
 from catsdogs_jax.training.train_state import make_init_fn
 from configs import default
@@ -19,8 +19,12 @@ def _setup(config, devices):
   mesh = parallel.create_mesh(devices)
   model = models.create_model(config)
   tx, _ = optimizers.create_optimizer(config, steps_per_epoch=10)
-  init = make_init_fn(model, tx, optimizers.create_plateau(config),
-                      (config.data.image_size, config.data.image_size, 3))
+  init = make_init_fn(
+      model,
+      tx,
+      optimizers.create_plateau(config),
+      (config.data.image_size, config.data.image_size, 3),
+  )
   state = parallel.jit_init(init, mesh)(jax.random.PRNGKey(0))
   step = parallel.jit_train_step(make_train_step(model, tx, config), mesh)
   return mesh, state, step, model
@@ -28,8 +32,10 @@ def _setup(config, devices):
 
 def _batch(n, size, num_classes=2, seed=0):
   rng = np.random.default_rng(seed)
-  return {'image': rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
-          'label': rng.integers(0, num_classes, (n,), dtype=np.int32)}
+  return {
+      'image': rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+      'label': rng.integers(0, num_classes, (n,), dtype=np.int32),
+  }
 
 
 def _two_steps(config, devices, batch, setup=None):
@@ -38,7 +44,7 @@ def _two_steps(config, devices, batch, setup=None):
   `setup` (from `_setup`) reuses a compiled step; its state is re-initialised.
   """
   mesh, state, step, _ = setup or _setup(config, devices)
-  state = jax.tree.map(lambda x: x.copy(), state)   # the step donates its input state
+  state = jax.tree.map(lambda x: x.copy(), state)  # the step donates its input state
   sharded = parallel.shard_batch(batch, mesh)
   state, metrics, finite = step(state, sharded)
   first = (jax.device_get(state), float(metrics.compute()['loss']))
@@ -53,15 +59,21 @@ def _max_difference(a, b):
 
 # SGD, not RMSprop: RMSprop's first update is lr * sign(g) in effect, so float32
 # rounding noise in a near-zero gradient flips whole updates.
-@pytest.mark.parametrize('name, loss', [
-    ('small_cnn', 'sigmoid'),   # with dropout: the same mask however it is sharded
-    ('resnet_tiny', 'softmax'),  # BatchNorm: statistics over the global batch
-])
+@pytest.mark.parametrize(
+    'name, loss',
+    [
+        ('small_cnn', 'sigmoid'),  # with dropout: the same mask however it is sharded
+        ('resnet_tiny', 'softmax'),  # BatchNorm: statistics over the global batch
+    ],
+)
 def test_sharded_step_equals_single_device_step(name, loss, monkeypatch):
   assert jax.device_count() == 4, 'conftest sets 4 simulated CPU devices'
   # ResNet18's blocks, two stages of one: the same BatchNorm code, a fraction of the compile time.
-  monkeypatch.setitem(models.MODELS, 'resnet_tiny',
-                      functools.partial(ResNet, stage_sizes=(1, 1), block_cls=BasicBlock))
+  monkeypatch.setitem(
+      models.MODELS,
+      'resnet_tiny',
+      functools.partial(ResNet, stage_sizes=(1, 1), block_cls=BasicBlock),
+  )
   config = default.get_config()
   config.model.name, config.loss, config.optimizer.name = name, loss, 'sgd'
   config.optimizer.momentum = 0.9
@@ -81,15 +93,17 @@ def test_sharded_step_equals_single_device_step(name, loss, monkeypatch):
   np.testing.assert_allclose(next_one, next_four, rtol=1e-4)
   trees = lambda s: (s.params, s.batch_stats, s.opt_state)
   if name == 'small_cnn':
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
-                 trees(one), trees(four))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), trees(one), trees(four)
+    )
   else:
     # BatchNorm's backward pass subtracts nearly equal sums, so any change of
     # reduction order moves the gradients by more than float32 epsilon. The noise
     # floor is what merely reordering the batch on one device does.
     perm = np.random.default_rng(1).permutation(len(batch['label']))
-    (reordered, _, _), _ = _two_steps(config, jax.devices()[:1],
-                                      {k: v[perm] for k, v in batch.items()}, single)
+    (reordered, _, _), _ = _two_steps(
+        config, jax.devices()[:1], {k: v[perm] for k, v in batch.items()}, single
+    )
     floor = _max_difference(trees(one), trees(reordered))
     assert _max_difference(trees(one), trees(four)) <= 2 * floor + 1e-7
 

@@ -11,17 +11,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catsdogs_jax.training import epoch_log, experiment, train
+from catsdogs_jax import models
+from catsdogs_jax.data.folders import DataError
+from catsdogs_jax.models import abstract_variables, summary
 from catsdogs_jax.tools import curves, evaluate, layer_views, lr_find, predict
 from catsdogs_jax.tools import summary as summary_tool
-from catsdogs_jax import models
-from catsdogs_jax.models import summary
-from catsdogs_jax.data.folders import DataError
+from catsdogs_jax.training import epoch_log, experiment, train
+from catsdogs_jax.training.config_checks import ConfigError
 from catsdogs_jax.training.optimizers import is_frozen
 from catsdogs_jax.training.steps import make_predict_step
-from catsdogs_jax.models import abstract_variables
-from catsdogs_jax.training.config_checks import ConfigError
-from configs import efficientnet_b0_transfer, efficientnet_lite0_finetune, resnet50, small_cnn, vgg16, vgg16_finetune
+from configs import (
+    efficientnet_b0_transfer,
+    efficientnet_lite0_finetune,
+    resnet50,
+    small_cnn,
+    vgg16,
+    vgg16_finetune,
+)
+
 from conftest import override, tiny_config, tiny_mlp_config
 
 SIZE = 16
@@ -47,9 +54,16 @@ def test_per_class_precision_recall_f1_on_a_hand_made_confusion():
   never = evaluate.per_class_metrics([[5, 0, 0], [3, 0, 0], [0, 0, 0]], ['a', 'b', 'c'])
   assert never['b'] == {'precision': 0.0, 'recall': 0.0, 'f1': 0.0, 'support': 3}
   assert never['c']['support'] == 0 and never['a']['precision'] == pytest.approx(5 / 8)
-  table = evaluate.format_result({'num_images': 20, 'loss': 0.3, 'accuracy': 0.85,
-                                  'confusion': [[8, 2], [1, 9]], 'per_class': metrics},
-                                 ['cats', 'dogs'])
+  table = evaluate.format_result(
+      {
+          'num_images': 20,
+          'loss': 0.3,
+          'accuracy': 0.85,
+          'confusion': [[8, 2], [1, 9]],
+          'per_class': metrics,
+      },
+      ['cats', 'dogs'],
+  )
   assert 'precision' in table and '0.8889' in table and '0.9000' in table
 
 
@@ -79,18 +93,22 @@ def _forced_workdir(config, workdir):
   hidden = np.zeros_like(params['hidden']['kernel'])
   pixel = np.zeros((SIZE, SIZE, 3), np.float32)
   pixel[..., 2], pixel[..., 0] = 1.0 / SIZE**2, -1.0 / SIZE**2
-  hidden[:, 0], hidden[:, 1] = pixel.ravel(), -pixel.ravel()   # relu(b - r), relu(r - b)
+  hidden[:, 0], hidden[:, 1] = pixel.ravel(), -pixel.ravel()  # relu(b - r), relu(r - b)
   logits = np.zeros_like(params['logits']['kernel'])
   if config.loss == 'sigmoid':
     logits[0, 0], logits[1, 0] = SCALE, -SCALE
   else:
     logits[0, 1], logits[1, 0] = SCALE, SCALE
-  params = {'hidden': {'kernel': hidden, 'bias': np.zeros_like(params['hidden']['bias'])},
-            'logits': {'kernel': logits, 'bias': np.zeros_like(params['logits']['bias'])}}
-  state = state.replace(params=jax.device_put(params, jax.tree.map(lambda x: x.sharding,
-                                                                   state.params)))
-  exp.checkpoints.save(1, state, train.History().to_json(),
-                       metrics={'val_loss': 0.0, 'val_accuracy': 1.0})
+  params = {
+      'hidden': {'kernel': hidden, 'bias': np.zeros_like(params['hidden']['bias'])},
+      'logits': {'kernel': logits, 'bias': np.zeros_like(params['logits']['bias'])},
+  }
+  state = state.replace(
+      params=jax.device_put(params, jax.tree.map(lambda x: x.sharding, state.params))
+  )
+  exp.checkpoints.save(
+      1, state, train.History().to_json(), metrics={'val_loss': 0.0, 'val_accuracy': 1.0}
+  )
   exp.checkpoints.wait()
   return str(workdir)
 
@@ -99,8 +117,12 @@ def _p_dog(rgb):
   return 1 / (1 + np.exp(-SCALE * (rgb[2] - rgb[0]) / 255))
 
 
-COLOURS = {'12': (10, 20, 250), '3': (250, 30, 40), 'mixed.7': (120, 90, 140),
-           'grey': (128, 128, 128)}
+COLOURS = {
+    '12': (10, 20, 250),
+    '3': (250, 30, 40),
+    'mixed.7': (120, 90, 140),
+    'grey': (128, 128, 128),
+}
 
 
 @pytest.mark.parametrize('loss', ['sigmoid', 'softmax'])
@@ -123,8 +145,14 @@ def test_predict_writes_the_forced_labels_and_probabilities(image_folder, tmp_pa
     kaggle = list(csv.reader(f))
   assert kaggle[0] == ['id', 'label']
   assert {r[0]: float(r[1]) for r in kaggle[1:]} == pytest.approx(
-      {'12': _p_dog(COLOURS['12']), '3': _p_dog(COLOURS['3']), '7': _p_dog(COLOURS['mixed.7']),
-       'grey': 0.5}, abs=2e-6)
+      {
+          '12': _p_dog(COLOURS['12']),
+          '3': _p_dog(COLOURS['3']),
+          '7': _p_dog(COLOURS['mixed.7']),
+          'grey': 0.5,
+      },
+      abs=2e-6,
+  )
   assert _png_size(os.path.join(workdir, predict.GRID_PNG)) == (880, 280)
 
   # One image, given as a file and a glob: the bar chart too.
@@ -135,16 +163,16 @@ def test_predict_writes_the_forced_labels_and_probabilities(image_folder, tmp_pa
 
 def test_evaluate_names_unvalidated_checkpoints_and_the_step_flag(image_folder, tmp_path):
   config = _forced_config(image_folder, 'sigmoid')
-  with pytest.raises(FileNotFoundError, match=r"No checkpoint in .*train first"):
+  with pytest.raises(FileNotFoundError, match=r'No checkpoint in .*train first'):
     evaluate.restore_for_inference(config, str(tmp_path / 'empty'))
   exp = experiment.build(config, str(tmp_path / 'run'))
   exp.checkpoints.save(3, exp.init_state(), train.History().to_json(), metrics=None)
   exp.checkpoints.wait()
   exp.checkpoints.close()
-  with pytest.raises(FileNotFoundError, match=r"No validated checkpoint .*steps \[3\].*--step=3"):
+  with pytest.raises(FileNotFoundError, match=r'No validated checkpoint .*steps \[3\].*--step=3'):
     evaluate.restore_for_inference(config, str(tmp_path / 'run'))
   assert evaluate.restore_for_inference(config, str(tmp_path / 'run'), step=3).step == 3
-  with pytest.raises(FileNotFoundError, match=r"No checkpoint at step 4 .*steps \[3\]"):
+  with pytest.raises(FileNotFoundError, match=r'No checkpoint at step 4 .*steps \[3\]'):
     evaluate.restore_for_inference(config, str(tmp_path / 'run'), step=4)
 
 
@@ -168,12 +196,14 @@ def test_kaggle_csv_needs_a_dog_class():
 def test_evaluate_reports_per_class_metrics_and_the_top_losses(tmp_path):
   data = tmp_path / 'data'
   for split in ('train', 'validation', 'test'):
-    _colour_folder(data / split / 'cats', {f'c{i}': (200 - 40 * i, 40, 60 + 50 * i)
-                                           for i in range(4)})
-    _colour_folder(data / split / 'dogs', {f'd{i}': (200 - 60 * i, 40, 90 + 60 * i)
-                                           for i in range(3)})
+    _colour_folder(
+        data / split / 'cats', {f'c{i}': (200 - 40 * i, 40, 60 + 50 * i) for i in range(4)}
+    )
+    _colour_folder(
+        data / split / 'dogs', {f'd{i}': (200 - 60 * i, 40, 90 + 60 * i) for i in range(3)}
+    )
   config = _forced_config(str(data), 'softmax')
-  config.batch_size = 4   # 7 test images: the last batch is padded
+  config.batch_size = 4  # 7 test images: the last batch is padded
   workdir = _forced_workdir(config, tmp_path / 'run')
   result = evaluate.evaluate_checkpoint(config, workdir, 'test', top_losses=3)
   # cats c0,c1 (red) right, c2,c3 (blue) wrong; dogs d0 wrong, d1,d2 right.
@@ -183,8 +213,9 @@ def test_evaluate_reports_per_class_metrics_and_the_top_losses(tmp_path):
   with open(os.path.join(workdir, 'eval_test.json')) as f:
     assert json.load(f)['per_class'] == result['per_class']
   # Test-time flipping writes its own file beside the plain one (this model is mirror-blind).
-  flipped = evaluate.evaluate_checkpoint(override(config.copy_and_resolve_references(),
-                                                  eval_flip=True), workdir, 'test')
+  flipped = evaluate.evaluate_checkpoint(
+      override(config.copy_and_resolve_references(), eval_flip=True), workdir, 'test'
+  )
   with open(os.path.join(workdir, 'eval_test_flip.json')) as f:
     assert json.load(f)['eval_flip'] is True
   with open(os.path.join(workdir, 'eval_test.json')) as f:
@@ -198,8 +229,9 @@ def test_evaluate_reports_per_class_metrics_and_the_top_losses(tmp_path):
   top = [(t.loss, t.index, t.image) for t in predicted.top_losses]
   assert list(labels) == [0, 0, 0, 0, 1, 1, 1]
   assert [i for _, i, _ in top] == list(np.argsort(-losses, kind='stable')[:3])
-  assert [loss for loss, _, _ in top] == pytest.approx(-np.log(probs[np.arange(7), labels])[
-      np.argsort(-losses, kind='stable')[:3]], rel=1e-4)
+  assert [loss for loss, _, _ in top] == pytest.approx(
+      -np.log(probs[np.arange(7), labels])[np.argsort(-losses, kind='stable')[:3]], rel=1e-4
+  )
   assert top[0][2].shape == (SIZE, SIZE, 3)
   assert _png_size(os.path.join(workdir, 'top_losses_test.png')) == (660, 280)
 
@@ -214,24 +246,35 @@ def test_eval_flip_averages_the_logits_of_an_image_and_its_mirror(tmp_path):
   flip = make_predict_step(model, override(config.copy_and_resolve_references(), eval_flip=True))
   batch = lambda x: {'image': x, 'label': np.zeros(len(x), np.int32)}
   p, mirrored = (plain(state, batch(x))['probabilities'] for x in (images, images[:, :, ::-1]))
-  assert np.abs(p - mirrored).max() > 1e-3   # the model itself tells an image from its mirror
+  assert np.abs(p - mirrored).max() > 1e-3  # the model itself tells an image from its mirror
   # Softmax of the mean logits = normalised geometric mean of the two probabilities.
   expected = np.sqrt(p * mirrored)
   expected /= expected.sum(axis=1, keepdims=True)
   both = flip(state, batch(images))['probabilities']
   np.testing.assert_allclose(both, expected, rtol=1e-5)
-  np.testing.assert_allclose(flip(state, batch(images[:, :, ::-1]))['probabilities'], both,
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      flip(state, batch(images[:, :, ::-1]))['probabilities'], both, rtol=1e-6
+  )
 
 
 # ----------------------------------------------------------------- curves
 
 
 def test_curves_mark_learning_rate_changes_and_write_a_png(tmp_path):
-  rows = [{'epoch': e, 'step': 10 * e, 'loss': 1 / e, 'accuracy': 0.5 + e / 20,
-           'val_loss': 1.2 / e, 'val_accuracy': 0.5 + e / 25,
-           'learning_rate': 1e-3 if e < 4 else 1e-4 if e < 7 else 1e-5,
-           'seconds': 1.0, 'images_per_second': 10.0} for e in range(1, 9)]
+  rows = [
+      {
+          'epoch': e,
+          'step': 10 * e,
+          'loss': 1 / e,
+          'accuracy': 0.5 + e / 20,
+          'val_loss': 1.2 / e,
+          'val_accuracy': 0.5 + e / 25,
+          'learning_rate': 1e-3 if e < 4 else 1e-4 if e < 7 else 1e-5,
+          'seconds': 1.0,
+          'images_per_second': 10.0,
+      }
+      for e in range(1, 9)
+  ]
   assert curves.learning_rate_changes(rows) == [(4, 1e-4), (7, 1e-5)]
   epoch_log.write_csv(str(tmp_path / epoch_log.LOG_CSV), rows)
   assert _png_size(curves.write_curves(str(tmp_path))) == (1200, 450)
@@ -242,19 +285,24 @@ def test_curves_mark_learning_rate_changes_and_write_a_png(tmp_path):
 # ----------------------------------------------------------------- summary
 
 
-@pytest.mark.parametrize('module,size,total,stats,first_row', [
-    (small_cnn, 150, 3_453_121, 0, ('conv1', '(None, 148, 148, 32)', '896')),
-    (vgg16, 224, 138_357_544, 0, ('block1_conv1', '(None, 224, 224, 64)', '1,792')),
-    (resnet50, 224, 25_557_032, 53_120, ('conv1', '(None, 112, 112, 64)', '9,408')),
-])
+@pytest.mark.parametrize(
+    'module,size,total,stats,first_row',
+    [
+        (small_cnn, 150, 3_453_121, 0, ('conv1', '(None, 148, 148, 32)', '896')),
+        (vgg16, 224, 138_357_544, 0, ('block1_conv1', '(None, 224, 224, 64)', '1,792')),
+        (resnet50, 224, 25_557_032, 53_120, ('conv1', '(None, 112, 112, 64)', '9,408')),
+    ],
+)
 def test_summary_has_the_spec_totals_and_keras_like_rows(module, size, total, stats, first_row):
   config = module.get_config()
   config.data.image_size = size
   if module is vgg16 or module is resnet50:
     config.data.num_classes, config.loss = 1000, 'softmax'
   text = summary_tool.config_summary(config)
-  assert f'total parameters: {total:,} (trainable {total:,}, frozen 0); BatchNorm statistics: ' \
-         f'{stats:,}' in text
+  assert (
+      f'total parameters: {total:,} (trainable {total:,}, frozen 0); BatchNorm statistics: '
+      f'{stats:,}' in text
+  )
   lines = text.splitlines()
   assert lines[3].split() == [first_row[0], *first_row[1].split(), first_row[2]]
   rows = [line.split() for line in lines[3:-2]]
@@ -268,8 +316,9 @@ def test_summary_splits_trainable_and_frozen():
   config = efficientnet_b0_transfer.get_config()
   model = models.create_model(config)
   shape = (config.data.image_size,) * 2 + (3,)
-  text = summary.model_summary(model, abstract_variables(model, shape), shape,
-                               frozen=lambda path: is_frozen(path, config))
+  text = summary.model_summary(
+      model, abstract_variables(model, shape), shape, frozen=lambda path: is_frozen(path, config)
+  )
   assert 'frozen 4,007,548' in text and 'Keras counts them as non-trainable' in text
   # train_from: block6a_expand_conv and everything after it train: block6a 224,160 + block6b-d
   # 3 x 476,160 + block7a 605,440 + top_conv 409,600 + top_bn 2,560 + head 1,281.
@@ -280,33 +329,39 @@ def test_summary_splits_trainable_and_frozen():
 # ----------------------------------------------------------------- inside the network
 
 
-def test_feature_maps_are_the_layer_outputs_and_bad_layers_are_refused(make_config, tmp_path,
-                                                                       image_folder):
+def test_feature_maps_are_the_layer_outputs_and_bad_layers_are_refused(
+    make_config, tmp_path, image_folder
+):
   config = make_config()
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(config, workdir)
   restored = evaluate.restore_for_inference(config, workdir)
   exp, state = restored.exp, restored.state
   images = exp.pipeline('test').eval_batches().__next__()['image'][:2]
-  maps = layer_views.layer_activations(exp.model, exp.config, {'params': state.params}, images,
-                                       ['conv1'])
+  maps = layer_views.layer_activations(
+      exp.model, exp.config, {'params': state.params}, images, ['conv1']
+  )
   kernel, bias = (np.asarray(state.params['conv1'][k]) for k in ('kernel', 'bias'))
   x = images.astype(np.float32) / 255
-  expected = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'VALID',
-                                          dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + bias
+  expected = (
+      jax.lax.conv_general_dilated(
+          x, kernel, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+      )
+      + bias
+  )
   np.testing.assert_allclose(maps['conv1'], np.maximum(expected, 0), atol=1e-5)
 
   image = os.path.join(image_folder, 'test', 'dogs', 'dogs.0.jpg')
   written = layer_views.write_feature_maps(config, workdir, ['conv2'], [image])
   assert [os.path.basename(p) for p in written] == ['feature_maps_conv2_dogs.0.png']
-  assert _png_size(written[0]) == (1760, 500)    # 64 channels: 4 rows of 16
+  assert _png_size(written[0]) == (1760, 500)  # 64 channels: 4 rows of 16
   with pytest.raises(ConfigError, match="no layer 'block1_conv2'.*conv1, conv2, conv3, conv4"):
     layer_views.write_feature_maps(config, workdir, ['block1_conv2'], [image])
   with pytest.raises(ConfigError, match=r"'dense1' outputs \(None, 512\), not a feature map"):
     layer_views.write_feature_maps(config, workdir, ['dense1'], [image])
 
   path = layer_views.write_filters(config, workdir)
-  assert _png_size(path) == (1280, 220)           # 32 kernels: 2 rows of 16
+  assert _png_size(path) == (1280, 220)  # 32 kernels: 2 rows of 16
 
 
 # ----------------------------------------------------------------- lr_find
@@ -323,16 +378,18 @@ def _files(workdir):
 
 
 def test_lr_find_suggests_a_rate_that_trains_and_leaves_the_workdir_alone(image_folder, tmp_path):
-  config = tiny_mlp_config(image_folder, **{'lr_find.num_steps': 60, 'lr_find.min_lr': 1e-6,
-                                            'lr_find.max_lr': 1.0})
+  config = tiny_mlp_config(
+      image_folder, **{'lr_find.num_steps': 60, 'lr_find.min_lr': 1e-6, 'lr_find.max_lr': 1.0}
+  )
   workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(override(config.copy_and_resolve_references(),
-                                    **{'optimizer.learning_rate': 1e-6}), workdir)
+  train.train_and_evaluate(
+      override(config.copy_and_resolve_references(), **{'optimizer.learning_rate': 1e-6}), workdir
+  )
   before = _files(workdir)
   result = lr_find.range_test(config, workdir)
   after = _files(workdir)
   assert set(after) - set(before) == {lr_find.LR_FIND_PNG, lr_find.LR_FIND_JSON}
-  assert {k: after[k] for k in before} == before   # checkpoints, log, config untouched
+  assert {k: after[k] for k in before} == before  # checkpoints, log, config untouched
   assert _png_size(os.path.join(workdir, lr_find.LR_FIND_PNG)) == (800, 500)
   lrs = np.asarray(result['learning_rates'])
   np.testing.assert_allclose(lrs[[0, 1]], [1e-6, 1e-6 * 1e6 ** (1 / 59)], rtol=1e-5)
@@ -340,8 +397,10 @@ def test_lr_find_suggests_a_rate_that_trains_and_leaves_the_workdir_alone(image_
   suggested = result['suggestions']['steepest']
   assert 1e-6 < suggested < 1.0
   # A short run at the suggested rate, from a fresh start, lowers the training loss.
-  short = override(config.copy_and_resolve_references(),
-                   **{'optimizer.learning_rate': suggested, 'num_epochs': 4})
+  short = override(
+      config.copy_and_resolve_references(),
+      **{'optimizer.learning_rate': suggested, 'num_epochs': 4},
+  )
   history = train.train_and_evaluate(short, str(tmp_path / 'short'))
   losses = [row['loss'] for row in history.epochs]
   assert losses[-1] < 0.8 * losses[0], (suggested, losses)
@@ -349,6 +408,6 @@ def test_lr_find_suggests_a_rate_that_trains_and_leaves_the_workdir_alone(image_
 
 def test_lr_find_settings_are_checked():
   config = small_cnn.get_config()
-  config.lr_find.min_lr = 20.0   # above max_lr
+  config.lr_find.min_lr = 20.0  # above max_lr
   with pytest.raises(ConfigError, match='min_lr < max_lr'):
     summary_tool.config_summary(config)

@@ -7,6 +7,7 @@ import pytest
 
 from catsdogs_jax.training import optimizers
 from configs import default
+
 from conftest import override
 
 
@@ -15,17 +16,25 @@ def _config(**fields):
 
 
 def test_step_schedule_multiplies_at_epoch_boundaries():
-  config = _config(**{'schedule.name': 'step', 'schedule.step_epochs': (2, 4),
-                      'optimizer.learning_rate': 0.1})
+  config = _config(
+      **{'schedule.name': 'step', 'schedule.step_epochs': (2, 4), 'optimizer.learning_rate': 0.1}
+  )
   schedule = optimizers.create_schedule(config, steps_per_epoch=10)
-  np.testing.assert_allclose([schedule(s) for s in (0, 19, 20, 39, 40)],
-                             [0.1, 0.1, 0.01, 0.01, 0.001], rtol=1e-6)
+  np.testing.assert_allclose(
+      [schedule(s) for s in (0, 19, 20, 39, 40)], [0.1, 0.1, 0.01, 0.01, 0.001], rtol=1e-6
+  )
 
 
 def test_cosine_schedule_warms_up_then_decays_to_alpha():
-  config = _config(**{'schedule.name': 'cosine', 'schedule.warmup_epochs': 1.0,
-                      'schedule.cosine_alpha': 0.1, 'optimizer.learning_rate': 1.0,
-                      'num_epochs': 3})
+  config = _config(
+      **{
+          'schedule.name': 'cosine',
+          'schedule.warmup_epochs': 1.0,
+          'schedule.cosine_alpha': 0.1,
+          'optimizer.learning_rate': 1.0,
+          'num_epochs': 3,
+      }
+  )
   schedule = optimizers.create_schedule(config, steps_per_epoch=10)
   assert float(schedule(0)) == 0.0 and float(schedule(5)) == pytest.approx(0.5)
   assert float(schedule(10)) == pytest.approx(1.0)
@@ -43,8 +52,9 @@ def test_rmsprop_matches_keras_update_rule():
 
 
 def test_weight_decay_applies_to_kernels_not_biases():
-  config = _config(**{'optimizer.name': 'sgd', 'optimizer.learning_rate': 1.0,
-                      'optimizer.weight_decay': 0.5})
+  config = _config(
+      **{'optimizer.name': 'sgd', 'optimizer.learning_rate': 1.0, 'optimizer.weight_decay': 0.5}
+  )
   tx, _ = optimizers.create_optimizer(config, 1)
   params = {'dense': {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}}
   zeros = jax.tree.map(jnp.zeros_like, params)

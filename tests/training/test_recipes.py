@@ -5,15 +5,17 @@ import os
 import numpy as np
 import pytest
 
-from catsdogs_jax.weights import keras_h5
 from catsdogs_jax.tools import evaluate
 from catsdogs_jax.training import train
 from catsdogs_jax.training.config_checks import ConfigError
+from catsdogs_jax.weights import keras_h5
 from configs import vgg16_finetune, vgg16_frozen_aug, vgg16_transfer
+
 from conftest import SHARED_DATA, override, write_keras_h5
 
-pytestmark = pytest.mark.skipif(not os.path.isdir(SHARED_DATA),
-                                reason='cats_and_dogs_small is absent')
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir(SHARED_DATA), reason='cats_and_dogs_small is absent'
+)
 
 
 @pytest.fixture(scope='module')
@@ -30,9 +32,20 @@ def keras_notop(tmp_path_factory):
 
 def _small(config, init_from):
   """The recipe on 16 + 8 + 8 photos per class at 32 px: a few steps."""
-  return override(config, batch_size=8, num_epochs=1, init_from=init_from, log_every_steps=2, **{
-      'data.dataset': f'folder:{os.path.abspath(SHARED_DATA)}', 'data.train_split': 'train[:16]',
-      'data.eval_split': 'validation[:8]', 'data.test_split': 'test[:8]', 'data.image_size': 32})
+  return override(
+      config,
+      batch_size=8,
+      num_epochs=1,
+      init_from=init_from,
+      log_every_steps=2,
+      **{
+          'data.dataset': f'folder:{os.path.abspath(SHARED_DATA)}',
+          'data.train_split': 'train[:16]',
+          'data.eval_split': 'validation[:8]',
+          'data.test_split': 'test[:8]',
+          'data.image_size': 32,
+      },
+  )
 
 
 def test_transfer_recipes_run_end_to_end(keras_notop, tmp_path):
@@ -51,30 +64,35 @@ def test_transfer_recipes_run_end_to_end(keras_notop, tmp_path):
 
   # Fine-tuning started from the frozen run: block1 still equals the converted weights.
   from catsdogs_jax.weights import loading
+
   converted, _, _ = loading.read(keras_notop)
   tuned, _, metadata = loading.read(str(tmp_path / 'finetune'))
-  np.testing.assert_array_equal(tuned['block1_conv1']['kernel'],
-                                converted['block1_conv1']['kernel'])
+  np.testing.assert_array_equal(
+      tuned['block1_conv1']['kernel'], converted['block1_conv1']['kernel']
+  )
   assert not np.array_equal(tuned['block5_conv3']['kernel'], converted['block5_conv3']['kernel'])
-  assert metadata['preprocess'] == 'caffe'   # carried from the converted Keras weights
+  assert metadata['preprocess'] == 'caffe'  # carried from the converted Keras weights
 
 
 def test_feature_extraction_caches_and_reuses_features(keras_notop, tmp_path, monkeypatch):
   from catsdogs_jax.data import feature_cache
   from configs import vgg16_features
+
   config = _small(vgg16_features.get_config(), keras_notop)
   config.features.cache_dir = str(tmp_path / 'cache')
   extractions, extract = [], feature_cache.extract
-  monkeypatch.setattr(feature_cache, 'extract',
-                      lambda *a, **k: extractions.append(1) or extract(*a, **k))
+  monkeypatch.setattr(
+      feature_cache, 'extract', lambda *a, **k: extractions.append(1) or extract(*a, **k)
+  )
   first = train.train_and_evaluate(config, str(tmp_path / 'first'))
-  assert len(extractions) == 2           # train and validation, once each
+  assert len(extractions) == 2  # train and validation, once each
   assert len(os.listdir(tmp_path / 'cache')) == 2
   second = train.train_and_evaluate(config, str(tmp_path / 'second'))
-  assert len(extractions) == 2           # read back, not recomputed
-  strip = lambda h: [{k: v for k, v in r.items() if k not in ('seconds', 'images_per_second')}
-                     for r in h.epochs]
-  assert strip(first) == strip(second)                # the same head training
+  assert len(extractions) == 2  # read back, not recomputed
+  strip = lambda h: [
+      {k: v for k, v in r.items() if k not in ('seconds', 'images_per_second')} for r in h.epochs
+  ]
+  assert strip(first) == strip(second)  # the same head training
   result = evaluate.evaluate_checkpoint(config, str(tmp_path / 'second'))
   assert result['num_images'] == 16
   # Cached features are of the unmirrored images: test-time flipping cannot apply.

@@ -4,9 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from catsdogs_jax.training import epoch_log, experiment, train
 from catsdogs_jax.runtime import checkpointing
 from catsdogs_jax.runtime.workdir_files import WorkdirError
+from catsdogs_jax.training import epoch_log, experiment, train
 
 
 def _final_state(config, workdir):
@@ -33,7 +33,7 @@ def test_resume_gives_the_same_parameters_and_log(make_config, tmp_path):
   a, history_a = _final_state(config, straight)
   b, history_b = _final_state(config, resumed)
   assert int(a.step) == int(b.step) == 6
-  jax.tree.map(np.testing.assert_array_equal, a, b)   # bit for bit
+  jax.tree.map(np.testing.assert_array_equal, a, b)  # bit for bit
   assert _rows_without_timing(straight) == _rows_without_timing(resumed)
   assert len(history_a.epochs) == len(history_b.epochs) == 2
 
@@ -41,12 +41,14 @@ def test_resume_gives_the_same_parameters_and_log(make_config, tmp_path):
 def test_a_run_with_train_from_resumes_and_evaluates(make_config, tmp_path):
   """config.json records the resolved trainable layers; the same command resumes."""
   from catsdogs_jax.tools import evaluate
+
   train.train_and_evaluate(make_config(num_epochs=1, train_from='conv4'), str(tmp_path))
   train.train_and_evaluate(make_config(num_epochs=2, train_from='conv4'), str(tmp_path))
   state, history = _final_state(make_config(num_epochs=2, train_from='conv4'), tmp_path)
   assert int(state.step) == 6 and len(history.epochs) == 2
-  result = evaluate.evaluate_checkpoint(make_config(num_epochs=2, train_from='conv4'),
-                                        str(tmp_path), 'test')
+  result = evaluate.evaluate_checkpoint(
+      make_config(num_epochs=2, train_from='conv4'), str(tmp_path), 'test'
+  )
   assert result['num_images'] == 10
   with pytest.raises(WorkdirError, match=r"\(trainable\).*train_from: 'conv4' -> 'conv2'"):
     train.train_and_evaluate(make_config(num_epochs=3, train_from='conv2'), str(tmp_path))
@@ -65,18 +67,28 @@ def test_finished_run_is_not_retrained(make_config, tmp_path, caplog):
 
 def test_early_stopping_ends_training_and_is_remembered(make_config, tmp_path):
   # An impossible min_delta: no epoch ever improves, so patience 1 stops after epoch 2.
-  config = make_config(num_epochs=5, **{'early_stopping.enabled': True,
-                                        'early_stopping.patience': 1,
-                                        'early_stopping.min_delta': 100.0})
+  config = make_config(
+      num_epochs=5,
+      **{
+          'early_stopping.enabled': True,
+          'early_stopping.patience': 1,
+          'early_stopping.min_delta': 100.0,
+      },
+  )
   history = train.train_and_evaluate(config, str(tmp_path))
   assert len(history.epochs) == 2 and 'early stopping' in history.stop_reason
   assert len(train.train_and_evaluate(config, str(tmp_path)).epochs) == 2
 
 
 def test_plateau_divides_the_learning_rate(make_config, tmp_path):
-  config = make_config(num_epochs=3, **{'schedule.name': 'plateau',
-                                        'schedule.plateau_patience': 1,
-                                        'schedule.plateau_min_delta': 100.0})
+  config = make_config(
+      num_epochs=3,
+      **{
+          'schedule.name': 'plateau',
+          'schedule.plateau_patience': 1,
+          'schedule.plateau_min_delta': 100.0,
+      },
+  )
   history = train.train_and_evaluate(config, str(tmp_path))
   rates = [row['learning_rate'] for row in history.epochs]
   # Epoch 1 sets the best value; epoch 2 does not improve on it (patience 1), so
@@ -87,8 +99,9 @@ def test_plateau_divides_the_learning_rate(make_config, tmp_path):
 def test_workdir_of_another_model_is_refused_before_training(make_config, tmp_path):
   train.train_and_evaluate(make_config(), str(tmp_path))
   other = make_config(**{'model.name': 'vgg16', 'loss': 'softmax'})
-  with pytest.raises(WorkdirError,
-                     match=r"optimizer state \(loss, model.name\).*new --workdir.*init_from"):
+  with pytest.raises(
+      WorkdirError, match=r'optimizer state \(loss, model.name\).*new --workdir.*init_from'
+  ):
     experiment.build(other, str(tmp_path))
 
 
@@ -97,23 +110,36 @@ def test_checkpoints_keep_the_last_n_and_the_best(make_config, tmp_path):
   ckpts = checkpointing.Checkpoints(str(tmp_path), config)
   state = {'w': np.zeros(3, np.float32)}
   for step, accuracy in zip((1, 2, 3, 4), (0.5, 0.9, 0.6, 0.7)):
-    ckpts.save(step, state, train.History().to_json(),
-               metrics={'val_accuracy': accuracy, 'val_loss': 1 - accuracy})
+    ckpts.save(
+        step,
+        state,
+        train.History().to_json(),
+        metrics={'val_accuracy': accuracy, 'val_loss': 1 - accuracy},
+    )
   ckpts.wait()
-  assert sorted(ckpts.manager.all_steps()) == [2, 4]   # the best and the latest
+  assert sorted(ckpts.manager.all_steps()) == [2, 4]  # the best and the latest
   assert ckpts.best_step() == 2 and ckpts.latest_step() == 4
   with pytest.raises(WorkdirError, match='already holds a checkpoint at step 4'):
     ckpts.save(4, {'w': np.ones(3, np.float32)}, train.History().to_json(), metrics=None)
   ckpts.wait()
-  np.testing.assert_array_equal(ckpts.restore(4, state)[0]['w'], np.zeros(3))   # kept as it was
+  np.testing.assert_array_equal(ckpts.restore(4, state)[0]['w'], np.zeros(3))  # kept as it was
 
 
 def _one_resnet18_step(make_config, tmp_path, **fields):
   """(params, batch_stats) before and after one train step of ResNet-18 with `fields`."""
   from catsdogs_jax.runtime import parallel
   from catsdogs_jax.training.steps import make_train_step
-  config = make_config(loss='softmax', trainable=('^layer4_', '^fc/'),
-                       **{'data.image_size': 32, 'model.name': 'resnet18', 'model.kernel_init': 'he_normal', **fields})
+
+  config = make_config(
+      loss='softmax',
+      trainable=('^layer4_', '^fc/'),
+      **{
+          'data.image_size': 32,
+          'model.name': 'resnet18',
+          'model.kernel_init': 'he_normal',
+          **fields,
+      },
+  )
   exp = experiment.build(config, str(tmp_path))
   state = exp.init_state()
   before = jax.device_get((state.params, state.batch_stats))
@@ -127,20 +153,25 @@ def _one_resnet18_step(make_config, tmp_path, **fields):
 def test_frozen_batchnorm_keeps_its_statistics_trainable_batchnorm_learns(make_config, tmp_path):
   """As Keras' trainable=False: frozen BatchNorm layers run in inference mode while training."""
   (_, before), (_, after) = _one_resnet18_step(make_config, tmp_path)
-  unchanged = lambda *path: all(np.array_equal(_at(before, path)[k], _at(after, path)[k])
-                                for k in ('mean', 'var'))
+  unchanged = lambda *path: all(
+      np.array_equal(_at(before, path)[k], _at(after, path)[k]) for k in ('mean', 'var')
+  )
   assert unchanged('bn1') and unchanged('layer1_0', 'bn2') and unchanged('layer3_1', 'bn1')
   assert not unchanged('layer4_0', 'bn1') and not unchanged('layer4_1', 'bn2')
 
 
-def test_batchnorm_running_average_keeps_all_statistics_while_its_scales_train(make_config,
-                                                                              tmp_path):
+def test_batchnorm_running_average_keeps_all_statistics_while_its_scales_train(
+    make_config, tmp_path
+):
   """Keras' fine-tuning advice (base(x, training=False)): trainable BatchNorm in inference mode."""
   (params0, stats0), (params1, stats1) = _one_resnet18_step(
-      make_config, tmp_path, batch_norm_running_average=True)
+      make_config, tmp_path, batch_norm_running_average=True
+  )
   for a, b in zip(jax.tree.leaves(stats0), jax.tree.leaves(stats1)):
     np.testing.assert_array_equal(a, b)
-  assert not np.array_equal(params0['layer4_0']['bn1']['scale'], params1['layer4_0']['bn1']['scale'])
+  assert not np.array_equal(
+      params0['layer4_0']['bn1']['scale'], params1['layer4_0']['bn1']['scale']
+  )
   np.testing.assert_array_equal(params0['bn1']['scale'], params1['bn1']['scale'])
 
 

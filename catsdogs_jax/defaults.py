@@ -86,6 +86,8 @@ def get_config() -> ml_collections.ConfigDict:
   )  # flatten_mlp's hidden units
   # EfficientNet: Keras' drop_connect_rate (None: 0.2); block b of n drops its branch with rate*b/n
   config.model.stochastic_depth_rate = ml_collections.FieldReference(None, field_type=float)
+  config.model.layers = 'auto'  # layer forms (models/layers.py): 'auto' (the CPU forms on a CPU
+  # backend, else plain), 'cpu', 'plain'
   config.loss = 'sigmoid'  # 'sigmoid' (1 logit, 2 classes) or 'softmax'
   config.half_precision = False  # bfloat16 compute, float32 parameters
 

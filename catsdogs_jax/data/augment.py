@@ -22,6 +22,8 @@ from typing import Callable, Dict, Optional
 import jax
 import jax.numpy as jnp
 
+from catsdogs_jax.registry import lookup
+
 # Config fields that, when all zero / False, make augmentation the identity.
 RANDOM_FIELDS = (
     'rotation_range',
@@ -137,21 +139,11 @@ INTERPOLATIONS: Dict[str, Callable] = {'nearest': _nearest_taps, 'bilinear': _bi
 
 
 def get_fill_mode(name: str) -> FillMode:
-  if name not in FILL_MODES:
-    raise ValueError(
-        f'Unknown fill mode {name!r} (config.augment.fill_mode); '
-        f'choose one of: {", ".join(FILL_MODES)}.'
-    )
-  return FILL_MODES[name]
+  return lookup(FILL_MODES, name, 'augment.fill_mode')
 
 
 def get_interpolation(name: str) -> Callable:
-  if name not in INTERPOLATIONS:
-    raise ValueError(
-        f'Unknown interpolation {name!r} (config.augment.interpolation); '
-        f'choose one of: {", ".join(INTERPOLATIONS)}.'
-    )
-  return INTERPOLATIONS[name]
+  return lookup(INTERPOLATIONS, name, 'augment.interpolation')
 
 
 def _sample_axis(c, n: int, mode: FillMode, taps: Callable):

@@ -7,6 +7,8 @@ accelerator.
 
 import jax.numpy as jnp
 
+from catsdogs_jax.registry import lookup
+
 # Keras applications' "caffe" mode (VGG16/VGG19 weights): BGR, mean-subtracted.
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 # torchvision ImageNet weights: RGB in [0, 1], normalised per channel.
@@ -62,9 +64,4 @@ def resolve(name: str, weights_metadata) -> str:
 
 
 def get_preprocessor(name: str):
-  if name not in PREPROCESSORS:
-    raise ValueError(
-        f'Unknown preprocessing {name!r} (config.data.preprocess); '
-        f'choose one of: {", ".join(PREPROCESSORS)}.'
-    )
-  return PREPROCESSORS[name]
+  return lookup(PREPROCESSORS, name, 'data.preprocess')

@@ -16,14 +16,20 @@ from flax import linen as nn
 
 from catsdogs_jax.models import efficientnet, resnet, vgg
 from catsdogs_jax.models.alexnet import AlexNet
-from catsdogs_jax.models.efficientnet import (EfficientNet, EfficientNetB0, EfficientNetLite0,
-                                              EfficientNetLite1, EfficientNetLite2)
+from catsdogs_jax.models.efficientnet import (
+    EfficientNet,  # noqa: F401 (models.EfficientNet)
+    EfficientNetB0,
+    EfficientNetLite0,
+    EfficientNetLite1,
+    EfficientNetLite2,
+)
 from catsdogs_jax.models.initializers import get_initializer
 from catsdogs_jax.models.layers import layer_forms
 from catsdogs_jax.models.mnist import MnistCNN, MnistMLP
 from catsdogs_jax.models.resnet import BasicBlock, Bottleneck, ResNet
 from catsdogs_jax.models.small_cnn import SmallCNN
 from catsdogs_jax.models.vgg import VGG
+from catsdogs_jax.registry import lookup
 
 VGG16 = functools.partial(VGG, stage_sizes=(2, 2, 3, 3, 3))
 VGG19 = functools.partial(VGG, stage_sizes=(2, 2, 4, 4, 4))
@@ -53,10 +59,6 @@ MODELS: Dict[str, Any] = {
 
 WEIGHT_SETS = {**vgg.WEIGHT_SETS, **resnet.WEIGHT_SETS, **efficientnet.WEIGHT_SETS}
 
-# Config fields that only some architectures have; None in the config means
-# "the architecture's default".
-_OPTIONAL_FIELDS = ('include_top', 'pooling', 'head', 'head_units', 'stochastic_depth_rate')
-
 
 def _module_class(factory):
   return factory.func if isinstance(factory, functools.partial) else factory
@@ -73,31 +75,38 @@ def num_outputs(config) -> int:
 
 
 def create_model(config) -> nn.Module:
-  """Builds the Flax module described by `config.model`, with its layer forms resolved now."""
+  """The Flax module `config.model` describes: its fields are the module's keyword arguments.
+
+  Every field but `name` that is set goes to the module as it is (None: the
+  architecture's default), except two that name what the module gets:
+  `kernel_init` (with `init_stddev`) an initialiser, `layers` the layer forms,
+  resolved now for this backend. The outputs follow `loss` and
+  `data.num_classes`, the compute dtype `half_precision`. A field the
+  architecture does not have is an error naming it.
+  """
   name = config.model.name
-  if name not in MODELS:
-    raise ValueError(f'Unknown model {name!r} (config.model.name); '
-                     f'choose one of: {", ".join(sorted(MODELS))}.')
-  factory = MODELS[name]
-  cls = _module_class(factory)
-  kwargs = dict(
-      num_outputs=num_outputs(config),
-      dropout_rate=config.model.dropout_rate,
-      kernel_init=get_initializer(config.model.kernel_init, config.model.init_stddev),
-      dtype=jnp.bfloat16 if config.half_precision else jnp.float32,
-  )
-  for field in _OPTIONAL_FIELDS:
-    value = config.model[field]
-    if value is None:
-      continue
-    if field not in cls.__dataclass_fields__:
-      raise ValueError(f'Model {name!r} has no option {field!r}; leave '
-                       f'config.model.{field} unset (None) for it.')
-    kwargs[field] = value
-  forms = layer_forms(config.model.get('layers', 'auto'))
-  if 'layers' in cls.__dataclass_fields__:   # models with convolutions or pooling
+  factory = lookup(MODELS, name, 'model.name')
+  fields = _module_class(factory).__dataclass_fields__
+  kwargs = {
+      k: v
+      for k, v in config.model.items()
+      if k not in ('name', 'kernel_init', 'init_stddev', 'layers') and v is not None
+  }
+  kwargs['kernel_init'] = get_initializer(config.model.kernel_init, config.model.init_stddev)
+  forms = layer_forms(config.model.layers)
+  if 'layers' in fields:  # models with convolutions or pooling
     kwargs['layers'] = forms
-  return factory(**kwargs)
+  unknown = [k for k in kwargs if k not in fields]
+  if unknown:
+    raise ValueError(
+        f'Model {name!r} has no option {unknown[0]!r}; leave '
+        f'config.model.{unknown[0]} unset (None) for it.'
+    )
+  return factory(
+      num_outputs=num_outputs(config),
+      dtype=jnp.bfloat16 if config.half_precision else jnp.float32,
+      **kwargs,
+  )
 
 
 def path_string(path: Tuple[str, ...]) -> str:
@@ -129,9 +138,11 @@ def layers_from(model: nn.Module, input_shape, first: str) -> Tuple[str, ...]:
   """Regexes of the parameters of layer `first` and every layer after it (config.train_from)."""
   order = layer_order(model, input_shape)
   if first not in order:
-    raise ValueError(f'config.train_from={first!r} is not a layer with parameters of this model; '
-                     f'its layers are: {", ".join(order)}.')
-  return tuple(f'^{re.escape(name)}/' for name in order[order.index(first):])
+    raise ValueError(
+        f'config.train_from={first!r} is not a layer with parameters of this model; '
+        f'its layers are: {", ".join(order)}.'
+    )
+  return tuple(f'^{re.escape(name)}/' for name in order[order.index(first) :])
 
 
 def init_variables(model, rng, image_shape):
@@ -143,5 +154,4 @@ def init_variables(model, rng, image_shape):
 
 def abstract_variables(model, image_shape):
   """Shapes and dtypes of a model's variables, computed without running it."""
-  return jax.eval_shape(lambda rng: init_variables(model, rng, image_shape),
-                        jax.random.PRNGKey(0))
+  return jax.eval_shape(lambda rng: init_variables(model, rng, image_shape), jax.random.PRNGKey(0))

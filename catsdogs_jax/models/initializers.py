@@ -5,6 +5,8 @@ from typing import Callable, Dict
 import jax.numpy as jnp
 from flax import linen as nn
 
+from catsdogs_jax.registry import lookup
+
 # config.model.kernel_init -> (config.model.init_stddev) -> the flax initialiser.
 INITIALIZERS: Dict[str, Callable[[float], Callable]] = {
     'glorot_uniform': lambda stddev: nn.initializers.glorot_uniform(),
@@ -21,10 +23,7 @@ def get_initializer(name: str, stddev: float = 0.01):
   `glorot_uniform` is Keras' default (what the tutorials used); `normal` is the
   VGG paper's N(0, stddev) scheme; `he_normal` matches torchvision's ResNets.
   """
-  if name not in INITIALIZERS:
-    raise ValueError(f'Unknown kernel initialiser {name!r} (config.model.kernel_init); '
-                     f'choose one of: {", ".join(INITIALIZERS)}.')
-  return INITIALIZERS[name](stddev)
+  return lookup(INITIALIZERS, name, 'model.kernel_init')(stddev)
 
 
 DEFAULT_DTYPE = jnp.float32

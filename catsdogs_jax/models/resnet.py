@@ -18,9 +18,16 @@ from catsdogs_jax.models.weight_sets import TORCHVISION, WeightSet
 
 def _conv(block, features: int, kernel: int, strides: int, name: str):
   """Bias-free convolution with torchvision's "same" padding (kernel // 2)."""
-  return block.layers.conv(features, (kernel, kernel), (strides, strides),
-                           padding=[(kernel // 2, kernel // 2)] * 2, use_bias=False,
-                           kernel_init=block.kernel_init, dtype=block.dtype, name=name)
+  return block.layers.conv(
+      features,
+      (kernel, kernel),
+      (strides, strides),
+      padding=[(kernel // 2, kernel // 2)] * 2,
+      use_bias=False,
+      kernel_init=block.kernel_init,
+      dtype=block.dtype,
+      name=name,
+  )
 
 
 def _shortcut(block, x, y, features: int, train: bool):
@@ -38,11 +45,12 @@ def _batch_norm(train: bool, dtype, name: str):
 
 class _Block(nn.Module):
   """Fields shared by both residual blocks; `features` is the block's inner width."""
+
   features: int
   strides: int = 1
   kernel_init: Callable = nn.initializers.he_normal()
   dtype: Any = jnp.float32
-  layers: LayerForms = PLAIN        # convolution and pooling forms (layers.py)
+  layers: LayerForms = PLAIN  # convolution and pooling forms (layers.py)
 
 
 class BasicBlock(_Block):
@@ -69,6 +77,7 @@ class Bottleneck(_Block):
 
 class ResNet(nn.Module):
   """ResNet; `include_top=False` returns globally average-pooled features."""
+
   stage_sizes: Sequence[int]
   block_cls: Type[nn.Module]
   num_outputs: int = 1000
@@ -76,20 +85,33 @@ class ResNet(nn.Module):
   dropout_rate: float = 0.0
   kernel_init: Callable = nn.initializers.he_normal()
   dtype: Any = jnp.float32
-  layers: LayerForms = PLAIN        # convolution and pooling forms (layers.py)
+  layers: LayerForms = PLAIN  # convolution and pooling forms (layers.py)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = self.layers.conv(64, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False,
-                         kernel_init=self.kernel_init, dtype=self.dtype, name='conv1')(x)
+    x = self.layers.conv(
+        64,
+        (7, 7),
+        (2, 2),
+        padding=[(3, 3), (3, 3)],
+        use_bias=False,
+        kernel_init=self.kernel_init,
+        dtype=self.dtype,
+        name='conv1',
+    )(x)
     x = nn.relu(_batch_norm(train, self.dtype, 'bn1')(x))
     x = self.layers.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
-        x = self.block_cls(64 * 2**i, strides=strides, kernel_init=self.kernel_init,
-                           dtype=self.dtype, layers=self.layers,
-                           name=f'layer{i + 1}_{j}')(x, train)
+        x = self.block_cls(
+            64 * 2**i,
+            strides=strides,
+            kernel_init=self.kernel_init,
+            dtype=self.dtype,
+            layers=self.layers,
+            name=f'layer{i + 1}_{j}',
+        )(x, train)
     x = jnp.mean(x, axis=(1, 2))
     if not self.include_top:
       return x.astype(jnp.float32)
@@ -99,10 +121,25 @@ class ResNet(nn.Module):
 
 
 # torchvision's IMAGENET1K_V1 files; their names carry the start of their SHA-256.
-WEIGHT_SETS = {f'resnet{depth}_torchvision': WeightSet(
-    name=f'resnet{depth}_torchvision', model=f'resnet{depth}', format='torch',
-    file=f'resnet{depth}-{prefix}.pth', checksum=f'sha256:{prefix}', preprocess='torch',
-    input_size=224, interpolation='bilinear', crop_fraction=0.875,
-    licence='BSD-3-Clause (torchvision)', url=f'{TORCHVISION}resnet{depth}-{prefix}.pth')
-    for depth, prefix in ((18, 'f37072fd'), (34, 'b627a593'), (50, '0676ba61'),
-                          (101, '63fe2227'), (152, '394f9c45'))}
+WEIGHT_SETS = {
+    f'resnet{depth}_torchvision': WeightSet(
+        name=f'resnet{depth}_torchvision',
+        model=f'resnet{depth}',
+        format='torch',
+        file=f'resnet{depth}-{prefix}.pth',
+        checksum=f'sha256:{prefix}',
+        preprocess='torch',
+        input_size=224,
+        interpolation='bilinear',
+        crop_fraction=0.875,
+        licence='BSD-3-Clause (torchvision)',
+        url=f'{TORCHVISION}resnet{depth}-{prefix}.pth',
+    )
+    for depth, prefix in (
+        (18, 'f37072fd'),
+        (34, 'b627a593'),
+        (50, '0676ba61'),
+        (101, '63fe2227'),
+        (152, '394f9c45'),
+    )
+}

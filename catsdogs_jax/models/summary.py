@@ -26,22 +26,22 @@ def layer_outputs(model, variables, input_shape):
     return model.apply(v, x, train=False, capture_intermediates=record, mutable=['intermediates'])
 
   x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-  _, captured = jax.eval_shape(run, {k: v for k, v in variables.items() if k != 'intermediates'},
-                               x)
+  _, captured = jax.eval_shape(run, {k: v for k, v in variables.items() if k != 'intermediates'}, x)
   captured = traverse_util.flatten_dict(captured['intermediates'])
   order = list(dict.fromkeys(called))
   parents = {path[:i] for path in order for i in range(len(path))}
   rows = []
   for path in order:
     if path in parents:
-      continue   # a block: its layers have rows of their own
+      continue  # a block: its layers have rows of their own
     out = jax.tree.leaves(captured[path + ('__call__',)])[0]
     rows.append(('/'.join(path), (None, *out.shape[1:])))
   return rows
 
 
-def model_summary(model, variables, input_shape,
-                  frozen: Optional[Callable[[tuple], bool]] = None) -> str:
+def model_summary(
+    model, variables, input_shape, frozen: Optional[Callable[[tuple], bool]] = None
+) -> str:
   """Keras' model.summary(): layer, output shape, parameters; totals trainable / frozen.
 
   `frozen(path)`: whether a parameter (its path in the tree) is frozen; default none is.
@@ -54,19 +54,23 @@ def model_summary(model, variables, input_shape,
     is_frozen = frozen is not None and frozen(path)
     totals['frozen' if is_frozen else 'trainable'] += int(np.prod(leaf.shape))
   stats = count_parameters(variables.get('batch_stats', {}))
-  rows = [(layer, str(shape), counts.pop(layer, 0))
-          for layer, shape in layer_outputs(model, variables, input_shape)]
-  rows += [(layer, '?', n) for layer, n in counts.items()]   # a layer never called
+  rows = [
+      (layer, str(shape), counts.pop(layer, 0))
+      for layer, shape in layer_outputs(model, variables, input_shape)
+  ]
+  rows += [(layer, '?', n) for layer, n in counts.items()]  # a layer never called
   width = max([len(r[0]) for r in rows] + [12])
   shape_width = max([len(r[1]) for r in rows] + [12])
   line = '-' * (width + shape_width + 16)
   lines = [f'{"layer":<{width}}  {"output shape":<{shape_width}}  {"parameters":>12}', line]
   lines += [f'{name:<{width}}  {shape:<{shape_width}}  {n:>12,}' for name, shape, n in rows]
   total = totals['trainable'] + totals['frozen']
-  lines += [line,
-            f'total parameters: {total:,} (trainable {totals["trainable"]:,}, '
-            f'frozen {totals["frozen"]:,}); BatchNorm statistics: {stats:,}'
-            + (f' (Keras counts them as non-trainable: {total + stats:,} in all)' if stats else '')]
+  lines += [
+      line,
+      f'total parameters: {total:,} (trainable {totals["trainable"]:,}, '
+      f'frozen {totals["frozen"]:,}); BatchNorm statistics: {stats:,}'
+      + (f' (Keras counts them as non-trainable: {total + stats:,} in all)' if stats else ''),
+  ]
   return '\n'.join(lines)
 
 

@@ -13,21 +13,21 @@ from typing import Optional
 
 @dataclasses.dataclass(frozen=True)
 class WeightSet:
-  name: str                    # what init_from='pretrained:NAME' names
-  model: str                   # our model name (catsdogs_jax.models.MODELS)
-  format: str                  # converter: 'torch' (.pth) or 'keras_h5'
-  file: str                    # the file's own name
-  checksum: str                # 'sha256:HEX' (whole, or the prefix torchvision publishes) or 'md5:HEX' (Keras)
-  preprocess: str              # config.data.preprocess the weights were trained with
-  input_size: int              # the image size they were trained and evaluated at
-  interpolation: str           # resize method of their evaluation (config.data.resize_method)
-  crop_fraction: float         # centre crop of their evaluation (TF and torchvision: 0.875)
+  name: str  # what init_from='pretrained:NAME' names
+  model: str  # our model name (catsdogs_jax.models.MODELS)
+  format: str  # converter: 'torch' (.pth) or 'keras_h5'
+  file: str  # the file's own name
+  checksum: str  # 'sha256:HEX' (whole, or the prefix torchvision publishes) or 'md5:HEX' (Keras)
+  preprocess: str  # config.data.preprocess the weights were trained with
+  input_size: int  # the image size they were trained and evaluated at
+  interpolation: str  # resize method of their evaluation (config.data.resize_method)
+  crop_fraction: float  # centre crop of their evaluation (TF and torchvision: 0.875)
   licence: str
-  include_top: bool = True     # the file holds the ImageNet classifier
+  include_top: bool = True  # the file holds the ImageNet classifier
   num_classes: Optional[int] = 1000
-  url: Optional[str] = None    # official download address...
-  package: Optional[str] = None    # ...or the pip distribution that ships the file
-  package_path: Optional[str] = None   # the file inside that distribution
+  url: Optional[str] = None  # official download address...
+  package: Optional[str] = None  # ...or the pip distribution that ships the file
+  package_path: Optional[str] = None  # the file inside that distribution
 
   def __post_init__(self):
     if (self.url is None) == (self.package is None):

@@ -15,6 +15,7 @@ from catsdogs_jax.models import (
     layers_from,
 )
 from catsdogs_jax.models.initializers import INITIALIZERS
+from catsdogs_jax.registry import lookup
 from catsdogs_jax.training import losses, optimizers
 
 # The other choices are registries beside the code that builds them; these are
@@ -29,11 +30,7 @@ class ConfigError(ValueError):
 
 
 def _choice(value, choices, field: str):
-  if value not in choices:
-    raise ConfigError(
-        f'Unknown config.{field} {value!r}; '
-        f'choose one of: {", ".join(sorted(map(str, choices)))}.'
-    )
+  lookup(dict.fromkeys(choices), value, field, error=ConfigError)
 
 
 def validate_config(config, num_devices: int = None):

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from catsdogs_jax.registry import lookup
+
 
 @dataclasses.dataclass(frozen=True)
 class Loss:
@@ -45,11 +47,7 @@ LOSSES: Dict[str, Loss] = {
 
 
 def get_loss(name: str) -> Loss:
-  if name not in LOSSES:
-    raise ValueError(
-        f'Unknown loss {name!r} (config.loss); ' f'choose one of: {", ".join(LOSSES)}.'
-    )
-  return LOSSES[name]
+  return lookup(LOSSES, name, 'loss')
 
 
 def per_example_loss(logits, labels, loss: str):

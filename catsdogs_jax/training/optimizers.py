@@ -8,6 +8,7 @@ import optax
 from flax import traverse_util
 
 from catsdogs_jax.models import matches_any
+from catsdogs_jax.registry import lookup
 from catsdogs_jax.runtime.checkpointing import monitor_mode
 
 
@@ -68,21 +69,11 @@ OPTIMIZERS: Dict[str, Callable[..., optax.GradientTransformation]] = {
 
 
 def _schedule_factory(name: str):
-  if name not in SCHEDULES:
-    raise ValueError(
-        f'Unknown schedule {name!r} (config.schedule.name); '
-        f'choose one of: {", ".join(SCHEDULES)}.'
-    )
-  return SCHEDULES[name]
+  return lookup(SCHEDULES, name, 'schedule.name')
 
 
 def _optimizer_factory(name: str):
-  if name not in OPTIMIZERS:
-    raise ValueError(
-        f'Unknown optimizer {name!r} (config.optimizer.name); '
-        f'choose one of: {", ".join(OPTIMIZERS)}.'
-    )
-  return OPTIMIZERS[name]
+  return lookup(OPTIMIZERS, name, 'optimizer.name')
 
 
 def create_schedule(config, steps_per_epoch: int) -> optax.Schedule:

@@ -65,8 +65,9 @@ def test_transfer_recipes_run_end_to_end(keras_notop, tmp_path):
   # Fine-tuning started from the frozen run: block1 still equals the converted weights.
   from catsdogs_jax.weights import loading
 
-  converted, _, _ = loading.read(keras_notop)
-  tuned, _, metadata = loading.read(str(tmp_path / 'finetune'))
+  converted = loading.read(keras_notop).params
+  finetuned = loading.read(str(tmp_path / 'finetune'))
+  tuned, metadata = finetuned.params, finetuned.metadata
   np.testing.assert_array_equal(
       tuned['block1_conv1']['kernel'], converted['block1_conv1']['kernel']
   )

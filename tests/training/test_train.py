@@ -12,7 +12,7 @@ from catsdogs_jax.training import epoch_log, experiment, train
 def _final_state(config, workdir):
   exp = experiment.build(config, str(workdir), read_only=True)
   state, history = exp.checkpoints.restore(exp.checkpoints.latest_step(), exp.abstract_state())
-  return jax.device_get(state), history
+  return jax.device_get(state), train.History.from_json(history)
 
 
 def _rows_without_timing(workdir):

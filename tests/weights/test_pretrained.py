@@ -221,8 +221,10 @@ def test_a_failed_conversion_leaves_nothing_and_a_partial_or_stale_entry_is_repl
     loading.read('pretrained:efficientnet_lite0')
   assert os.listdir(tmp_path) == []
   monkeypatch.setitem(pretrained.CONVERTERS, 'torch', real)
-  os.makedirs(os.path.join(entry, converted.PARAMS_DIR))  # a copy cut short: no loading.json
-  assert loading.read('pretrained:efficientnet_lite0')[2]['weight_set'] == 'efficientnet_lite0'
+  os.makedirs(os.path.join(entry, converted.PARAMS_DIR))  # a copy cut short: no weights.json
+  assert (
+      loading.read('pretrained:efficientnet_lite0').metadata['weight_set'] == 'efficientnet_lite0'
+  )
   assert pretrained._complete(entry) and os.listdir(tmp_path) == [os.path.basename(entry)]
   monkeypatch.setattr(pretrained, 'CONVERTER_VERSION', pretrained.CONVERTER_VERSION + 1)
   assert not pretrained._complete(entry)  # written by an older converter: converted again

@@ -16,6 +16,7 @@ import ml_collections
 from absl import logging
 from flax import traverse_util
 
+from catsdogs_jax import defaults
 from catsdogs_jax.defaults import set_fields
 
 MODEL_FILE = 'model.json'
@@ -125,8 +126,21 @@ def read_run_config(workdir: str):
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise WorkdirError(f'{workdir!r} has no {CONFIG_FILE}: it was not written by this code.')
+  return ml_collections.ConfigDict(_read_saved_config(path))
+
+
+def _read_saved_config(path: str) -> Dict[str, Any]:
+  """A config.json as a dict, in today's layout.
+
+  Runs from before the data fields were grouped under `data` wrote them at the
+  top level; they move there, so those workdirs resume and serve as init_from.
+  """
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    saved = json.load(f)
+  if 'data' not in saved:
+    data_fields = defaults.get_config().data.keys()
+    saved['data'] = {k: saved.pop(k) for k in list(saved) if k in data_fields}
+  return saved
 
 
 def model_signature(config, abstract_params) -> Dict[str, Any]:
@@ -183,8 +197,7 @@ def check_config_change(workdir: str, config, state_signature: Callable[[Any], A
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     return
-  with open(path) as f:
-    differences = config_differences(json.load(f), config)
+  differences = config_differences(_read_saved_config(path), config)
   if not differences:
     return
   now = state_signature(config)

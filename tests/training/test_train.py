@@ -1,5 +1,7 @@
 """Training loop: bit-for-bit resume, finished runs, and the checks that guard a workdir."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -179,3 +181,17 @@ def _at(tree, path):
   for key in path:
     tree = tree[key]
   return tree
+
+
+def test_a_workdir_from_before_the_data_group_resumes_and_loads(make_config, tmp_path):
+  """config.json of older runs holds the data fields at the top level."""
+  from catsdogs_jax.weights import loading
+
+  train.train_and_evaluate(make_config(num_epochs=1), str(tmp_path))
+  path = tmp_path / 'config.json'
+  saved = json.loads(path.read_text())
+  path.write_text(json.dumps({**{k: v for k, v in saved.items() if k != 'data'}, **saved['data']}))
+  assert 'image_size' in json.loads(path.read_text())  # the old layout
+  history = train.train_and_evaluate(make_config(num_epochs=2), str(tmp_path))
+  assert [row['epoch'] for row in history.epochs] == [1, 2]
+  assert loading.read(str(tmp_path)).metadata['preprocess'] == saved['data']['preprocess']

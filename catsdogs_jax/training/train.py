@@ -239,15 +239,28 @@ class StopOnSignal(Hook):
 
 
 class Profile(Hook):
-  """A profiler trace of `num_steps` steps from `first_step` (TensorBoard's profile tab)."""
+  """A profiler trace of the `num_steps` steps after step `first_step`, in the workdir
+  (TensorBoard's profile tab reads `plugins/profile/`)."""
 
   def __init__(self, workdir: str, first_step: int, num_steps: int):
-    self.action = periodic_actions.Profile(
-        logdir=workdir, first_profile=first_step, num_profile_steps=num_steps
-    )
+    self.workdir, self.first, self.last = workdir, first_step, first_step + num_steps
+    self.running = False
 
   def after_step(self, loop):
-    self.action(loop.step)
+    if loop.step == self.first:  # after compilation, which first_step's steps paid for
+      jax.profiler.start_trace(self.workdir)
+      self.running = True
+    elif self.running and loop.step >= self.last:
+      self._stop(loop)
+
+  def end(self, loop):
+    self._stop(loop)  # a run shorter than the trace still writes what it has
+
+  def _stop(self, loop):
+    if self.running:
+      jax.block_until_ready(loop.state)  # the traced steps, not only their dispatch
+      jax.profiler.stop_trace()
+      self.running = False
 
 
 def train_and_evaluate(config, workdir: str, hooks: Sequence[Hook] = ()) -> History:

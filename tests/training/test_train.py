@@ -195,3 +195,15 @@ def test_a_workdir_from_before_the_data_group_resumes_and_loads(make_config, tmp
   history = train.train_and_evaluate(make_config(num_epochs=2), str(tmp_path))
   assert [row['epoch'] for row in history.epochs] == [1, 2]
   assert loading.read(str(tmp_path)).metadata['preprocess'] == saved['data']['preprocess']
+
+
+def test_profile_writes_a_trace_of_the_steps_asked_for(image_folder, tmp_path):
+  import glob
+
+  from conftest import tiny_mlp_config
+
+  fields = {'profile.first_step': 1, 'profile.num_steps': 1}
+  train.train_and_evaluate(tiny_mlp_config(image_folder, **fields), str(tmp_path / 'traced'))
+  assert glob.glob(str(tmp_path / 'traced' / 'plugins' / 'profile' / '*' / '*.xplane.pb'))
+  train.train_and_evaluate(tiny_mlp_config(image_folder), str(tmp_path / 'plain'))
+  assert not (tmp_path / 'plain' / 'plugins').exists()  # profile.num_steps=0: no trace

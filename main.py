@@ -46,25 +46,25 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string(
     'workdir',
     None,
-    'Directory for checkpoints, logs, TensorBoard events and ' 'pictures (every mode but summary).',
+    'Directory for checkpoints, logs, TensorBoard events and pictures (every mode but summary).',
 )
 flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
 flags.DEFINE_enum('split', 'test', ['train', 'validation', 'test'], '--mode=evaluate: the split.')
 flags.DEFINE_integer(
-    'step', None, 'Checkpoint step to evaluate, predict with or look inside ' '(default: the best).'
+    'step', None, 'Checkpoint step to evaluate, predict with or look inside (default: the best).'
 )
 flags.DEFINE_integer(
     'top_losses',
     0,
-    '--mode=evaluate: also draw the N images with the ' 'largest loss (top_losses_<split>.png).',
+    '--mode=evaluate: also draw the N images with the largest loss (top_losses_<split>.png).',
 )
 flags.DEFINE_multi_string(
     'images',
     [],
-    '--mode=predict/feature_maps: image files, globs or ' 'folders (repeat the flag for several).',
+    '--mode=predict/feature_maps: image files, globs or folders (repeat the flag for several).',
 )
 flags.DEFINE_bool(
-    'kaggle', False, '--mode=predict: also write submission.csv (id, dog ' 'probability).'
+    'kaggle', False, '--mode=predict: also write submission.csv (id, dog probability).'
 )
 flags.DEFINE_bool(
     'plots',
@@ -104,17 +104,17 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer('num_processes', None, 'Number of processes (or env JAX_NUM_PROCESSES).')
 flags.DEFINE_integer(
-    'process_id', None, 'This process, 0..num_processes-1 (or env ' 'JAX_PROCESS_ID).'
+    'process_id', None, 'This process, 0..num_processes-1 (or env JAX_PROCESS_ID).'
 )
 flags.DEFINE_integer(
     'distributed_timeout',
     300,
-    'Seconds to wait for the coordinator and for ' 'every process to connect.',
+    'Seconds to wait for the coordinator and for every process to connect.',
 )
 flags.DEFINE_integer(
     'heartbeat_timeout',
     100,
-    'Seconds after which a silent process counts as ' 'dead and the others stop.',
+    'Seconds after which a silent process counts as dead and the others stop.',
 )
 
 MULTI_PROCESS_MODES = ('train', 'evaluate')

@@ -42,7 +42,7 @@ flags.DEFINE_string('fault', None, 'KIND:N (see the module docstring); none: tra
 flags.DEFINE_integer(
     'heartbeat_timeout',
     100,
-    'Several processes: seconds after which a silent ' 'one counts as dead.',
+    'Several processes: seconds after which a silent one counts as dead.',
 )
 
 

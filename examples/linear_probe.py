@@ -30,12 +30,7 @@ def extract_features(config, mesh):
   base = models.MODELS['efficientnet_lite0'](num_outputs=1, include_top=False, pooling='avg')
   abstract = models.abstract_variables(base, models.input_shape(config))
   # Every base weight must come from the file; only the ImageNet classifier is left out.
-  variables = {
-      'params': loading.merge(abstract['params'], loaded.params, dont_load=('^predictions/',)),
-      'batch_stats': loading.merge(
-          abstract['batch_stats'], loaded.batch_stats, what='BatchNorm statistics'
-      ),
-  }
+  variables = loading.merge_variables(abstract, loaded, dont_load=('^predictions/',))
   info = input_pipeline.describe(config)
   features = {}
   for role, split in input_pipeline.config_splits(config).items():

@@ -183,7 +183,7 @@ class ImagePipeline(Batching):
     count = jax.process_count() if process_count is None else process_count
     if config.batch_size % count:
       raise DataError(
-          f'config.batch_size={config.batch_size} is not divisible by the ' f'{count} processes.'
+          f'config.batch_size={config.batch_size} is not divisible by the {count} processes.'
       )
     self.local_batch = config.batch_size // count
     self._from_path = is_folder(config.data.dataset) or files is not None

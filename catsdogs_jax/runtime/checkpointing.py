@@ -154,7 +154,7 @@ class Checkpoints:
         failures.append(f'step {step}: {type(e).__name__}: {first_line}')
         damaged.append(step)
         logging.warning(
-            'The checkpoint at step %d in %s does not restore (%s); trying the one ' 'before it.',
+            'The checkpoint at step %d in %s does not restore (%s); trying the one before it.',
             step,
             self.directory,
             failures[-1],

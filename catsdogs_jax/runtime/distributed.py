@@ -125,7 +125,7 @@ def initialize(
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   if process_id == 0:
     logging.info(
-        'process 0 of %d: coordinator on %s; waiting up to %d s for every process to ' 'connect',
+        'process 0 of %d: coordinator on %s; waiting up to %d s for every process to connect',
         num_processes,
         coordinator_address,
         timeout,

@@ -221,7 +221,7 @@ def check_config_change(workdir: str, config, state_signature: Callable[[Any], A
         f"start from this run's weights with --config.init_from={workdir}."
     )
   logging.warning(
-      'The config differs from the one %s was trained with (resuming with the new ' 'values): %s',
+      'The config differs from the one %s was trained with (resuming with the new values): %s',
       workdir,
       listing,
   )

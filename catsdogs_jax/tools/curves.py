@@ -31,7 +31,7 @@ def write_curves(workdir: str) -> str:
   log = os.path.join(workdir, epoch_log.LOG_CSV)
   if not os.path.exists(log):
     raise FileNotFoundError(
-        f'No {epoch_log.LOG_CSV} in {workdir!r}: train first, or pass the ' 'workdir of a run.'
+        f'No {epoch_log.LOG_CSV} in {workdir!r}: train first, or pass the workdir of a run.'
     )
   rows = [{k: float(v) for k, v in row.items()} for row in epoch_log.read_csv(log)]
   if not rows:

@@ -137,7 +137,7 @@ def predictions(exp, state, pipeline, keep_images: int = 0) -> Predictions:
   """
   if jax.process_count() > 1:
     raise ConfigError(
-        'Per-image predictions run as a single process; start this mode ' 'without jax.distributed.'
+        'Per-image predictions run as a single process; start this mode without jax.distributed.'
     )
   step = parallel.jit_eval_step(make_predict_step(exp.model, exp.config), exp.mesh)
   probs, losses, labels, top, seen = [], [], [], [], 0
@@ -163,13 +163,12 @@ def write_top_losses(predicted: Predictions, class_names, path: str, split: str)
   probs, labels, top = predicted.probabilities, predicted.labels, predicted.top_losses
   titles, colors = [], []
   for item in top:
-    loss, index = item.loss, item.index
-    predicted = int(np.argmax(probs[index]))
+    guess = int(np.argmax(probs[item.index]))
     titles.append(
-        f'{class_names[predicted]}/{class_names[labels[index]]}\n'
-        f'loss {loss:.3g} p {probs[index][predicted]:.3f}'
+        f'{class_names[guess]}/{class_names[labels[item.index]]}\n'
+        f'loss {item.loss:.3g} p {probs[item.index][guess]:.3f}'
     )
-    colors.append('red' if predicted != labels[index] else 'black')
+    colors.append('red' if guess != labels[item.index] else 'black')
   return plots.image_grid(
       [item.image for item in top],
       titles,

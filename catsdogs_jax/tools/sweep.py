@@ -43,7 +43,7 @@ def load_sweep(path: str) -> List[Dict[str, Any]]:
   """The list of override dicts of a sweep file."""
   if not os.path.isfile(path):
     raise ConfigError(
-        f'Sweep file {path!r} does not exist (e.g. ' 'configs/sweeps/augment_ablation.py).'
+        f'Sweep file {path!r} does not exist (e.g. configs/sweeps/augment_ablation.py).'
     )
   spec = importlib.util.spec_from_file_location('sweep_file', path)
   module = importlib.util.module_from_spec(spec)
@@ -81,7 +81,7 @@ def apply_overrides(config, overrides: Dict[str, Any], variant: str):
       raise ConfigError(f'Sweep variant {variant!r}: the config has no field {key!r}.') from e
     except TypeError as e:
       raise ConfigError(
-          f'Sweep variant {variant!r}: config.{key}={value!r} has the wrong ' f'type ({e}).'
+          f'Sweep variant {variant!r}: config.{key}={value!r} has the wrong type ({e}).'
       ) from e
   return config
 

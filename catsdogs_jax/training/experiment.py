@@ -35,7 +35,7 @@ class Experiment:
   plateau: optax.GradientTransformationExtraArgs
   init_fn: Callable
   input_shape: Tuple[int, ...]  # (H, W, C) of the model's input (features when extracting)
-  make_pipeline: Callable  # split -> batches (images, or cached features)
+  pipeline: Callable  # split -> batches (images, or cached features)
   checkpoints: checkpointing.Checkpoints
   loaded: Optional[loading.LoadedWeights] = None  # config.init_from, put into init_state()
   lock: Optional[workdir_files.Lock] = None  # held while training; None when read only
@@ -53,19 +53,9 @@ class Experiment:
     state = parallel.jit_init(self.init_fn, self.mesh)(jax.random.PRNGKey(self.config.seed))
     if self.loaded is None:
       return state
-    rep = parallel.replicated(self.mesh)
-    merge = lambda init, tree, what: jax.device_put(
-        loading.merge(jax.device_get(init), tree, self.config.dont_load, what), rep
-    )
-    return state.replace(
-        params=merge(state.params, self.loaded.params, 'parameters'),
-        batch_stats=merge(state.batch_stats, self.loaded.batch_stats, 'BatchNorm statistics')
-        if state.batch_stats
-        else state.batch_stats,
-    )
-
-  def pipeline(self, split: str):
-    return self.make_pipeline(split)
+    initialised = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
+    merged = loading.merge_variables(initialised, self.loaded, self.config.dont_load)
+    return state.replace(**jax.device_put(merged, parallel.replicated(self.mesh)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +64,7 @@ class FeatureHead:
 
   model: nn.Module  # the head alone
   input_shape: Tuple[int, ...]  # one image's features
-  make_pipeline: Callable  # split -> batches of cached features
+  pipeline: Callable  # split -> batches of cached features
   config: ml_collections.ConfigDict  # preprocessing 'none': the base already preprocessed
 
 
@@ -117,11 +107,7 @@ def _feature_extraction(config, loaded: Optional[loading.LoadedWeights], info, m
   size = models.input_shape(config)
   abstract = abstract_variables(base, size)
   # Exact (but for config.dont_load, e.g. an unused ImageNet classifier), or it says why.
-  variables = {'params': loading.merge(abstract['params'], loaded.params, config.dont_load)}
-  if 'batch_stats' in abstract:
-    variables['batch_stats'] = loading.merge(
-        abstract['batch_stats'], loaded.batch_stats, config.dont_load, what='BatchNorm statistics'
-    )
+  variables = loading.merge_variables(abstract, loaded, config.dont_load)
   feature_shape = jax.eval_shape(
       base.apply, abstract, jax.ShapeDtypeStruct((1, *size), np.float32)
   ).shape[1:]
@@ -129,7 +115,7 @@ def _feature_extraction(config, loaded: Optional[loading.LoadedWeights], info, m
   head_config = config.copy_and_resolve_references()
   head_config.data.preprocess = 'none'  # the base already preprocessed and ran
 
-  def make_pipeline(split):
+  def pipeline(split):
     images = input_pipeline.ImagePipeline(config, split, info.class_names)
     feats, labels = feature_cache.cached_features(
         config, split, base, variables, images, mesh, loaded.metadata
@@ -138,7 +124,7 @@ def _feature_extraction(config, loaded: Optional[loading.LoadedWeights], info, m
         head_config, feats, labels, images.examples_per_process, images.local_batch
     )
 
-  return FeatureHead(head, tuple(feature_shape), make_pipeline, head_config)
+  return FeatureHead(head, tuple(feature_shape), pipeline, head_config)
 
 
 def _state_signature(config, steps_per_epoch: int, input_shape) -> tuple:
@@ -180,13 +166,13 @@ def build(
   )
   config_checks.check_dataset(resolved, info, steps_per_epoch)
   input_shape = models.input_shape(resolved)
-  make_pipeline = lambda split: input_pipeline.ImagePipeline(resolved, split, info.class_names)
+  pipeline = lambda split: input_pipeline.ImagePipeline(resolved, split, info.class_names)
   if resolved.features.enabled:
     head = _feature_extraction(resolved, loaded, info, mesh)
-    model, input_shape, make_pipeline, resolved = (
+    model, input_shape, pipeline, resolved = (
         head.model,
         head.input_shape,
-        head.make_pipeline,
+        head.pipeline,
         head.config,
     )
     loaded = None  # the weights went into the base; the head starts fresh
@@ -195,7 +181,9 @@ def build(
   init_fn = make_init_fn(model, tx, plateau, input_shape)
   abstract = abstract_state(init_fn, mesh, resolved.seed)
   if loaded is not None:  # fails listing what differs, before any training
-    loading.merge(abstract.params, loaded.params, resolved.dont_load)
+    loading.merge_variables(
+        {'params': abstract.params, 'batch_stats': abstract.batch_stats}, loaded, resolved.dont_load
+    )
   lock = None if read_only else workdir_files.Lock(workdir)
   try:
     if checkpointing.has_checkpoints(workdir):
@@ -229,21 +217,21 @@ def build(
       ),
   )
   return Experiment(
-      resolved,
-      workdir,
-      info,
-      model,
-      mesh,
-      steps_per_epoch,
-      tx,
-      schedule,
-      plateau,
-      init_fn,
-      tuple(input_shape),
-      make_pipeline,
-      checkpoints,
-      loaded,
-      lock,
+      config=resolved,
+      workdir=workdir,
+      info=info,
+      model=model,
+      mesh=mesh,
+      steps_per_epoch=steps_per_epoch,
+      tx=tx,
+      schedule=schedule,
+      plateau=plateau,
+      init_fn=init_fn,
+      input_shape=tuple(input_shape),
+      pipeline=pipeline,
+      checkpoints=checkpoints,
+      loaded=loaded,
+      lock=lock,
   )
 
 

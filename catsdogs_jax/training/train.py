@@ -42,9 +42,8 @@ class History:
 
   epochs: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
   stop_reason: Optional[str] = None
-  skips_in_a_row: int = (
-      0  # non-finite steps skipped at the end of the last epoch (nan_policy='skip')
-  )
+  # Non-finite steps skipped at the end of the last epoch (nan_policy='skip').
+  skips_in_a_row: int = 0
   # A checkpoint in the middle of an epoch: its step, running metrics (JSON) and finiteness.
   partial_epoch: Optional[Dict[str, Any]] = None
 
@@ -95,7 +94,7 @@ class Loop:
   def learning_rate(self) -> float:
     """The last step's learning rate, after stopping on non-finite steps (a host sync)."""
     lr = float(optimizers.learning_rate(self.exp.schedule, self.step - 1, self.state.plateau))
-    _check_health(self.config, self.metrics, self.finite, self.carry, self.step, self.epoch + 1, lr)
+    _check_health(self, lr)
     return lr
 
   def save(self, val_metrics: Optional[Dict[str, float]], hooks: Sequence['Hook']):
@@ -147,7 +146,7 @@ class LogProgress(Hook):
   """The progress line and TensorBoard scalars every log step; the epoch line."""
 
   def __init__(self, workdir: str, config, total_steps: int, start_step: int):
-    self.workdir, self.config = workdir, config
+    self.config = config
     self.writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=False
     )
@@ -287,8 +286,7 @@ def _restore_or_start(exp: experiment.Experiment) -> Loop:
   loop = Loop(exp, state, history, step=int(state.step))
   loop.epoch = loop.step // exp.steps_per_epoch
   partial, history.partial_epoch = history.partial_epoch, None
-  if partial is not None and loop.step > loop.epoch * exp.steps_per_epoch:
-    # A run resumed in the middle of an epoch continues that epoch's running metrics.
+  if partial is not None:  # saved in the middle of an epoch: it continues with its metrics
     loop.metrics = metrics_lib.from_json(partial['metrics'], metrics_lib.TrainMetrics.empty())
     loop.finite = partial['finite']
   return loop
@@ -349,7 +347,7 @@ def _train(exp: experiment.Experiment, extra_hooks: List[Hook]) -> History:
 def _train_epoch(loop: Loop, train_data, train_step, hooks: Sequence[Hook]):
   """The jitted step over one epoch's batches (from where a resumed run stopped)."""
   spe = loop.steps_per_epoch
-  if not (loop.metrics is not None and loop.step > loop.epoch * spe):
+  if loop.step == loop.epoch * spe:  # not a resume in the middle of this epoch
     loop.metrics, loop.finite = None, None
   loop.carry = loop.history.skips_in_a_row
   batches = train_data.train_epoch(loop.epoch, skip_batches=loop.step - loop.epoch * spe)
@@ -421,22 +419,20 @@ def _write_log_csv(loop: Loop):
     epoch_log.write_csv(os.path.join(loop.exp.workdir, epoch_log.LOG_CSV), loop.history.epochs)
 
 
-def _check_health(config, metrics, finite, carry: int, step: int, epoch: int, learning_rate: float):
-  """Stops on a non-finite step ('stop'), or on too many skipped steps in a row ('skip').
-
-  `carry`: skips in a row at the end of the previous epochs.
-  """
+def _check_health(loop: Loop, learning_rate: float):
+  """Stops on a non-finite step ('stop'), or on too many skipped steps in a row ('skip')."""
+  config, step, epoch = loop.config, loop.step, loop.epoch + 1
   causes = (
       f'(epoch {epoch}, learning rate {learning_rate:.3g}). Likely causes: a learning '
       'rate too high for this model (try --mode=lr_find), unnormalised inputs (check '
       'config.data.preprocess), or bad images. Earlier checkpoints are kept.'
   )
   if config.nan_policy == 'stop':
-    if not bool(finite):
+    if not bool(loop.finite):
       raise NonFiniteLossError(f'Non-finite loss or gradients before step {step} {causes}')
     return
-  skipped = jax.device_get(metrics.skipped.compute())
-  in_a_row = max(int(skipped['longest']), carry + int(skipped['leading']))
+  skipped = jax.device_get(loop.metrics.skipped.compute())
+  in_a_row = max(int(skipped['longest']), loop.carry + int(skipped['leading']))
   if in_a_row >= config.max_skipped_steps:
     raise NonFiniteLossError(
         f'{in_a_row} steps in a row had a non-finite loss or gradients and were skipped '

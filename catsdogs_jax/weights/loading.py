@@ -118,10 +118,14 @@ def merge(init_tree, loaded_tree, dont_load: Sequence[str] = (), what: str = 'pa
   return traverse_util.unflatten_dict(merged)
 
 
-def load(params, batch_stats, directory: str, dont_load: Sequence[str] = ()) -> LoadedWeights:
-  """The model's trees (`params`, `batch_stats`) initialised from `directory` (as `read`)."""
-  loaded = read(directory)
-  params = merge(params, loaded.params, dont_load)
-  if batch_stats:
-    batch_stats = merge(batch_stats, loaded.batch_stats, dont_load, what='BatchNorm statistics')
-  return LoadedWeights(params, batch_stats, loaded.metadata)
+def merge_variables(
+    variables: Dict[str, Any], loaded: LoadedWeights, dont_load: Sequence[str] = ()
+) -> Dict[str, Any]:
+  """A model's variables ({'params'} and any 'batch_stats'; initialised or abstract), every leaf
+  taken from `loaded` but `dont_load` matches (as `merge`, which names what differs)."""
+  merged = {'params': merge(variables['params'], loaded.params, dont_load)}
+  if variables.get('batch_stats'):
+    merged['batch_stats'] = merge(
+        variables['batch_stats'], loaded.batch_stats, dont_load, what='BatchNorm statistics'
+    )
+  return merged

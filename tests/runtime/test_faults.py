@@ -112,7 +112,7 @@ def test_a_second_run_on_a_locked_workdir_refuses_and_a_stale_lock_is_taken_over
   lock.write_text(f'{{"host": "{socket.gethostname()}", "pid": {os.getpid()}, "since": "now"}}')
   with pytest.raises(
       WorkdirError,
-      match=f'in use by process {os.getpid()} on ' f'{socket.gethostname()}.*one run per workdir',
+      match=f'in use by process {os.getpid()} on {socket.gethostname()}.*one run per workdir',
   ):
     train.train_and_evaluate(config, str(workdir))
   assert os.listdir(workdir) == [workdir_files.LOCK_FILE]  # nothing written, lock kept

@@ -91,7 +91,7 @@ def test_batch_larger_than_the_training_split(make_config, tmp_path):
         ({'model.head': 'flatten_mlp', 'model.pooling': 'max'}, "head='flatten_mlp' works on the "),
         (
             {'train_from': 'conv3', 'frozen': ('^conv1/',)},
-            'leave config.frozen (and ' 'config.trainable) empty with it',
+            'leave config.frozen (and config.trainable) empty with it',
         ),
         (
             {'train_from': 'conv3', 'features.enabled': True},

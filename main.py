@@ -19,7 +19,9 @@
 import json
 import logging as std_logging
 import os
+import re
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -117,12 +119,58 @@ flags.DEFINE_integer(
     'Seconds after which a silent process counts as dead and the others stop.',
 )
 
+flags.DEFINE_bool(
+    'verbose',
+    False,
+    "Show every library's log lines with absl's prefixes, and tracebacks with errors.",
+)
+
 MULTI_PROCESS_MODES = ('train', 'evaluate')
+# Modes that read a trained workdir: without --config they use its config.json.
+AFTER_TRAINING_MODES = ('evaluate', 'predict', 'summary', 'feature_maps', 'filters', 'lr_find')
+CONFIG_FREE_MODES = ('curves', 'compare')  # read only files: no config needed
 
 
-def _quiet_orbax(record) -> bool:
-  # Orbax logs every file it writes at INFO; keep its warnings and errors only.
-  return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+# main.py and the package: everything else is third-party.
+_OWN_CODE = (
+    os.path.abspath(__file__),
+    os.path.dirname(os.path.dirname(os.path.abspath(summary.__file__))),
+)
+
+
+# Orbax warnings about what we asked for: reading checkpoints read only, or weights without
+# Orbax's metadata file (init_from a converted folder).
+_EXPECTED_WARNINGS = (
+    'Given directory is read only',
+    'read_only=True, setting save_interval_steps=0',
+    'Metadata file does not exist',
+    'has no dataset_info.json',  # tfds, looking for a dataset not prepared yet
+)
+
+
+def _ours_or_warning(record) -> bool:
+  # Third-party INFO (Orbax's every file, clu's notes, jax's backend search) stays out of the way.
+  if record.pathname.startswith(_OWN_CODE):
+    return True
+  message = record.getMessage()
+  return record.levelno >= std_logging.WARNING and not any(w in message for w in _EXPECTED_WARNINGS)
+
+
+class _PlainFormatter(std_logging.Formatter):
+  """Our lines as they are; warnings and errors say so (absl's prefixes with --verbose)."""
+
+  def format(self, record):
+    message = record.getMessage()
+    if record.levelno >= std_logging.ERROR:
+      return f'error: {message}'
+    return f'warning: {message}' if record.levelno >= std_logging.WARNING else message
+
+
+def setup_logging(verbose: bool):
+  handler = logging.get_absl_handler()
+  if not verbose:
+    handler.addFilter(_ours_or_warning)
+    handler.setFormatter(_PlainFormatter())
 
 
 def run_sweep(config, workdir):
@@ -190,7 +238,7 @@ def run(config, workdir, mode):
     preview.write_preview(config, workdir)
 
 
-def start_processes():
+def start_processes(config):
   """jax.distributed when asked; then every process must be running the same command."""
   from catsdogs_jax.runtime import distributed
 
@@ -209,7 +257,7 @@ def start_processes():
         f'{" --top_losses" if FLAGS.top_losses else ""} runs as one process; several processes '
         f'run --mode={" or ".join(MULTI_PROCESS_MODES)} only.'
     )
-  config = FLAGS.config.copy_and_resolve_references()
+  config = config.copy_and_resolve_references()
   distributed.check_same(
       {
           'config': json.loads(config.to_json_best_effort()),
@@ -218,17 +266,59 @@ def start_processes():
   )
 
 
+class CommandError(Exception):
+  """A flag missing or wrong: one line, not absl's page of usage."""
+
+
+def mode_config(mode: str, workdir):
+  """The config a mode runs with: --config, checked against the workdir's run, or the run's own."""
+  from catsdogs_jax.runtime import workdir_files
+
+  if mode in CONFIG_FREE_MODES:
+    return FLAGS.config
+  has_run = bool(workdir) and os.path.exists(os.path.join(workdir, workdir_files.CONFIG_FILE))
+  if mode in AFTER_TRAINING_MODES and has_run:
+    if FLAGS.config is None:
+      return workdir_files.read_run_config(workdir)
+    workdir_files.check_after_training_config(
+        workdir, FLAGS.config, config_flags.get_override_values(FLAGS['config'])
+    )
+    return FLAGS.config
+  if FLAGS.config is None:
+    hint = ''
+    if mode in AFTER_TRAINING_MODES:
+      hint = (
+          f', or a --workdir that training wrote ({workdir!r} has no {workdir_files.CONFIG_FILE})'
+      )
+    raise CommandError(f'--mode={mode} needs --config=FILE{hint}.')
+  return FLAGS.config
+
+
+def config_overview(config) -> str:
+  if FLAGS.config is None:
+    source, overrides = f'of the run in {FLAGS.workdir}', {}
+  else:
+    source = config_flags.get_config_filename(FLAGS['config'])
+    overrides = config_flags.get_override_values(FLAGS['config'])
+  lines = summary.config_overview(config, source, overrides)
+  return lines if FLAGS.mode != 'train' else f'{lines}\n  every field: {FLAGS.workdir}/config.json'
+
+
+def usage_error(message: str) -> str:
+  return f'error: {message} (python main.py --help lists the flags)'
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+    sys.exit(usage_error(f'Unexpected arguments: {" ".join(argv[1:])}'))
   if FLAGS.mode == 'compare':
     if not FLAGS.workdirs:
-      raise app.UsageError('--mode=compare needs --workdirs=DIR (repeat it, or use a glob).')
-  elif FLAGS.config is None:
-    raise app.UsageError(f'--mode={FLAGS.mode} needs --config=FILE.')
+      sys.exit(usage_error('--mode=compare needs --workdirs=DIR (repeat it, or use a glob).'))
   elif FLAGS.mode != 'summary' and not FLAGS.workdir:
-    raise app.UsageError(f'--mode={FLAGS.mode} needs --workdir=DIR.')
-  logging.get_absl_handler().addFilter(_quiet_orbax)
+    sys.exit(usage_error(f'--mode={FLAGS.mode} needs --workdir=DIR.'))
+  elif FLAGS.mode == 'summary' and FLAGS.config is None and not FLAGS.workdir:
+    sys.exit(usage_error('--mode=summary needs --config=FILE or --workdir=DIR.'))
+  setup_logging(FLAGS.verbose)
   # Importing these touches no device, so jax.distributed can still start below.
   from catsdogs_jax.data import input_pipeline
   from catsdogs_jax.runtime import distributed, preemption, workdir_files
@@ -237,11 +327,14 @@ def main(argv):
 
   input_pipeline.keep_tensorflow_off_gpus()
   try:
-    start_processes()
+    config = mode_config(FLAGS.mode, FLAGS.workdir)
+    start_processes(config)
     logging.info('%s', distributed.environment())
-    if FLAGS.config is not None:
-      logging.info('config:\n%s', FLAGS.config)
-    run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+    if config is not None and FLAGS.mode != 'summary':
+      logging.info('%s', config_overview(config))
+      if FLAGS.verbose:
+        logging.info('config:\n%s', config)
+    run(config, FLAGS.workdir, FLAGS.mode)
   except (
       config_checks.ConfigError,
       input_pipeline.DataError,
@@ -253,11 +346,77 @@ def main(argv):
       preemption.Preempted,
       train.NonFiniteLossError,
       distributed.DistributedError,
+      CommandError,
   ) as e:
-    # Mistakes in the command or the data: the message, not a traceback.
-    logging.error('%s', e)
+    # Mistakes in the command or the data: the message once, not a traceback.
+    if FLAGS.verbose:
+      raise
     sys.exit(f'error: {e}')
 
 
+def _config_error(e: Exception, argv) -> str:
+  """A config field that does not exist, or a config file that fails, as one line."""
+  frames = [
+      f
+      for f in traceback.extract_tb(e.__traceback__)
+      if 'site-packages' not in f.filename and f.filename != os.path.abspath(__file__)
+  ]
+  inner = e.args[0] if e.args else e
+  text = str(inner.args[0]) if isinstance(inner, KeyError) and inner.args else str(e)
+  first, _, hint = text.partition('\n')  # ml_collections: the key, then 'Did you mean ...'
+  missing = re.search(r'Key "([^"]+)" does not exist', first)
+  if isinstance(e, AttributeError) and (missing or isinstance(inner, KeyError)):
+    name = missing.group(1) if missing else first.strip('\'"')
+    flag = next(
+        (a.split('=')[0] for a in argv if a.startswith('--config.') and name in a.split('=')[0]),
+        None,
+    )
+    where = f'{frames[-1].filename}, line {frames[-1].lineno}' if frames else flag or '--config'
+    return (
+        f'{where}: the config has no field {name!r}. {hint} '
+        '(python main.py --help lists every field)'
+    )
+  where = f' ({frames[-1].filename}, line {frames[-1].lineno})' if frames else ''
+  return f'{type(e).__name__} while reading the config{where}: {" ".join(text.split())}'
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with its errors (and ml_collections') as one line each."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(usage_error(' '.join(str(e).split())))
+  except (AttributeError, KeyError, TypeError, ValueError, ImportError, SyntaxError) as e:
+    if '--verbose' in argv:
+      raise
+    sys.exit(f'error: {_config_error(e, argv)}')
+
+
+def config_help() -> str:
+  """Every config field with its default and meaning, grouped (from catsdogs_jax/defaults.py)."""
+  from catsdogs_jax import defaults
+
+  config = defaults.get_config()
+  lines = [
+      '',
+      'Config fields (--config.FIELD=VALUE after --config=FILE; every config starts from these',
+      'defaults, catsdogs_jax/defaults.py, which configs/default.py is), in groups:',
+  ]
+  group = ''  # top-level fields come under '(top level)'
+  for key, comment in defaults.field_comments().items():
+    value = defaults.get_field(config, key)
+    if hasattr(value, 'keys'):  # a group's own line: its heading
+      group = key
+      lines.append(f'  {key}.*' + (f': {comment}' if comment else ''))
+      continue
+    if '.' not in key and group is not None:
+      group = None  # back at the top level
+      lines.append('  (top level)')
+    lines.append(f'    {key}={value!r}  {comment}'.rstrip())
+  return '\n'.join(lines) + '\n'
+
+
 if __name__ == '__main__':
-  app.run(main)
+  if {'--help', '-h', '-?', '--helpshort', '--helpfull'} & set(sys.argv):
+    __doc__ += config_help()  # absl prints the module's docstring with --help
+  app.run(main, flags_parser=parse_flags)

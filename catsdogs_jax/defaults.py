@@ -37,6 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.image_key = 'image'  # tfds feature holding the image
   config.data.label_key = 'label'  # tfds feature holding the class label
   config.data.image_size = 150  # images are resized to image_size x image_size
+  # (at least: small_cnn 46, mnist_cnn 6, alexnet 67, vgg16 32, vgg19 32; the others any)
   config.data.channels = 3  # 3 for RGB, 1 for grayscale (MNIST)
   config.data.resize_method = (
       'bilinear'  # tf.image.resize method ('bilinear', 'nearest', 'bicubic', 'area')
@@ -84,8 +85,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.head_units = ml_collections.FieldReference(
       None, field_type=int
   )  # flatten_mlp's hidden units
-  # EfficientNet: Keras' drop_connect_rate (None: 0.2); block b of n drops its branch with rate*b/n
-  config.model.stochastic_depth_rate = ml_collections.FieldReference(None, field_type=float)
+  config.model.stochastic_depth_rate = ml_collections.FieldReference(
+      None, field_type=float
+  )  # EfficientNet: Keras' drop_connect_rate (None: 0.2);
+  # block b of n drops its branch with rate*b/n
+  config.model.adaptive_pool = ml_collections.FieldReference(
+      None, field_type=tuple
+  )  # VGG with top: average-pool the last map to this (H, W) before fc1, as torchvision does,
+  # so its (7, 7) classifier fits any image size; None: Keras' Flatten (fc1 follows the size)
   config.model.layers = 'auto'  # layer forms (models/layers.py): 'auto' (the CPU forms on a CPU
   # backend, else plain), 'cpu', 'plain'
   config.loss = 'sigmoid'  # 'sigmoid' (1 logit, 2 classes) or 'softmax'
@@ -95,14 +102,22 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = 'rmsprop'  # sgd, rmsprop, adam
   config.optimizer.learning_rate = 1e-4  # base (peak) learning rate
-  config.optimizer.momentum = 0.0  # sgd / rmsprop momentum (0: none)
-  config.optimizer.nesterov = False  # Nesterov momentum (sgd, rmsprop)
+  config.optimizer.momentum = 0.0  # sgd / rmsprop momentum (0: none), as Keras: the velocity
+  # holds steps already scaled by the learning rate
+  config.optimizer.nesterov = False  # Nesterov momentum: sgd as Keras'; rmsprop as optax's
+  # (Keras' RMSprop has none)
   config.optimizer.rho = 0.9  # rmsprop decay of the squared-gradient average (Keras rho)
   config.optimizer.b1 = 0.9  # adam
   config.optimizer.b2 = 0.999  # adam
-  config.optimizer.eps = 1e-7  # rmsprop / adam epsilon (Keras default)
-  config.optimizer.weight_decay = 0.0  # L2 on kernels, added to the gradient (VGG paper: 5e-4)
-  config.optimizer.grad_clip_norm = 0.0  # clip gradients to this global norm (0: off)
+  config.optimizer.eps = 1e-7  # rmsprop / adam epsilon, Keras 3's (and its default): rmsprop
+  # sqrt(v + eps); adam sqrt(v) + eps before bias correction (optax / PyTorch eps: this over
+  # sqrt(1 - b2^t))
+  config.optimizer.weight_decay = 0.0  # coupled L2 on kernels only: gradient += weight_decay * w
+  # (Caffe, the VGG paper's 5e-4, PyTorch SGD's weight_decay); in Keras that is
+  # kernel_regularizer=l2(weight_decay / 2), not Keras 3 optimizers' decoupled weight_decay
+  # argument (w -= lr * wd * w)
+  config.optimizer.grad_clip_norm = 0.0  # clip gradients to this global norm (0: off), before
+  # weight_decay is added (as PyTorch; Keras clips the regularised gradient)
   config.frozen = ()  # regexes of parameter paths that get no updates ('block[1-4]_')
   config.trainable = ()  # if set: only matching parameter paths train, all others are frozen
   config.train_from = ml_collections.FieldReference(
@@ -128,7 +143,7 @@ def get_config() -> ml_collections.ConfigDict:
       60,
       90,
   )  # step: epochs at which lr is multiplied by step_factor
-  config.schedule.step_factor = 0.1
+  config.schedule.step_factor = 0.1  # step: the factor at each of step_epochs
   config.schedule.cosine_alpha = 0.0  # cosine: final lr as a fraction of the peak
   config.schedule.plateau_monitor = 'val_accuracy'  # plateau: validation metric checked each epoch
   config.schedule.plateau_factor = 0.1  # plateau: multiply lr by this...
@@ -139,20 +154,22 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ----- fast feature extraction (train a head on cached features of a frozen, pretrained base)
   config.features = ml_collections.ConfigDict()
-  config.features.enabled = False
+  config.features.enabled = False  # on: extract the base's features once, train the head on them
   config.features.cache_dir = (
       '~/.cache/catsdogs_jax/features'  # keyed by weights, data, split, size
   )
 
   # ----- training loop
   config.batch_size = 32  # global batch, split over all devices
-  config.num_epochs = 30
+  config.num_epochs = 30  # epochs to train (a finished run trains further when raised)
   config.log_every_steps = 50  # progress line and TensorBoard train scalars
   config.early_stopping = ml_collections.ConfigDict()
-  config.early_stopping.enabled = False
+  config.early_stopping.enabled = (
+      False  # stop when `monitor` stops improving (Keras' EarlyStopping)
+  )
   config.early_stopping.monitor = 'val_loss'  # val_loss or val_accuracy
   config.early_stopping.patience = 10  # epochs without improvement before stopping
-  config.early_stopping.min_delta = 0.0
+  config.early_stopping.min_delta = 0.0  # smallest change that counts as improvement
   config.nan_policy = 'stop'  # non-finite loss or gradients: 'stop' (within one log interval)
   # or 'skip' (the update is not applied; counted in log.csv)
   config.max_skipped_steps = 10  # 'skip': stop after this many skipped steps in a row
@@ -169,7 +186,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.lr_find = ml_collections.ConfigDict()
   config.lr_find.min_lr = 1e-7  # the rate grows exponentially from min_lr...
   config.lr_find.max_lr = 10.0  # ...to max_lr over num_steps training steps
-  config.lr_find.num_steps = 200
+  config.lr_find.num_steps = 200  # at most (it stops once the loss diverges)
   config.lr_find.smoothing = 0.98  # exponential moving average of the loss (bias-corrected)
   config.lr_find.diverge_factor = 4.0  # stop once the smoothed loss exceeds this x its minimum
 
@@ -192,3 +209,44 @@ def set_fields(config, fields: Dict[str, Any]):
       raise KeyError(leaf)
     target[leaf] = value
   return config
+
+
+def get_field(config, key: str):
+  """The value of a dotted field ('optimizer.name'); KeyError if the config has none."""
+  for part in key.split('.'):
+    config = config[part]
+  return config
+
+
+def field_comments() -> Dict[str, str]:
+  """Dotted field -> its comment in `get_config` above (for --help): read from this file's source,
+  so the comments stay the one place each field is explained."""
+  import ast
+  import inspect
+  import io
+  import tokenize
+
+  source = inspect.getsource(get_config)
+  lines = source.splitlines()
+  comments: Dict[int, str] = {}
+  for token in tokenize.generate_tokens(io.StringIO(source).readline):
+    if token.type == tokenize.COMMENT:
+      comments[token.start[0]] = token.string.lstrip('#').strip()
+  found = {}
+  statements = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Assign)]
+  for node in sorted(statements, key=lambda n: n.lineno):
+    target = ast.unparse(node.targets[0])
+    if not target.startswith('config.'):
+      continue
+    text = [comments[i] for i in range(node.lineno, node.end_lineno + 1) if i in comments]
+    line = node.end_lineno + 1  # comment-only lines right after continue it
+    while line in comments and lines[line - 1].lstrip().startswith('#'):
+      if comments[line].startswith('-----'):
+        break  # the next group's heading
+      text.append(comments[line])
+      line += 1
+    heading = comments.get(node.lineno - 1, '')
+    if not text and heading.startswith('-----'):
+      text = [heading.strip('- ')]  # a group: its heading
+    found[target[len('config.') :]] = ' '.join(text)
+  return found

@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -45,11 +46,16 @@ def test_train_then_evaluate_end_to_end(image_folder, tmp_path):
   assert 'devices: 4' in result.stderr and 'flax 0.' in result.stderr
   assert 'total parameters: 307,393' in result.stderr
   assert 'images/s' in result.stderr and 'ETA' in result.stderr
+  # Our lines only, without absl's prefixes; no third-party notices, no clu report lines.
+  assert not re.search(r'^[IW]\d{4} ', result.stderr, re.M), result.stderr[:2000]
+  assert 'libtpu' not in result.stderr and 'Setting work unit notes' not in result.stderr
+  assert 'config configs/small_cnn.py with ' in result.stderr and 'config.json' in result.stderr
 
   rows = epoch_log.read_csv(os.path.join(workdir, 'log.csv'))
   assert [r['epoch'] for r in rows] == ['1', '2']
   assert set(epoch_log.CSV_COLUMNS) == set(rows[0])
-  assert float(rows[0]['learning_rate']) == pytest.approx(1e-3)
+  assert rows[0]['learning_rate'] == '0.001'  # float32's 0.0010000000474974513, as it means
+  assert all(len(v.replace('.', '').lstrip('0')) <= 7 for r in rows for v in r.values())
   assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
   assert os.path.exists(os.path.join(workdir, 'curves.png'))
@@ -65,8 +71,44 @@ def test_train_then_evaluate_end_to_end(image_folder, tmp_path):
     evaluation = json.load(f)
   assert evaluation['num_images'] == 10 and evaluation['split'] == 'test'
   assert sum(map(sum, evaluation['confusion'])) == 10
-  assert 'confusion (rows: true, columns: predicted)' in result.stderr
-  assert 'precision' in result.stderr and set(evaluation['per_class']) == {'cats', 'dogs'}
+  assert 'confusion (rows: true, columns: predicted)' in result.stdout  # results: stdout
+  assert 'precision' in result.stdout and set(evaluation['per_class']) == {'cats', 'dogs'}
+
+  # The workdir is enough: its config.json stands in for --config and its overrides.
+  os.remove(os.path.join(workdir, 'eval_test.json'))
+  result = _main(f'--workdir={workdir}', '--mode=evaluate', '--split=validation')
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(os.path.join(workdir, 'eval_validation.json')) as f:
+    assert json.load(f)['num_images'] == 10
+  # A config file without the run's data flags would read another dataset: refused, named,
+  # before any data is touched (no tfds download).
+  result = _main('--config=configs/small_cnn.py', f'--workdir={workdir}', '--mode=evaluate')
+  assert result.returncode != 0
+  error = result.stderr.strip().splitlines()[-1]
+  assert error.startswith('error: The config differs from the one') and 'data.dataset' in error
+  assert 'data.image_size: 48 -> 150' in error and 'configs/run.py:' in error
+  assert not os.path.exists(os.path.join(workdir, 'eval_test.json'))
+  # Data fields of the run's config changed on purpose: the test photos as the validation split.
+  result = _main(
+      f'--config=configs/run.py:{workdir}',
+      '--config.data.eval_split=test',
+      f'--workdir={workdir}',
+      '--mode=evaluate',
+      '--split=validation',
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(os.path.join(workdir, 'eval_validation.json')) as f:
+    assert json.load(f)['split'] == 'test'
+  # A model field is never changed after training.
+  result = _main(
+      f'--config=configs/run.py:{workdir}',
+      '--config.model.name=vgg16',
+      f'--workdir={workdir}',
+      '--mode=evaluate',
+  )
+  assert result.returncode != 0 and "model.name: 'small_cnn' -> 'vgg16'" in result.stderr
+  result = _main(f'--workdir={workdir}', '--mode=curves')
+  assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_summary_needs_no_data_weights_or_workdir():
@@ -75,7 +117,13 @@ def test_summary_needs_no_data_weights_or_workdir():
   assert 'block5_conv3' in result.stdout and '(None, 14, 14, 512)' in result.stdout
   assert 'total parameters: 14,764,866 (trainable 50,178, frozen 14,714,688)' in result.stdout
   result = _main('--config=configs/small_cnn.py', '--mode=curves', timeout=120)
-  assert result.returncode != 0 and '--mode=curves needs --workdir' in result.stderr
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines() == [
+      'error: --mode=curves needs --workdir=DIR. (python main.py --help lists the flags)'
+  ]
+  result = _main('--mode=evaluate', f'--workdir={ROOT}', timeout=120)
+  assert result.returncode != 0
+  assert f'or a --workdir that training wrote ({ROOT!r} has no config.json)' in result.stderr
 
 
 def test_unknown_config_field_on_the_command_line_is_an_error(tmp_path):
@@ -86,7 +134,10 @@ def test_unknown_config_field_on_the_command_line_is_an_error(tmp_path):
       timeout=120,
   )
   assert result.returncode != 0
-  assert 'learning_rat' in result.stderr
+  assert result.stderr.strip().splitlines() == [
+      "error: --config.optimizer.learning_rat: the config has no field 'learning_rat'. Did you "
+      'mean "learning_rate" instead of "learning_rat"? (python main.py --help lists every field)'
+  ]
   assert not os.listdir(tmp_path)
 
 
@@ -99,7 +150,10 @@ def test_typo_in_a_config_file_is_an_error(tmp_path):
   )
   result = _main(f'--config={path}', f'--workdir={tmp_path / "run"}', timeout=120)
   assert result.returncode != 0
-  assert 'learning_rat' in result.stderr and 'locked' in result.stderr
+  assert result.stderr.strip().splitlines() == [
+      f"error: {path}, line 5: the config has no field 'learning_rat'. Did you mean "
+      '"learning_rate" instead of "learning_rat"? (python main.py --help lists every field)'
+  ]
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,12 @@ def _abstract_variables(config, size, channels=3):
         ('vgg16', 224, 2, 'softmax', {'include_top': False}, 14_714_688),
         ('vgg16', 50, 2, 'softmax', {}, 33_605_442),
         ('vgg19', 224, 1000, 'softmax', {}, 143_667_240),
+        # torchvision's published counts (BatchNorm statistics are not parameters).
+        ('resnet18', 224, 1000, 'softmax', {}, 11_689_512),
+        ('resnet34', 224, 1000, 'softmax', {}, 21_797_672),
         ('resnet50', 224, 1000, 'softmax', {}, 25_557_032),
+        ('resnet101', 224, 1000, 'softmax', {}, 44_549_160),
+        ('resnet152', 224, 1000, 'softmax', {}, 60_192_808),
         ('efficientnet_b0', 224, 1000, 'softmax', {}, 5_288_548),
         # TensorFlow's EfficientNet-Lite (the published checkpoints hold exactly these).
         ('efficientnet_lite0', 224, 1000, 'softmax', {}, 4_652_008),

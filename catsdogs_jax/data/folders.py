@@ -9,7 +9,8 @@ Every file is checked once, before training: files that are not images, empty
 or hidden, and images that neither TensorFlow nor Pillow can decode (truncated
 or corrupt) are skipped with one summary warning per split. Images only Pillow
 reads (TIFF, ...) are converted once to PNG in memory. A split with no usable
-image is an error.
+image is an error, and so is a file or folder that cannot be read at all
+(permissions, I/O errors): skipping those would train on part of the data.
 """
 
 import collections
@@ -81,10 +82,18 @@ def is_flat(root: str, split: str) -> bool:
   return any(FLAT_NAME.match(f) for f in os.listdir(root))
 
 
+def _unreadable_folder(error: OSError):
+  raise DataError(
+      f'Cannot list folder {error.filename!r} ({error.strerror or error}); make it readable '
+      '(permissions, mount) or move it out of the dataset, and run again.'
+  ) from error
+
+
 def _walk(directory: str) -> List[str]:
   """Every file under `directory`, sub-folders included, in a fixed order."""
   found = []
-  for dirpath, dirnames, filenames in os.walk(directory):
+  # os.walk skips folders it cannot list unless told otherwise: a silent loss of images.
+  for dirpath, dirnames, filenames in os.walk(directory, onerror=_unreadable_folder):
     dirnames.sort()
     found.extend(os.path.join(dirpath, f) for f in sorted(filenames))
   return found
@@ -97,8 +106,11 @@ def _kind(path: str) -> str:
     return 'hidden file'
   if not name.lower().endswith(IMAGE_EXTENSIONS):
     return 'not an image file'
-  if os.path.getsize(path) == 0:
-    return 'empty file'
+  try:
+    if os.path.getsize(path) == 0:
+      return 'empty file'
+  except OSError:  # a dangling link, a vanished file: the decode check names the reason
+    pass
   return ''
 
 
@@ -182,14 +194,22 @@ def _tensorflow_decodable(paths: Sequence[str]) -> np.ndarray:
 
 
 def _pillow_png(path: str) -> bytes:
-  """The image re-encoded as PNG by Pillow, or b'' when Pillow cannot decode it either."""
+  """The image re-encoded as PNG by Pillow, or b'' when Pillow cannot decode it either.
+
+  Reading the file fails with OSError (permissions, I/O), which propagates.
+  """
+  # Pillow reports undecodable data as OSError too (UnidentifiedImageError, 'image
+  # file is truncated'), so the file is read first: a failure there is the file
+  # system's, one while decoding the bytes in memory is the image's.
+  with open(path, 'rb') as f:
+    data = f.read()
   try:
-    with Image.open(path) as image:
+    with Image.open(io.BytesIO(data)) as image:
       image.load()
       buffer = io.BytesIO()
       image.convert('RGB').save(buffer, format='PNG')
       return buffer.getvalue()
-  except Exception:  # Pillow raises many types for broken files
+  except Exception:  # Pillow raises many types for broken data (OSError, SyntaxError, ...)
     return b''
 
 
@@ -197,12 +217,24 @@ def _usable(paths: List[str], labels: List[int], skipped) -> FolderSplit:
   """The paths TensorFlow or Pillow can decode; the others go to `skipped`."""
   inline = [b''] * len(paths)
   keep = np.ones(len(paths), bool)
+  unreadable = []
   if paths:
-    for i in np.flatnonzero(~_tensorflow_decodable(paths)):
-      inline[i] = _pillow_png(paths[i])
+    for i in np.flatnonzero(~_tensorflow_decodable(paths)):  # TensorFlow fails on both kinds
+      try:
+        inline[i] = _pillow_png(paths[i])
+      except OSError as e:
+        unreadable.append((paths[i], e))
+        continue
       if not inline[i]:
         keep[i] = False
         skipped['corrupt or truncated image'].append(paths[i])
+  if unreadable:
+    path, e = unreadable[0]
+    raise DataError(
+        f'Cannot read {len(unreadable)} image file(s), e.g. {path!r} '
+        f'({type(e).__name__}: {e.strerror or e}); make them readable (permissions, disk) '
+        'or move them out of the dataset, and run again.'
+    ) from e
   return FolderSplit(
       paths=np.asarray(paths, dtype=object)[keep],
       labels=np.asarray(labels, np.int32)[keep],

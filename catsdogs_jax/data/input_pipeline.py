@@ -10,12 +10,17 @@ every image once.
 """
 
 import dataclasses
+import difflib
 import hashlib
 import os
+import socket
+import urllib.error
+import urllib.parse
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
+import requests
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -71,14 +76,41 @@ def _folder_root(config) -> str:
 # --------------------------------------------------------------------------- tfds
 
 
+# What a failed download raises in tfds: requests' errors (no internet: ConnectionError after
+# its retries), tfds' DownloadError (an HTTP status other than 200), urllib's for ftp URLs.
+# Anything else while preparing (a full disk, a bad manual zip, a bug) is not a download problem.
+DOWNLOAD_ERRORS = (requests.RequestException, tfds.download.DownloadError, urllib.error.URLError)
+
+
+def _one_line(error: Exception, limit: int = 300) -> str:
+  return ' '.join(str(error).split())[:limit]
+
+
+def _unknown_dataset(name: str, why: str) -> DataError:
+  hints = []
+  close = difflib.get_close_matches(name.lower(), tfds.list_builders(with_community_datasets=False))
+  if close:
+    hints.append(f'did you mean {" or ".join(map(repr, close))}?')
+  if os.path.isdir(os.path.expanduser(name)):
+    hints.append(f'for this folder pass --config.data.dataset={FOLDER_PREFIX}{name}')
+  return DataError(
+      f'Unknown dataset {name!r}: {why}, and not "{FOLDER_PREFIX}PATH" for an image folder'
+      + (f' ({"; ".join(hints)}).' if hints else '.')
+  )
+
+
 def _tfds_builder(config):
+  name = config.data.dataset
   try:
-    builder = tfds.builder(config.data.dataset, data_dir=config.data.data_dir)
-  except Exception as e:  # tfds raises several types for unknown names
-    raise DataError(
-        f'Unknown dataset {config.data.dataset!r}: not a tfds name, and not '
-        f'"{FOLDER_PREFIX}PATH" for an image folder. ({e})'
-    ) from e
+    # tfds.builder reports a malformed name (a path, a stray character) as a plain
+    # ValueError, as it does a bad config or version of a known one: parse first.
+    tfds.core.naming.parse_builder_name_kwargs(name)
+  except ValueError:
+    raise _unknown_dataset(name, 'not a valid tfds name') from None
+  try:
+    builder = tfds.builder(name, data_dir=config.data.data_dir)
+  except tfds.core.DatasetNotFoundError:
+    raise _unknown_dataset(name, 'tfds has no dataset of that name') from None
   if builder.is_prepared():
     return builder
   manual = os.path.join(builder.data_dir_root, 'downloads', 'manual')
@@ -86,24 +118,58 @@ def _tfds_builder(config):
       'To train on an image folder instead, pass --config.data.dataset=folder:PATH '
       '(PATH/train/<label>/*.jpg, PATH/validation/..., PATH/test/...).'
   )
-  if config.data.dataset == 'cats_vs_dogs':
+  if name == 'cats_vs_dogs':
     advice += (
         f' Or place the official {CATS_VS_DOGS_ZIP} in {manual}/ and run again: '
         'tfds prepares the dataset from it without downloading.'
     )
   if not config.data.download:
     raise DataError(
-        f'tfds dataset {config.data.dataset!r} is not prepared in '
+        f'tfds dataset {name!r} is not prepared in '
         f'{builder.data_dir_root} and config.data.download is False. {advice}'
+    )
+  unreachable = _unreachable_download_hosts(builder, manual)
+  if unreachable:
+    raise DataError(
+        f'Could not download tfds dataset {name!r}: no connection to '
+        f'{", ".join(unreachable)} (no internet access?). {advice}'
     )
   try:
     builder.download_and_prepare()
-  except Exception as e:
+  except DOWNLOAD_ERRORS as e:
     raise DataError(
-        f'Could not download tfds dataset {config.data.dataset!r} ({type(e).__name__}: '
-        f'{str(e)[:300]}). {advice}'
+        f'Could not download tfds dataset {name!r} (no internet access? {type(e).__name__}: '
+        f'{_one_line(e)}). {advice}'
     ) from e
   return builder
+
+
+PROXY_VARIABLES = ('HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy', 'ALL_PROXY')
+
+
+def _unreachable_download_hosts(builder, manual_dir: str, timeout: float = 5.0) -> Sequence[str]:
+  """The hosts of the dataset's files when none of them answers, else nothing.
+
+  One connection attempt per host, so that no network fails in seconds, not
+  after tfds' minutes of retries. Skipped where it cannot judge: behind a proxy,
+  with files in the manual folder, or without registered download addresses.
+  """
+  if any(os.environ.get(v) for v in PROXY_VARIABLES):
+    return ()
+  if os.path.isdir(manual_dir) and os.listdir(manual_dir):
+    return ()
+  hosts = set()
+  for url in getattr(builder, 'url_infos', None) or {}:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.hostname:
+      hosts.add((parsed.hostname, parsed.port or (443 if parsed.scheme == 'https' else 80)))
+  for host, port in sorted(hosts):
+    try:
+      socket.create_connection((host, port), timeout=timeout).close()
+      return ()
+    except OSError:
+      continue
+  return [f'{host}:{port}' for host, port in sorted(hosts)]
 
 
 def _tfds_process_split(split: str, index: int, count: int) -> str:

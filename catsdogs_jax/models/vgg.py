@@ -4,10 +4,11 @@ Layer names follow `keras.applications` (`block{i}_conv{j}`, `fc1`, `fc2`,
 `predictions`) so that converted weights map one to one.
 """
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import jax.numpy as jnp
 from flax import linen as nn
+from jax import lax
 
 from catsdogs_jax.models.heads import base_output
 from catsdogs_jax.models.layers import PLAIN, LayerForms
@@ -16,12 +17,40 @@ from catsdogs_jax.models.weight_sets import KERAS_APPLICATIONS, TORCHVISION, Wei
 WIDTHS = (64, 128, 256, 512, 512)
 
 
+def adaptive_avg_pool(x, output_size: Tuple[int, int]):
+  """PyTorch's AdaptiveAvgPool2d on a [B, H, W, C] map.
+
+  Output row i averages input rows floor(i * H / out) to ceil((i + 1) * H / out)
+  (exclusive), columns alike: bins overlap or repeat rows when H is not a multiple
+  of `out`, or smaller than it. The bins are rectangles, so pooling the rows and then
+  the columns gives their means; an axis already of the output size is left as it is.
+  """
+  for axis, out in zip((1, 2), output_size):
+    size = x.shape[axis]
+    if size != out:
+      x = jnp.concatenate(
+          [
+              lax.slice_in_dim(x, i * size // out, -(-(i + 1) * size // out), axis=axis).mean(
+                  axis=axis, keepdims=True
+              )
+              for i in range(out)
+          ],
+          axis=axis,
+      )
+  return x
+
+
 class VGG(nn.Module):
   """VGG convolutional base, optionally with the classifier top.
 
   With `include_top=False` the module returns the last block's feature map, or
   a pooled vector when `pooling` is 'avg' or 'max' (as Keras' `pooling=`), or
   the logits of a new `head` (see `heads.py`) on the base.
+
+  The top flattens the last block's map as Keras does, so fc1's width follows the
+  image size (7x7x512 at 224 px). `adaptive_pool=(7, 7)` first average-pools the map
+  to 7x7 as torchvision's VGG does (its AdaptiveAvgPool2d), so that torchvision's
+  classifier fits at any image size; at 224 px it changes nothing.
   """
 
   stage_sizes: Sequence[int]
@@ -35,6 +64,7 @@ class VGG(nn.Module):
   kernel_init: Callable = nn.initializers.glorot_uniform()
   dtype: Any = jnp.float32
   layers: LayerForms = PLAIN  # convolution and pooling forms (layers.py)
+  adaptive_pool: Optional[Tuple[int, int]] = None  # (H, W) the top's input is pooled to
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -52,6 +82,8 @@ class VGG(nn.Module):
       x = self.layers.max_pool(x, (2, 2), strides=(2, 2))
     if not self.include_top:
       return base_output(self, x, train)
+    if self.adaptive_pool is not None:
+      x = adaptive_avg_pool(x, tuple(self.adaptive_pool))
     x = x.reshape((x.shape[0], -1))
     for name in ('fc1', 'fc2'):
       x = nn.Dense(self.fc_units, kernel_init=self.kernel_init, dtype=self.dtype, name=name)(x)

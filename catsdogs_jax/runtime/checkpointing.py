@@ -8,7 +8,9 @@ early stopping and "already finished" are all restored with the weights.
 import contextlib
 import errno
 import glob
+import json
 import os
+import re
 import shutil
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -25,6 +27,79 @@ STATE, HISTORY = 'state', 'history'
 CHECKPOINTS_DIR = 'checkpoints'  # in a workdir: one folder per saved step
 TMP_MARKER = '.orbax-checkpoint-tmp'  # how Orbax names a save still in progress
 DAMAGED_DIR = 'checkpoints_damaged'  # checkpoints that did not restore, kept for inspection
+
+
+class DamagedCheckpointError(WorkdirError):
+  """A checkpoint whose files are missing, cut short or corrupt (see `damage`)."""
+
+  def __init__(self, step: int, directory: str, reason: str):
+    super().__init__(f'The checkpoint at step {step} in {directory} is damaged: {reason}.')
+    self.step, self.reason = step, reason
+
+
+# TensorStore raises ValueError for every status, its message starting with the
+# status code's name; these codes describe the bytes on disk.
+_TENSORSTORE_DAMAGE = {
+    'NOT_FOUND': 'a file is missing',
+    'OUT_OF_RANGE': 'a file is shorter than its index says',
+    'DATA_LOSS': 'a checksum or length check failed',
+    'FAILED_PRECONDITION': 'a compressed block is empty or cut short',
+}
+
+
+def _unwrapped(error: BaseException) -> BaseException:
+  """The error itself: Orbax wraps whatever an array read raises in a bare Exception."""
+  while type(error) is Exception and error.__cause__ is not None:
+    error = error.__cause__
+  return error
+
+
+def damage(error: BaseException) -> Optional[str]:
+  """Why `error`, raised restoring a checkpoint, shows its files damaged; None if it does not.
+
+  Damage is what reading the same bytes again would raise again, so the
+  checkpoint can be set aside (what Orbax 0.12 and TensorStore 0.1 raise):
+  - a file or item folder missing: FileNotFoundError, or TensorStore's
+    NOT_FOUND; a missing array file inside the OCDBT store reads as empty:
+    FAILED_PRECONDITION ('Truncated Zstd-compressed stream');
+  - a file cut short: OUT_OF_RANGE (a byte range past the end of the file);
+  - bytes changed: DATA_LOSS (a checksum or header of the manifest or index),
+    or an index block that does not decompress: INVALID_ARGUMENT, whose code
+    TensorStore leaves out of the message ('Error decoding b-tree node');
+  - a JSON file (_METADATA, array_metadatas, history) empty, cut or with bad
+    bytes: JSONDecodeError, UnicodeDecodeError.
+  Anything else says nothing about the files: MemoryError, an OSError other
+  than ENOENT (EIO, a timeout, a stale NFS handle), also one TensorStore
+  reports ([os_error_code='5'], whatever its status code), a shape or tree
+  mismatch and other errors of our code, KeyboardInterrupt.
+  """
+  error = _unwrapped(error)
+  if isinstance(error, FileNotFoundError):
+    return 'a file is missing'
+  if isinstance(error, (json.JSONDecodeError, UnicodeDecodeError)):
+    return 'a JSON file is empty, cut short or corrupt'
+  if type(error) is not ValueError:
+    return None
+  text = str(error)
+  code = re.match(r'([A-Z_]+): ', text)
+  code = code.group(1) if code else 'INVALID_ARGUMENT'  # the one code its ValueErrors leave out
+  # A failed system call, noted as [os_error_code='5'] (or [OS error 5: ...] in
+  # other TensorStore versions): damage only when the file is not there.
+  os_error = re.search(r"os_error_code='(\d+)'|\[OS error:? ?(\d*)", text)
+  if os_error:
+    # Without a number ([OS error: ...]), NOT_FOUND stands for ENOENT alone.
+    number = int(os_error.group(1) or os_error.group(2) or errno.ENOENT)
+    return 'a file is missing' if code == 'NOT_FOUND' and number == errno.ENOENT else None
+  if code == 'INVALID_ARGUMENT':
+    return 'a compressed block does not decode' if 'Error decoding ' in text else None
+  return _TENSORSTORE_DAMAGE.get(code)
+
+
+def _summary(error: BaseException) -> str:
+  """The error's type and first line, without TensorStore's long spec annotations."""
+  error = _unwrapped(error)
+  text = (str(error).splitlines() or [''])[0].split(' [tensorstore_spec')[0]
+  return f'{type(error).__name__}: {text[:300]}'
 
 
 def monitor_mode(metric: str) -> str:
@@ -140,24 +215,24 @@ class Checkpoints:
   def restore_newest(self, abstract_state) -> Optional[Tuple[Any, Dict[str, Any]]]:
     """(state, history) of the newest checkpoint that restores; None when there is none.
 
-    One that fails (a truncated or tampered file) is skipped with a warning
-    naming it, and moved aside to `checkpoints_damaged/` once an older one has
-    restored, so that training can write that step again. When checkpoints
-    exist but none restores, this fails and changes nothing.
+    A damaged one (see `damage`) is skipped with a warning naming it, and moved
+    aside to `checkpoints_damaged/` once an older one has restored, so that
+    training can write that step again. When checkpoints exist but none
+    restores, this fails and changes nothing; so does any other error (out of
+    memory, a failing disk or network file system, a bug), which is raised as it is.
     """
     failures, damaged = [], []
     for step in reversed(self.all_steps()):
       try:
         restored = self.restore(step, abstract_state)
-      except Exception as e:  # Orbax and TensorStore raise many types for damaged files
-        first_line = (str(e).splitlines() or [''])[0][:160]
-        failures.append(f'step {step}: {type(e).__name__}: {first_line}')
+      except DamagedCheckpointError as e:
+        failures.append(f'step {step}: {e.reason}')
         damaged.append(step)
         logging.warning(
-            'The checkpoint at step %d in %s does not restore (%s); trying the one before it.',
+            'The checkpoint at step %d in %s does not restore: %s; trying the one before it.',
             step,
             self.directory,
-            failures[-1],
+            e.reason,
         )
         continue
       self._set_aside(damaged)
@@ -183,13 +258,25 @@ class Checkpoints:
     self.manager.reload()
 
   def restore(self, step: int, abstract_state) -> Tuple[Any, Dict[str, Any]]:
-    """Restores `step` into the structure, dtypes and shardings of `abstract_state`."""
-    restored = self.manager.restore(
-        step,
-        args=ocp.args.Composite(
-            **{STATE: ocp.args.StandardRestore(abstract_state), HISTORY: ocp.args.JsonRestore()}
-        ),
-    )
+    """Restores `step` into the structure, dtypes and shardings of `abstract_state`.
+
+    Raises DamagedCheckpointError when the files of `step` are damaged; any other
+    error as it is.
+    """
+    try:
+      for item in (STATE, HISTORY):  # Orbax says KeyError for a missing one, as a bug would
+        os.stat(os.path.join(self.directory, str(step), item))
+      restored = self.manager.restore(
+          step,
+          args=ocp.args.Composite(
+              **{STATE: ocp.args.StandardRestore(abstract_state), HISTORY: ocp.args.JsonRestore()}
+          ),
+      )
+    except Exception as e:
+      reason = damage(e)
+      if reason is None:
+        raise
+      raise DamagedCheckpointError(step, self.directory, f'{reason} ({_summary(e)})') from e
     return restored[STATE], restored[HISTORY]
 
   def wait(self):

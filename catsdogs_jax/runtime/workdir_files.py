@@ -5,19 +5,19 @@ config is told what changed, and refused before restoring when the change
 would alter the structure of the parameters or optimizer state.
 """
 
+import hashlib
 import json
 import os
 import socket
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import jax
-import ml_collections
 from absl import logging
 from flax import traverse_util
 
 from catsdogs_jax import defaults
-from catsdogs_jax.defaults import set_fields
+from catsdogs_jax.defaults import get_field, set_fields
 
 MODEL_FILE = 'model.json'
 CONFIG_FILE = 'config.json'
@@ -112,6 +112,17 @@ class Lock:
     self.held = False
 
 
+def check_workdir_path(workdir: str):
+  """Before any heavy work: a workdir that is a file (or under one) is refused at once."""
+  path = os.path.abspath(workdir)
+  while path and not os.path.exists(path):
+    path = os.path.dirname(path)
+  if path and not os.path.isdir(path):
+    raise WorkdirError(
+        f'--workdir={workdir!r} cannot be a folder: {path!r} is a file. Choose another --workdir.'
+    )
+
+
 # --------------------------------------------------------------------------- config
 def write_run_config(workdir: str, config):
   """The resolved config of the run, for reproducing it and for `init_from`."""
@@ -121,12 +132,40 @@ def write_run_config(workdir: str, config):
       f.write(config.to_json_best_effort(indent=1))
 
 
-def read_run_config(workdir: str):
-  """The config a workdir was trained with, as a ConfigDict."""
+def run_config_hash(workdir: str) -> Optional[str]:
+  """The SHA-256 (16 hex digits) of the workdir's config.json: results record it, so a result
+  from before the run was changed or trained further can be told apart."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
-    raise WorkdirError(f'{workdir!r} has no {CONFIG_FILE}: it was not written by this code.')
-  return ml_collections.ConfigDict(_read_saved_config(path))
+    return None
+  with open(path, 'rb') as f:
+    return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+def read_run_config(workdir: str):
+  """The config `workdir` was trained with: every field of today's defaults, the run's values set.
+
+  Fields added since the run keep their defaults; JSON lists become tuples where
+  the field is one. A field this code no longer has is an error that names it.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise WorkdirError(
+        f'{workdir!r} has no {CONFIG_FILE}, so it holds no run of this code: pass '
+        '--config=FILE, or a --workdir that training wrote.'
+    )
+  config = defaults.get_config()
+  saved = traverse_util.flatten_dict(_read_saved_config(path), sep='.')
+  for key, value in saved.items():
+    try:
+      current = get_field(config, key)
+      set_fields(config, {key: tuple(value) if isinstance(current, tuple) else value})
+    except (KeyError, AttributeError, TypeError) as e:
+      raise WorkdirError(
+          f'{path} has field {key}={value!r}, which this version of the code cannot take '
+          f'({type(e).__name__}: {e}); train again, or use the code that wrote it.'
+      ) from None
+  return config
 
 
 def _read_saved_config(path: str) -> Dict[str, Any]:
@@ -225,3 +264,32 @@ def check_config_change(workdir: str, config, state_signature: Callable[[Any], A
       workdir,
       listing,
   )
+
+
+# Data fields that change neither which images a split holds nor how the model sees them.
+_DATA_HANDLING_FIELDS = ('data.data_dir', 'data.download', 'data.verify_images', 'data.cache')
+
+
+def check_after_training_config(workdir: str, config, overrides: Dict[str, Any]):
+  """Refuses a config for an after-training mode that differs from the run's in its model or data.
+
+  `overrides` (the command line's --config.FIELD values) may change data fields,
+  e.g. to evaluate on other photos; never the model, the loss or the input form.
+  """
+  differ = config_differences(_read_saved_config(os.path.join(workdir, CONFIG_FILE)), config)
+  refused = {
+      key: values
+      for key, values in differ.items()
+      if key.startswith('model.')
+      or key in ('loss', 'data.image_size', 'data.channels', 'data.num_classes', 'data.preprocess')
+      or (key.startswith('data.') and key not in overrides and key not in _DATA_HANDLING_FIELDS)
+  }
+  if refused:
+    listing = '; '.join(f'{k}: {old!r} -> {new!r}' for k, (old, new) in refused.items())
+    raise WorkdirError(
+        f'The config differs from the one {workdir!r} was trained with in its model or data '
+        f"({listing}). Leave out --config to use the run's own, or change data fields of it "
+        f'with --config=configs/run.py:{workdir} --config.data.FIELD=VALUE.'
+    )
+  for key, (old, new) in differ.items():
+    logging.info('%s: %r in the run, %r now', key, old, new)

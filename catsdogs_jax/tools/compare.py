@@ -11,7 +11,10 @@ import os
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+from absl import logging
+from flax import traverse_util
 
+from catsdogs_jax.runtime import checkpointing, workdir_files
 from catsdogs_jax.tools import plots
 from catsdogs_jax.tools.sweep import VARIANT_JSON
 from catsdogs_jax.training import epoch_log
@@ -21,11 +24,13 @@ STATS = ('best_val_accuracy', 'final_val_accuracy', 'test_accuracy')
 COLUMNS = (
     'variant',
     'overrides',
+    'differs',  # the config fields that differ between the compared variants, with this one's values
     'seeds',
     *(f'{s}_{m}' for s in STATS for m in ('mean', 'std')),
     'epochs',
     'wall_time_s',
     'images_per_second',
+    'stale_tests',  # eval_test.json that no longer describes the best checkpoint: re-evaluate
 )
 
 
@@ -58,16 +63,34 @@ def find_runs(patterns: Sequence[str]) -> Dict[str, List[str]]:
   return variants
 
 
+def _stale(workdir: str, config, test: Optional[Dict[str, Any]]) -> str:
+  """Why eval_test.json no longer describes the run's best checkpoint ('' when it does)."""
+  if not test or config is None:
+    return ''
+  best = checkpointing.Checkpoints(workdir, config, read_only=True).best_step()
+  if best is not None and test.get('step') != best:
+    return f'test of step {test.get("step")}, best checkpoint now step {best}'
+  if test.get('run_config_hash', '') != workdir_files.run_config_hash(workdir):
+    return 'test from before config.json changed'
+  return ''
+
+
 def run_summary(workdir: str) -> Dict[str, Any]:
-  """The numbers of one run, straight from its log.csv and eval_test.json."""
+  """The numbers of one run, straight from its log.csv, eval_test.json and config.json."""
   rows = [
       {k: float(v) for k, v in r.items()}
       for r in epoch_log.read_csv(os.path.join(workdir, epoch_log.LOG_CSV))
   ]
   test = _read_json(os.path.join(workdir, 'eval_test.json'))
   variant = _read_json(os.path.join(workdir, VARIANT_JSON)) or {}
+  try:
+    config = workdir_files.read_run_config(workdir)
+  except workdir_files.WorkdirError:
+    config = None  # written by other code: compared by its numbers only
   return {
       'workdir': workdir,
+      'config': traverse_util.flatten_dict(config.to_dict(), sep='.') if config else {},
+      'stale': _stale(workdir, config, test),
       'overrides': variant.get('overrides', {}),
       'val_accuracy': [r['val_accuracy'] for r in rows],
       'best_val_accuracy': max(r['val_accuracy'] for r in rows),
@@ -87,11 +110,23 @@ def _mean_std(values) -> tuple:
   return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
-def variant_row(name: str, runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+def differing_fields(variants: Dict[str, List[Dict[str, Any]]]) -> List[str]:
+  """Config fields whose values differ between the variants (seeds aside), sorted."""
+  configs = [runs[0]['config'] for runs in variants.values()]
+  keys = set().union(*configs) - {'seed'}
+  return sorted(k for k in keys if len({repr(c.get(k)) for c in configs}) > 1)
+
+
+def variant_row(
+    name: str, runs: List[Dict[str, Any]], differ: Sequence[str] = ()
+) -> Dict[str, Any]:
+  stale = [r['stale'] for r in runs if r['stale']]
   row = {
       'variant': name,
       'overrides': json.dumps(runs[0]['overrides'], sort_keys=True),
+      'differs': ', '.join(f'{k}={runs[0]["config"].get(k)!r}' for k in differ),
       'seeds': len(runs),
+      'stale_tests': '; '.join(stale),
   }
   for stat in STATS:
     row[f'{stat}_mean'], row[f'{stat}_std'] = _mean_std(r[stat] for r in runs)
@@ -109,16 +144,19 @@ def _pm(mean, std) -> str:
 
 def markdown(rows: List[Dict[str, Any]]) -> str:
   lines = [
-      '| variant | overrides | seeds | best val acc | final val acc | test acc | epochs | '
-      'wall time / run | images/s |',
-      '|' + '---|' * 9,
+      '| variant | overrides | differs | seeds | best val acc | final val acc | test acc | '
+      'epochs | wall time / run | images/s |',
+      '|' + '---|' * 10,
   ]
   for r in rows:
+    test = _pm(r['test_accuracy_mean'], r['test_accuracy_std'])
+    if r['stale_tests']:
+      test += ' (stale: re-run --mode=evaluate)'
     lines.append(
-        f'| {r["variant"]} | `{r["overrides"]}` | {r["seeds"]} | '
+        f'| {r["variant"]} | `{r["overrides"]}` | {r["differs"] or "-"} | {r["seeds"]} | '
         f'{_pm(r["best_val_accuracy_mean"], r["best_val_accuracy_std"])} | '
         f'{_pm(r["final_val_accuracy_mean"], r["final_val_accuracy_std"])} | '
-        f'{_pm(r["test_accuracy_mean"], r["test_accuracy_std"])} | {r["epochs"]} | '
+        f'{test} | {r["epochs"]} | '
         f'{r["wall_time_s"] / 60:.1f} min | {r["images_per_second"]:.1f} |'
     )
   return '\n'.join(lines) + '\n'
@@ -135,12 +173,18 @@ def compare(patterns: Sequence[str], out_dir: Optional[str] = None) -> tuple:
   variants = {
       os.path.basename(folder): [run_summary(w) for w in runs] for folder, runs in found.items()
   }
-  rows = [variant_row(name, runs) for name, runs in variants.items()]
+  differ = differing_fields(variants)
+  rows = [variant_row(name, runs, differ) for name, runs in variants.items()]
+  for row in rows:
+    if row['stale_tests']:
+      logging.warning('%s: %s', row['variant'], row['stale_tests'])
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, COMPARE_CSV), 'w', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=COLUMNS)
     writer.writeheader()
-    writer.writerows({k: ('' if v is None else v) for k, v in r.items()} for r in rows)
+    writer.writerows(
+        {k: ('' if v is None else epoch_log.csv_value(v)) for k, v in r.items()} for r in rows
+    )
   with open(os.path.join(out_dir, COMPARE_MD), 'w') as f:
     f.write(markdown(rows))
   plots.validation_curves(

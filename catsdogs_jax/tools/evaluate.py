@@ -4,13 +4,14 @@ import dataclasses
 import heapq
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
 from absl import logging
 
-from catsdogs_jax.runtime import parallel
+from catsdogs_jax.data.preprocessing import get_preprocessor
+from catsdogs_jax.runtime import checkpointing, parallel, workdir_files
 from catsdogs_jax.tools import plots
 from catsdogs_jax.training import experiment
 from catsdogs_jax.training.config_checks import ConfigError
@@ -66,6 +67,7 @@ def inference_state(exp, step: Optional[int] = None) -> Tuple[Any, int]:
   (step 0): the pretrained weights, e.g. to look inside ImageNet's VGG16.
   """
   steps = exp.checkpoints.all_steps()
+  explicit = step is not None
   step = exp.checkpoints.best_step() if step is None else step
   if step is None:
     if exp.config.init_from and not steps:
@@ -91,7 +93,28 @@ def inference_state(exp, step: Optional[int] = None) -> Tuple[Any, int]:
         f'No checkpoint at step {step} in {exp.workdir!r}; there are '
         f'checkpoints at steps {steps}.'
     )
-  state, _ = exp.checkpoints.restore(step, exp.abstract_state())
+  try:
+    state, _ = exp.checkpoints.restore(step, exp.abstract_state())
+  except checkpointing.DamagedCheckpointError as e:
+    if explicit:
+      raise
+    # As training does: the newest checkpoint that restores, said out loud (read only:
+    # nothing is moved; the next training run sets the damaged one aside).
+    for other in reversed([s for s in steps if s != step]):
+      try:
+        state, _ = exp.checkpoints.restore(other, exp.abstract_state())
+      except checkpointing.DamagedCheckpointError:
+        continue
+      logging.warning(
+          'The best checkpoint (step %d) in %s is damaged: %s; using step %d, the newest '
+          'that restores.',
+          step,
+          exp.workdir,
+          e.reason,
+          other,
+      )
+      return state, other
+    raise
   return state, step
 
 
@@ -103,11 +126,39 @@ class Restored:
   state: Any
   step: int  # 0: the init_from weights, before any training
 
+  @property
+  def config(self):
+    return self.exp.config
+
+  @property
+  def model(self):
+    return self.exp.model
+
+  @property
+  def variables(self) -> Dict[str, Any]:
+    """{'params', 'batch_stats'}: `model.apply(variables, images, train=False)`."""
+    return {'params': self.state.params, 'batch_stats': self.state.batch_stats}
+
+  @property
+  def preprocess(self) -> Callable:
+    """uint8 images [N, H, W, C] -> the model's input, as the run trained it."""
+    return get_preprocessor(self.exp.config.data.preprocess)
+
 
 def restore_for_inference(config, workdir: str, step: Optional[int] = None) -> Restored:
   """The run of `workdir` (read only) at checkpoint `step` (default: the best)."""
   exp = experiment.build(config, workdir, read_only=True)
   return Restored(exp, *inference_state(exp, step))
+
+
+def restore(workdir: str, step: Optional[int] = None, config=None) -> Restored:
+  """A trained run for your own code, from its workdir alone (its config.json, unless `config`).
+
+  run = evaluate.restore('runs/small_cnn')
+  logits = run.model.apply(run.variables, run.preprocess(images), train=False)
+  """
+  config = workdir_files.read_run_config(workdir) if config is None else config
+  return restore_for_inference(config, workdir, step)
 
 
 @dataclasses.dataclass
@@ -146,7 +197,7 @@ def predictions(exp, state, pipeline, keep_images: int = 0) -> Predictions:
     real = batch['mask'] > 0
     probs.append(out['probabilities'][real])
     losses.append(out['loss'][real])
-    labels.append(batch['label'][real])
+    labels.append(batch['label'][real] if 'label' in batch else np.zeros(int(real.sum()), int))
     for i in (np.flatnonzero(real) if keep_images else ()):
       # A min-heap of the largest losses; on equal losses the earlier image stays.
       item = (float(out['loss'][i]), -(seen + int(i)), batch['image'][i])
@@ -200,14 +251,13 @@ def evaluate_checkpoint(
   result.update(
       split=splits[split],
       step=int(step),
+      run_config_hash=workdir_files.run_config_hash(workdir),
       class_names=names,
       eval_flip=config.eval_flip,
       per_class=per_class_metrics(result['confusion'], names),
   )
-  logging.info(
-      'evaluation of step %d on %s:\n%s', step, splits[split], format_result(result, names)
-  )
-  if jax.process_index() == 0:
+  if jax.process_index() == 0:  # a result: stdout, so `> results.txt` keeps it
+    print(f'evaluation of step {step} on {splits[split]}:\n{format_result(result, names)}')
     name = f'eval_{split}_flip.json' if config.eval_flip else f'eval_{split}.json'
     with open(os.path.join(workdir, name), 'w') as f:
       json.dump(result, f, indent=1)

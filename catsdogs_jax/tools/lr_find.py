@@ -37,17 +37,53 @@ def smooth(losses: np.ndarray, beta: float) -> np.ndarray:
   return np.asarray(out)
 
 
-def suggestions(lrs: np.ndarray, smoothed: np.ndarray) -> Dict[str, float]:
-  """'steepest': where the smoothed loss falls fastest per log-lr; 'minimum/10'."""
+# The smoothed loss must fall by this fraction of its start before any rate is suggested.
+MIN_FALL = 0.02
+
+
+@dataclasses.dataclass
+class Suggestions:
+  """What the range test suggests; rates only where the loss fell, inside the tested range."""
+
+  rates: Dict[str, float]  # 'steepest', 'minimum/10' (each only where it means something)
+  lowest_lr: float  # the learning rate at the smoothed loss's minimum
+  warning: str = ''  # why a suggestion is missing
+
+
+def suggestions(lrs: np.ndarray, smoothed: np.ndarray) -> Suggestions:
+  """'steepest': the fastest fall of the smoothed loss per log-lr before its minimum;
+  'minimum/10': the rate at the minimum over 10, if that was tested.
+
+  Points after the minimum are left out: there the loss has diverged, and a fall
+  after a blow-up (a recovery) is no advice.
+  """
   if len(lrs) < 5:
     raise ConfigError(
         f'The loss diverged after {len(lrs)} steps of the range test, already at learning '
         f'rate {lrs[-1]:.2e}: lower config.lr_find.min_lr.'
     )
-  slope = np.gradient(smoothed, np.log10(lrs))
   skip = max(len(lrs) // 10, 1)  # the first points are the moving average's warm-up
-  steepest = skip + int(np.argmin(slope[skip:]))
-  return {'steepest': float(lrs[steepest]), 'minimum/10': float(lrs[int(np.argmin(smoothed))] / 10)}
+  lowest = skip + int(np.argmin(smoothed[skip:]))
+  start = smoothed[skip]
+  if lowest == skip or start - smoothed[lowest] < MIN_FALL * abs(start):
+    return Suggestions(
+        {},
+        float(lrs[lowest]),
+        f'the smoothed loss never fell (from {start:.4g}, lowest {smoothed[lowest]:.4g}) between '
+        f'{lrs[0]:.1e} and {lrs[-1]:.1e}: no learning rate to suggest. Check the data and '
+        'config.data.preprocess, or widen lr_find.min_lr / lr_find.max_lr.',
+    )
+  slope = np.gradient(smoothed[: lowest + 1], np.log10(lrs[: lowest + 1]))
+  rates = {'steepest': float(lrs[skip + int(np.argmin(slope[skip:]))])}
+  warning = ''
+  if lrs[lowest] / 10 >= lrs[0]:
+    rates['minimum/10'] = float(lrs[lowest] / 10)
+  else:
+    warning = (
+        f'minimum / 10 ({lrs[lowest] / 10:.1e}) is below the tested range: lower '
+        'lr_find.min_lr to see it.'
+    )
+  return Suggestions(rates, float(lrs[lowest]), warning)
 
 
 def _endless(data, mesh):
@@ -86,8 +122,11 @@ def range_test(config, workdir: str) -> Dict[str, Any]:
       break
   lrs, losses = np.asarray(lrs), np.asarray(losses)
   smoothed = smooth(losses, lf.smoothing)
+  suggested = suggestions(lrs, smoothed)
   result = {
-      'suggestions': suggestions(lrs, smoothed),
+      'suggestions': suggested.rates,
+      'lowest_loss_lr': suggested.lowest_lr,
+      'warning': suggested.warning,
       'steps': len(lrs),
       'stopped': stop or f'reached max_lr after {len(lrs)} steps',
       'learning_rates': lrs.tolist(),
@@ -97,20 +136,28 @@ def range_test(config, workdir: str) -> Dict[str, Any]:
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     plots.learning_rate_range(
-        lrs, losses, smoothed, result['suggestions'], os.path.join(workdir, LR_FIND_PNG)
+        lrs,
+        losses,
+        smoothed,
+        suggested.rates,
+        os.path.join(workdir, LR_FIND_PNG),
+        suggested.lowest_lr,
+        stop,
     )
     with open(os.path.join(workdir, LR_FIND_JSON), 'w') as f:
       json.dump(result, f, indent=1)
-  s = result['suggestions']
+  names = {'steepest': 'steepest descent', 'minimum/10': 'minimum / 10'}
+  advice = '; '.join(f'{rate:.2e} ({names[k]})' for k, rate in suggested.rates.items())
   logging.info(
-      'learning-rate range test: %d steps from %.1e (%s). Suggested learning rate: '
-      '%.2e (steepest descent); %.2e (minimum / 10). Wrote %s and %s.',
+      'learning-rate range test: %d steps from %.1e to %.1e (%s). %s Wrote %s and %s.',
       len(lrs),
-      lf.min_lr,
+      lrs[0],
+      lrs[-1],
       result['stopped'],
-      s['steepest'],
-      s['minimum/10'],
+      f'Suggested learning rate: {advice}.' if advice else 'No suggestion.',
       os.path.join(workdir, LR_FIND_PNG),
       LR_FIND_JSON,
   )
+  if suggested.warning:
+    logging.warning('learning-rate range test: %s', suggested.warning)
   return result

@@ -19,7 +19,7 @@ DPI = 100
 
 def _save(fig, path: str, title: str = '') -> str:
   if title:
-    fig.suptitle(title)
+    fig.suptitle(title, wrap=True)  # a grid of one or two tiles is narrower than its title
   fig.tight_layout()
   fig.savefig(path, dpi=DPI)
   plt.close(fig)
@@ -126,21 +126,31 @@ def learning_rate_range(
     smoothed: np.ndarray,
     suggestions: Dict[str, float],
     path: str,
+    lowest_lr: float,
+    stopped: str = '',
 ) -> str:
-  """The range test: loss against learning rate (log scale), with the suggestions marked."""
+  """The range test: the whole loss curve against learning rate (log scale), its lowest point,
+  where it stopped (divergence), and the suggestions."""
   fig, ax = plt.subplots(figsize=(8, 5))
   ax.plot(lrs, losses, color='lightgray', lw=1, label='loss per step')
   ax.plot(lrs, smoothed, color='tab:blue', lw=2, label='smoothed loss')
+  lowest = int(np.argmin(np.abs(lrs - lowest_lr)))
+  ax.plot(lrs[lowest], smoothed[lowest], 'o', color='tab:blue', label=f'lowest at {lowest_lr:.2e}')
+  if stopped:
+    ax.plot(lrs[-1], smoothed[-1], 'x', color='black', ms=9, mew=2, label=f'stopped: {stopped}')
   for (name, lr), color in zip(suggestions.items(), ('tab:red', 'tab:green')):
     ax.axvline(lr, color=color, ls='--', label=f'{name}: {lr:.2e}')
+  if not suggestions:
+    ax.text(0.5, 0.95, 'no suggestion: the loss never fell', transform=ax.transAxes, ha='center')
   ax.set_xscale('log')
-  low, high = np.nanmin(smoothed), np.nanmax(smoothed[: max(len(smoothed) // 2, 1)])
-  ax.set_ylim(low - 0.1 * abs(low), high + 0.5 * (high - low) + 1e-3)
+  values = np.concatenate([losses, smoothed])
+  if np.nanmin(values) > 0 and np.nanmax(values) > 20 * np.nanmin(values):
+    ax.set_yscale('log')  # a blow-up would flatten the part that matters
   ax.set_xlabel('learning rate (log scale)')
   ax.set_ylabel('training loss')
   ax.set_title('Learning-rate range test')
   ax.grid(alpha=0.3, which='both')
-  ax.legend()
+  ax.legend(fontsize='small')
   return _save(fig, path)
 
 

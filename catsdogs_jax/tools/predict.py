@@ -131,8 +131,9 @@ def predict_images(
     if pictures:
       written += write_pictures(paths, probs, names, workdir)
     logging.info(
-        'predicted %d images with the checkpoint at step %d; wrote %s',
+        'predicted %d image%s with the checkpoint at step %d; wrote %s',
         len(paths),
+        '' if len(paths) == 1 else 's',
         step,
         ', '.join(written),
     )

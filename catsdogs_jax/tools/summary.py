@@ -18,3 +18,26 @@ def config_summary(config) -> str:
       shape,
       frozen=lambda path: is_frozen(path, config),
   )
+
+
+def _augmentation(config) -> str:
+  on = [
+      k for k, v in config.augment.items() if k not in ('fill_mode', 'cval', 'interpolation') and v
+  ]
+  return f'augment {", ".join(on)}' if on else 'no augmentation'
+
+
+def config_overview(config, source: str = '', overrides=None) -> str:
+  """A run's config in three lines (config.json in the workdir holds every field)."""
+  d, o, s = config.data, config.optimizer, config.schedule
+  changed = ', '.join(f'{k}={v}' for k, v in (overrides or {}).items())
+  lines = [
+      f'config {source or "(given)"}' + (f' with {changed}' if changed else ''),
+      f'  model {config.model.name}, {d.image_size} px x {d.channels}, {d.num_classes} classes, '
+      f'loss {config.loss}; data {d.dataset} (train {d.train_split}, validation '
+      f'{d.eval_split}, test {d.test_split})',
+      f'  {o.name} lr {o.learning_rate:g} ({s.name}), batch {config.batch_size}, '
+      f'{config.num_epochs} epochs, {_augmentation(config)}'
+      + (f', init_from {config.init_from}' if config.init_from else ''),
+  ]
+  return '\n'.join(lines)

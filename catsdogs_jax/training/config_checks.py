@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 from absl import logging
+from flax import linen as nn
 
 from catsdogs_jax.data import augment
 from catsdogs_jax.data.preprocessing import PREPROCESSORS
@@ -121,13 +122,34 @@ def validate_config(config, num_devices: int = None):
     )
 
 
+def _is_empty(value) -> bool:
+  return 0 in getattr(value, 'shape', (1,))
+
+
 def _fits(model, size: int, channels: int) -> bool:
-  """Whether the model runs on size x size inputs with no empty feature map."""
+  """Whether the model runs on size x size inputs with no empty feature map.
+
+  VALID convolutions and pools clamp a map that shrinks too far to size 0; the
+  layers after it then fail (a Dense on a zero-size flatten divides by its
+  fan-in of 0) or make empty parameters. An error raised after some layer got
+  an empty input means too small; any other error is the model's own and
+  propagates.
+  """
+  emptied = []
+
+  def watch(next_fun, args, kwargs, context):
+    if not emptied and any(_is_empty(a) for a in jax.tree.leaves((args, kwargs))):
+      emptied.append(context.module.path)
+    return next_fun(*args, **kwargs)
+
   try:
-    variables = abstract_variables(model, (size, size, channels))
-  except Exception:  # conv/pool shape errors surface as several exception types
-    return False
-  return all(np.prod(leaf.shape) > 0 for leaf in jax.tree.leaves(variables))
+    with nn.intercept_methods(watch):
+      variables = abstract_variables(model, (size, size, channels))
+  except Exception:
+    if emptied:
+      return False
+    raise
+  return not emptied and all(np.prod(leaf.shape) > 0 for leaf in jax.tree.leaves(variables))
 
 
 def smallest_image_size(model, channels: int, start: int = 1) -> int:

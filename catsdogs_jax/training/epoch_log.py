@@ -2,10 +2,12 @@
 
 import csv
 import os
+import sys
 import time
 from typing import Any, Dict, List, Optional
 
 import jax
+import tqdm
 from absl import logging
 
 from catsdogs_jax.runtime.checkpointing import monitor_mode
@@ -54,8 +56,13 @@ def write_csv(path: str, rows: List[Dict[str, Any]]):
     writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
     writer.writeheader()
     for row in rows:
-      writer.writerow({k: row.get(k, 0) for k in CSV_COLUMNS})  # 0: logs from before a column
+      writer.writerow({k: csv_value(row.get(k, 0)) for k in CSV_COLUMNS})  # 0: older logs
   os.replace(tmp, path)
+
+
+def csv_value(value):
+  """Floats to 6 significant digits: what float32 metrics mean (not 9.999999747378752e-05)."""
+  return f'{value:.6g}' if isinstance(value, float) else value
 
 
 def read_csv(path: str) -> List[Dict[str, str]]:
@@ -64,11 +71,44 @@ def read_csv(path: str) -> List[Dict[str, str]]:
 
 
 class Progress:
-  """A progress line with images/s and ETA, printed when the host syncs anyway."""
+  """Where training stands: a live bar per epoch on a terminal (tqdm: images, images/s, the
+  epoch's ETA, loss and accuracy when the host syncs anyway), plain lines every log step
+  elsewhere (log files, CI)."""
 
-  def __init__(self, total_steps: int, batch_size: int, start_step: int):
-    self.total_steps, self.batch_size = total_steps, batch_size
+  def __init__(
+      self,
+      total_steps: int,
+      steps_per_epoch: int,
+      batch_size: int,
+      start_step: int,
+      live: Optional[bool] = None,
+  ):
+    self.total_steps, self.steps_per_epoch, self.batch_size = (
+        total_steps,
+        steps_per_epoch,
+        batch_size,
+    )
     self._t0, self._step0 = time.time(), start_step
+    self.live = (sys.stderr.isatty() if live is None else live) and jax.process_index() == 0
+    self.bar = None
+
+  def step(self, epoch: int, num_epochs: int, step: int):
+    """After each step (no host sync): moves the bar."""
+    if not self.live:
+      return
+    if self.bar is None:
+      done = step - 1 - (epoch - 1) * self.steps_per_epoch
+      self.bar = tqdm.tqdm(
+          total=self.steps_per_epoch,
+          initial=done,
+          desc=f'epoch {epoch}/{num_epochs}',
+          unit='img',
+          unit_scale=self.batch_size,
+          leave=False,
+          dynamic_ncols=True,
+          file=sys.stderr,
+      )
+    self.bar.update(1)
 
   def line(self, epoch: int, num_epochs: int, step: int, loss: float, accuracy: float) -> str:
     elapsed = time.time() - self._t0
@@ -80,9 +120,17 @@ class Progress:
         f'| ETA {_duration(eta)}'
     )
 
-  def log(self, *args):
-    if jax.process_index() == 0:
-      logging.info(self.line(*args))
+  def log(self, epoch: int, num_epochs: int, step: int, loss: float, accuracy: float):
+    """Every log step, with values the host has just read."""
+    if self.bar is not None:
+      self.bar.set_postfix_str(f'loss {loss:.4f} accuracy {accuracy:.4f}', refresh=False)
+    elif jax.process_index() == 0 and not self.live:
+      logging.info(self.line(epoch, num_epochs, step, loss, accuracy))
+
+  def end_epoch(self):
+    if self.bar is not None:
+      self.bar.close()
+      self.bar = None
 
 
 def _duration(seconds: float) -> str:

@@ -151,6 +151,8 @@ def build(
   """
   from catsdogs_jax.data import input_pipeline  # TensorFlow only where data is read
 
+  if not read_only:
+    workdir_files.check_workdir_path(workdir)
   mesh = parallel.create_mesh(devices)
   config_checks.validate_config(config, num_devices=mesh.size)
   model = models.create_model(config)
@@ -160,6 +162,8 @@ def build(
   if resolved.init_from:  # may download and convert published weights: after the cheap checks
     loaded = loading.read(resolved.init_from)
     resolved = _with_preprocessing_of(resolved, loaded)
+    if resolved.model.adaptive_pool != config.model.adaptive_pool:
+      model = models.create_model(resolved)
   info = input_pipeline.describe(resolved)
   steps_per_epoch = (info.num_examples['train'] // jax.process_count()) // (
       resolved.batch_size // jax.process_count()
@@ -236,9 +240,18 @@ def build(
 
 
 def _with_preprocessing_of(config, loaded: loading.LoadedWeights):
-  """A copy of `config` whose preprocess 'auto' is the weights' own."""
+  """A copy of `config` whose preprocess 'auto' is the weights' own (and, for torchvision's VGG
+  top, its adaptive pool)."""
   resolved = config.copy_and_resolve_references()
   resolved.data.preprocess = preprocessing.resolve(config.data.preprocess, loaded.metadata)
+  pool = loaded.metadata.get('adaptive_pool')
+  if (
+      pool
+      and config.model.adaptive_pool is None
+      and loaded.metadata.get('model') == config.model.name
+  ):
+    # torchvision's VGG top: the map is pooled to 7x7 first, so the top fits any image size.
+    resolved.model.adaptive_pool = tuple(pool)
   logging.info(
       'initialising from %s (%s, preprocessing %r)',
       config.init_from,

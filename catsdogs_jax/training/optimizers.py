@@ -41,23 +41,56 @@ SCHEDULES: Dict[str, Callable[..., optax.Schedule]] = {
 
 
 def _sgd(o, schedule) -> optax.GradientTransformation:
-  return optax.sgd(schedule, momentum=o.momentum or None, nesterov=o.nesterov)
+  if not o.momentum:
+    return optax.sgd(schedule)
+  # Keras' velocity (as Caffe's) holds steps already scaled by the rate, v = momentum * v - lr * g,
+  # so a scheduled rate applies to new gradients only; optax.sgd would rescale the whole velocity.
+  # optax.trace's Nesterov step, applied after the rate, is Keras' momentum * v - lr * g.
+  return optax.chain(
+      optax.scale_by_learning_rate(schedule),
+      optax.trace(decay=o.momentum, nesterov=o.nesterov),
+  )
 
 
 def _rmsprop(o, schedule) -> optax.GradientTransformation:
-  # Keras adds epsilon outside the square root; so do we (eps_in_sqrt=False).
+  # Keras 3 divides by sqrt(v + eps), epsilon inside the root (optax's default; Keras 2.2 added it
+  # outside), and its momentum, like optax's here, accumulates steps scaled by the rate. Keras'
+  # RMSprop has no Nesterov variant: optimizer.nesterov here is optax's.
   return optax.rmsprop(
       schedule,
       decay=o.rho,
       eps=o.eps,
-      eps_in_sqrt=False,
       momentum=o.momentum or None,
       nesterov=o.nesterov,
   )
 
 
+def _scale_by_keras_adam(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
+  """Adam's scaling as Keras 3 computes it, with optax.scale_by_adam's state.
+
+  Keras applies the bias corrections to the step, sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps),
+  so its epsilon is added before the correction: optax.adam (and PyTorch) would need
+  eps / sqrt(1 - b2^t), which differs visibly while gradients are small.
+  """
+
+  def update_fn(updates, state, params=None):
+    del params
+    mu = optax.tree.update_moment(updates, state.mu, b1, 1)
+    nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+    count = optax.safe_increment(state.count)
+    t = count.astype(jnp.float32)
+    correction = jnp.sqrt(1 - b2**t) / (1 - b1**t)
+    updates = jax.tree.map(lambda m, v: correction * m / (jnp.sqrt(v) + eps), mu, nu)
+    return updates, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+  return optax.GradientTransformation(optax.scale_by_adam(b1, b2, eps).init, update_fn)
+
+
 def _adam(o, schedule) -> optax.GradientTransformation:
-  return optax.adam(schedule, b1=o.b1, b2=o.b2, eps=o.eps)
+  # optax.adam's chain and state, with Keras' placement of epsilon.
+  return optax.chain(
+      _scale_by_keras_adam(o.b1, o.b2, o.eps), optax.scale_by_learning_rate(schedule)
+  )
 
 
 # config.optimizer.name -> (config.optimizer, schedule) -> the optax optimiser.
@@ -105,7 +138,8 @@ def frozen_labels(params, config):
 
 
 def _kernel_mask(params):
-  # L2 on weight matrices and conv kernels only (as Keras kernel_regularizer).
+  # Decay on weight matrices and conv kernels only (as Keras' kernel_regularizer): not on biases
+  # or BatchNorm scales and offsets.
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
@@ -118,7 +152,10 @@ def create_optimizer(
   if config.optimizer.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(config.optimizer.grad_clip_norm))
   if config.optimizer.weight_decay:
-    # Coupled L2 (the gradient of wd/2*|w|^2), as in the VGG paper and Keras.
+    # Coupled L2: gradient += weight_decay * w on kernels, before the optimiser and after clipping
+    # (Caffe, the VGG paper's 5e-4, PyTorch SGD's weight_decay). In Keras that is
+    # kernel_regularizer=l2(weight_decay / 2), whose gradient is 2 * lambda * w; it is not Keras 3
+    # optimizers' weight_decay argument, which is decoupled (w -= lr * weight_decay * w).
     parts.append(optax.add_decayed_weights(config.optimizer.weight_decay, mask=_kernel_mask))
   parts.append(_optimizer_factory(config.optimizer.name)(config.optimizer, schedule))
   tx = optax.chain(*parts)

@@ -131,16 +131,17 @@ def make_eval_step(model, config):
 def make_predict_step(model, config):
   """Returns `predict_step(state, batch) -> {'probabilities': [B, C], 'loss': [B]}` per image.
 
-  The loss is against `batch['label']` (meaningless where labels are unknown).
+  The loss is against `batch['label']`; a batch without labels (new photos) gets 0.
   """
   logits_fn = _inference_logits(model, config)
 
   def predict_step(state, batch):
     logits = logits_fn(state, batch['image'])
-    return {
-        'probabilities': losses.probabilities(logits, config.loss),
-        'loss': losses.per_example_loss(logits, batch['label'], config.loss),
-    }
+    if 'label' in batch:
+      loss = losses.per_example_loss(logits, batch['label'], config.loss)
+    else:
+      loss = jnp.zeros(logits.shape[:1], jnp.float32)
+    return {'probabilities': losses.probabilities(logits, config.loss), 'loss': loss}
 
   return predict_step
 

@@ -19,11 +19,11 @@ import dataclasses
 import math
 import os
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 from flax import traverse_util
 
 from catsdogs_jax.runtime import parallel, preemption
@@ -82,6 +82,8 @@ class Loop:
   metrics: Any = None  # TrainMetrics of the running epoch so far (on the devices)
   finite: Any = None  # every step of the running epoch finite (on the devices)
   carry: int = 0  # skipped steps in a row before the running epoch
+  # (time, step) after the epoch's first step returned: throughput leaves out compilation
+  timer: Optional[Tuple[float, int]] = None
 
   @property
   def config(self):
@@ -143,24 +145,23 @@ class Hook:
 
 
 class LogProgress(Hook):
-  """The progress line and TensorBoard scalars every log step; the epoch line."""
+  """The progress bar (or line) and TensorBoard scalars every log step; the epoch line."""
 
-  def __init__(self, workdir: str, config, total_steps: int, start_step: int):
+  def __init__(self, workdir: str, config, steps_per_epoch: int, start_step: int):
     self.config = config
-    self.writer = metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0, asynchronous=False
+    # TensorBoard only: the terminal gets our own lines. Other processes write nothing.
+    writers = [metric_writers.SummaryWriter(workdir)] if jax.process_index() == 0 else []
+    self.writer = metric_writers.MultiWriter(writers)
+    self.progress = epoch_log.Progress(
+        steps_per_epoch * config.num_epochs, steps_per_epoch, config.batch_size, start_step
     )
-    self.report = periodic_actions.ReportProgress(
-        num_train_steps=total_steps, writer=self.writer, every_steps=config.log_every_steps
-    )
-    self.progress = epoch_log.Progress(total_steps, config.batch_size, start_step)
 
   def begin(self, loop):
     if loop.step == 0:
       self.writer.write_hparams(hparams(self.config))
 
   def after_step(self, loop):
-    self.report(loop.step)
+    self.progress.step(loop.epoch + 1, self.config.num_epochs, loop.step)
     if loop.step % self.config.log_every_steps:
       return
     lr = loop.learning_rate()  # the only per-step host sync
@@ -174,13 +175,18 @@ class LogProgress(Hook):
     )
     self.writer.write_scalars(
         loop.step,
-        {'train_loss': running['loss'], 'train_accuracy': running['accuracy'], 'learning_rate': lr},
+        {
+            'train/running_loss': running['loss'],
+            'train/running_accuracy': running['accuracy'],
+            'train/learning_rate': lr,
+        },
     )
 
   def after_epoch(self, loop, row):
+    self.progress.end_epoch()
     logging.info(
         'epoch %d/%d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f '
-        '(%d images) lr %.3g, %.1fs',
+        '(%d images) lr %.3g, %.1fs, %.0f images/s',
         row['epoch'],
         self.config.num_epochs,
         row['loss'],
@@ -190,14 +196,22 @@ class LogProgress(Hook):
         row['val_images'],
         row['learning_rate'],
         row['seconds'],
+        row['images_per_second'],
     )
     self.writer.write_scalars(
         loop.step,
-        {k: row[k] for k in ('loss', 'accuracy', 'val_loss', 'val_accuracy', 'learning_rate')},
+        {
+            'train/loss': row['loss'],
+            'train/accuracy': row['accuracy'],
+            'val/loss': row['val_loss'],
+            'val/accuracy': row['val_accuracy'],
+            'train/images_per_second': row['images_per_second'],
+        },
     )
     self.writer.flush()
 
   def end(self, loop):
+    self.progress.end_epoch()
     self.writer.close()
 
 
@@ -314,9 +328,7 @@ def _train(exp: experiment.Experiment, extra_hooks: List[Hook]) -> History:
   plateau_update = jax.jit(lambda s, value: exp.plateau.update(0.0, s, value=value)[1])
 
   with preemption.Guard() as guard:
-    hooks = extra_hooks + [
-        LogProgress(workdir, config, exp.steps_per_epoch * config.num_epochs, loop.step)
-    ]
+    hooks = extra_hooks + [LogProgress(workdir, config, exp.steps_per_epoch, loop.step)]
     if config.profile.num_steps:
       hooks.append(Profile(workdir, config.profile.first_step, config.profile.num_steps))
     hooks.append(StopOnSignal(guard, hooks))
@@ -351,11 +363,14 @@ def _train_epoch(loop: Loop, train_data, train_step, hooks: Sequence[Hook]):
     loop.metrics, loop.finite = None, None
   loop.carry = loop.history.skips_in_a_row
   batches = train_data.train_epoch(loop.epoch, skip_batches=loop.step - loop.epoch * spe)
+  loop.timer = None
   for batch in parallel.prefetch_to_mesh(batches, loop.exp.mesh):
     loop.state, metrics, finite = train_step(loop.state, batch)
     loop.metrics = metrics if loop.metrics is None else loop.metrics.merge(metrics)
     loop.finite = finite if loop.finite is None else loop.finite & finite
     loop.step += 1
+    if loop.timer is None:
+      loop.timer = (time.time(), loop.step)
     for hook in hooks:
       hook.after_step(loop)
 
@@ -373,6 +388,10 @@ def _end_epoch(
   config, history = loop.config, loop.history
   lr = loop.learning_rate()
   train = jax.device_get(loop.metrics.compute())
+  timed_since, timed_from = loop.timer or (started, first_step)
+  if timed_from == loop.step:  # one step this epoch: nothing to time without its compilation
+    timed_since, timed_from = started, first_step
+  train_seconds = time.time() - timed_since  # the steps' work is done: their metrics are read
   val = run_eval(
       eval_step,
       loop.state,
@@ -391,7 +410,9 @@ def _end_epoch(
       'learning_rate': lr,
       'skipped_steps': int(train['skipped']['total']),
       'seconds': round(seconds, 3),
-      'images_per_second': round((loop.step - first_step) * config.batch_size / seconds, 2),
+      'images_per_second': round(
+          (loop.step - timed_from) * config.batch_size / max(train_seconds, 1e-9), 2
+      ),
   }
   history.epochs.append(row)
   history.skips_in_a_row = _skips_in_a_row(loop.metrics, loop.carry)

@@ -73,6 +73,7 @@ def read(directory: str) -> LoadedWeights:
     metadata = {
         'model': run_config.model.name,
         'preprocess': run_config.data.preprocess,
+        'adaptive_pool': run_config.model.adaptive_pool,
         'source': 'workdir',
         'file': directory,
         'step': int(step),

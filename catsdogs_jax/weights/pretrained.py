@@ -39,7 +39,7 @@ PREFIX = 'pretrained:'
 DOWNLOADS_DIR = 'downloads'
 DOWNLOAD_TIMEOUT_S = 15
 # Raised when the converters change what they write: older cache entries are converted again.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: weights.json records torchvision VGG's adaptive pool
 
 
 class PretrainedError(ValueError):

@@ -1,5 +1,7 @@
 """Messy real-world folders: every kind of bad or odd file is handled on purpose."""
 
+import builtins
+import errno
 import os
 
 import numpy as np
@@ -143,3 +145,61 @@ def test_folder_splits_take_tfds_style_slices_per_class(image_folder):
   assert np.bincount(first.labels).tolist() == [3, 3]  # 3 of each class
   assert np.bincount(rest.labels).tolist() == [9, 9]  # 12 per class, minus the first 3
   assert set(first.paths) <= set(whole.paths) and not set(first.paths) & set(rest.paths)
+
+
+@pytest.mark.parametrize(
+    'error, reason',
+    [
+        (PermissionError(errno.EACCES, 'Permission denied'), 'PermissionError: Permission denied'),
+        (OSError(errno.EIO, 'Input/output error'), 'OSError: Input/output error'),
+    ],
+)
+def test_a_file_that_cannot_be_read_is_an_error_naming_it(tmp_path, monkeypatch, error, reason):
+  root = make_image_folder(tmp_path, counts=(('train', 4), ('validation', 2), ('test', 2)))
+  # TensorFlow cannot decode TIFF, so the file reaches Pillow's check, as an unreadable one does.
+  locked = _save(os.path.join(root, 'train', 'cats', 'locked.tiff'), fmt='TIFF')
+  real_open = builtins.open
+
+  def open_(file, *args, **kwargs):  # root reads any file whatever its mode: fail on purpose
+    if os.fspath(file) == locked:
+      raise error
+    return real_open(file, *args, **kwargs)
+
+  monkeypatch.setattr(builtins, 'open', open_)
+  with pytest.raises(folders.DataError) as raised:
+    folders.read_split(root, 'train', ('cats', 'dogs'))
+  message = str(raised.value)
+  assert f'Cannot read 1 image file(s), e.g. {locked!r} ({reason})' in message
+  assert 'make them readable' in message and '\n' not in message
+
+
+def test_a_dangling_link_is_an_error_and_a_corrupt_file_still_a_warning(tmp_path, caplog):
+  root = make_image_folder(tmp_path, counts=(('train', 4), ('validation', 2), ('test', 2)))
+  with open(os.path.join(root, 'train', 'dogs', 'broken.jpg'), 'wb') as f:
+    f.write(b'\xff\xd8\xff broken')
+  with caplog.at_level('WARNING'):
+    found = folders.read_split(root, 'train', ('cats', 'dogs'))
+  assert found.skipped == {'corrupt or truncated image': (f'{root}/train/dogs/broken.jpg',)}
+  link = os.path.join(root, 'validation', 'cats', 'gone.jpg')
+  os.symlink(os.path.join(root, 'nowhere.jpg'), link)
+  with pytest.raises(
+      folders.DataError, match=rf"e\.g\. '{link}' \(FileNotFoundError: No such file or directory\)"
+  ):
+    folders.read_split(root, 'validation', ('cats', 'dogs'))
+
+
+def test_a_folder_that_cannot_be_listed_is_an_error(tmp_path, monkeypatch):
+  root = make_image_folder(tmp_path, counts=(('train', 4), ('validation', 2), ('test', 2)))
+  locked = os.path.join(root, 'train', 'dogs')
+  real_scandir = os.scandir
+
+  def scandir(path='.'):  # what os.walk lists with; root could list a chmod 000 folder
+    if os.fspath(path) == locked:
+      raise PermissionError(errno.EACCES, 'Permission denied', locked)
+    return real_scandir(path)
+
+  monkeypatch.setattr(os, 'scandir', scandir)
+  with pytest.raises(
+      folders.DataError, match=rf"Cannot list folder '{locked}' \(Permission denied\)"
+  ):
+    folders.read_split(root, 'train', ('cats', 'dogs'))

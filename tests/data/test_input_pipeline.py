@@ -128,3 +128,41 @@ def test_unknown_tfds_name_is_an_error(tmp_path):
   config.data.dataset = 'cats_and_dogz'
   with pytest.raises(input_pipeline.DataError, match="Unknown dataset 'cats_and_dogz'"):
     input_pipeline.describe(config)
+
+
+def _tfds_config(tmp_path, name):
+  config = tiny_config(tmp_path)
+  config.data.dataset, config.data.data_dir, config.data.download = name, str(tmp_path), False
+  return config
+
+
+def test_unknown_tfds_name_is_one_line_with_the_close_names(tmp_path):
+  with pytest.raises(input_pipeline.DataError) as error:
+    input_pipeline.describe(_tfds_config(tmp_path, 'cats_vs_dog'))
+  message = str(error.value)
+  assert message.startswith("Unknown dataset 'cats_vs_dog': tfds has no dataset of that name")
+  assert "(did you mean 'cats_vs_dogs'?)" in message and '\n' not in message
+
+
+def test_a_folder_named_without_its_prefix_is_told_the_prefix(tmp_path):
+  root = make_image_folder(tmp_path / 'images', counts=(('train', 2),))
+  with pytest.raises(input_pipeline.DataError) as error:
+    input_pipeline.describe(_tfds_config(tmp_path, root))
+  message = str(error.value)
+  assert message.startswith(f'Unknown dataset {root!r}: not a valid tfds name')
+  assert f'pass --config.data.dataset=folder:{root}' in message and '\n' not in message
+
+
+@pytest.mark.parametrize(
+    'name, error, message',
+    [
+        ('mnist/no_such_config', ValueError, 'BuilderConfig no_such_config not found'),
+        ('mnist:9.0.0', AssertionError, 'cannot be loaded at version 9.0.0'),
+    ],
+)
+def test_a_known_dataset_with_a_bad_config_or_version_is_not_unknown(
+    tmp_path, name, error, message
+):
+  with pytest.raises(error, match=message) as raised:
+    input_pipeline.describe(_tfds_config(tmp_path, name))
+  assert not isinstance(raised.value, input_pipeline.DataError)  # tfds' own error, unchanged

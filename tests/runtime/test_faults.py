@@ -312,5 +312,8 @@ def test_a_really_full_file_system(image_folder, tmp_path):
 
 def test_an_unwritable_workdir_is_refused_before_training(image_folder, tmp_path):
   (tmp_path / 'a_file').write_text('')
-  with pytest.raises(WorkdirError, match=r"Cannot write to --workdir='.*a_file/run'"):
-    train.train_and_evaluate(tiny_mlp_config(image_folder), str(tmp_path / 'a_file' / 'run'))
+  # Before the data is read: the missing dataset folder would be the error otherwise.
+  with pytest.raises(WorkdirError, match=r"--workdir='.*a_file/run' cannot be a folder: .*a_file"):
+    train.train_and_evaluate(
+        tiny_mlp_config(str(tmp_path / 'no_data')), str(tmp_path / 'a_file' / 'run')
+    )

@@ -4,6 +4,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import types
 
 import jax
@@ -30,6 +31,19 @@ from configs import (
 )
 
 from conftest import override, tiny_config, tiny_mlp_config
+
+# isort: split
+# Reading pictures back: the helpers of test_pictures.py, beside this file.
+from test_pictures import (
+    box_of,
+    inside,
+    near,
+    pixels_of,
+    saved_figures,
+    tiles_of,
+    to_data,
+    to_pixel,
+)
 
 SIZE = 16
 
@@ -130,7 +144,8 @@ def test_predict_writes_the_forced_labels_and_probabilities(image_folder, tmp_pa
   config = _forced_config(image_folder, loss)
   workdir = _forced_workdir(config, tmp_path / 'run')
   photos = _colour_folder(tmp_path / 'photos', COLOURS)
-  out = predict.predict_images(config, workdir, [photos], kaggle=True, pictures=True)
+  with saved_figures() as figures:
+    out = predict.predict_images(config, workdir, [photos], kaggle=True, pictures=True)
   with open(os.path.join(workdir, predict.PREDICTIONS_CSV)) as f:
     rows = {os.path.basename(r['path']).rsplit('.', 1)[0]: r for r in csv.DictReader(f)}
   assert len(out['paths']) == len(rows) == 4
@@ -153,12 +168,44 @@ def test_predict_writes_the_forced_labels_and_probabilities(image_folder, tmp_pa
       },
       abs=2e-6,
   )
-  assert _png_size(os.path.join(workdir, predict.GRID_PNG)) == (880, 280)
+  # The grid: each image titled with its row of predictions.csv.
+  fig = figures[predict.GRID_PNG]
+  pixels = pixels_of(os.path.join(workdir, predict.GRID_PNG), fig)
+  tiles = tiles_of(fig)
+  assert len(tiles) == 4
+  for ax in tiles:
+    prediction, file_name = ax.get_title().split('\n')
+    name = file_name.rsplit('.', 1)[0]
+    label, probability = prediction.split()
+    assert label == rows[name]['label']
+    assert float(probability) == pytest.approx(float(rows[name]['probability']), abs=5e-5)
+    r0, r1, c0, c1 = box_of(ax, fig)
+    np.testing.assert_allclose(pixels[(r0 + r1) // 2, (c0 + c1) // 2], COLOURS[name], atol=2)
+  assert sorted(ax.get_title().split('\n')[1] for ax in tiles) == sorted(
+      os.path.basename(p) for p in out['paths']
+  )
 
-  # One image, given as a file and a glob: the bar chart too.
-  one = predict.predict_images(config, workdir, [os.path.join(photos, '1*.png')], pictures=True)
+  # One image, given as a file and a glob: the bar chart too, each bar as high as its probability.
+  with saved_figures() as figures:
+    one = predict.predict_images(config, workdir, [os.path.join(photos, '1*.png')], pictures=True)
   assert list(map(os.path.basename, one['paths'])) == ['12.png']
-  assert _png_size(os.path.join(workdir, predict.BARS_PNG)) == (400, 350)
+  fig = figures[predict.BARS_PNG]
+  (ax,) = fig.axes
+  assert [t.get_text() for t in ax.get_xticklabels()] == ['cats', 'dogs']
+  assert ax.get_title() == f'12.png: dogs {_p_dog(COLOURS["12"]):.4f}'
+  pixels = pixels_of(os.path.join(workdir, predict.BARS_PNG), fig)
+  bars = inside(ax, pixels) & near(pixels, ax.patches[0].get_facecolor(), tolerance=20)
+  zero_row = to_pixel(ax, 0, 0)[0]
+  for i, p in enumerate([1 - _p_dog(COLOURS['12']), _p_dog(COLOURS['12'])]):
+    column = int(round(to_pixel(ax, i, 0)[1]))
+    filled = np.nonzero(bars[:, column])[0]
+    height = to_data(ax, filled.min(), column)[1] if len(filled) else 0.0
+    assert height == pytest.approx(p, abs=0.01), (i, p)
+    assert not len(filled) or filled.max() >= zero_row - 4  # from the axis up (the frame aside)
+  # The grid of that one image: its title wraps to the narrow figure.
+  (ax,) = tiles_of(figures[predict.GRID_PNG])
+  assert ax.get_title() == 'dogs 0.9995\n12.png'
+  pixels_of(os.path.join(workdir, predict.GRID_PNG), figures[predict.GRID_PNG])
 
 
 def test_evaluate_names_unvalidated_checkpoints_and_the_step_flag(image_folder, tmp_path):
@@ -205,7 +252,8 @@ def test_evaluate_reports_per_class_metrics_and_the_top_losses(tmp_path):
   config = _forced_config(str(data), 'softmax')
   config.batch_size = 4  # 7 test images: the last batch is padded
   workdir = _forced_workdir(config, tmp_path / 'run')
-  result = evaluate.evaluate_checkpoint(config, workdir, 'test', top_losses=3)
+  with saved_figures() as figures:
+    result = evaluate.evaluate_checkpoint(config, workdir, 'test', top_losses=4)
   # cats c0,c1 (red) right, c2,c3 (blue) wrong; dogs d0 wrong, d1,d2 right.
   assert result['confusion'] == [[2, 2], [1, 2]]
   assert result['per_class']['cats']['precision'] == pytest.approx(2 / 3)
@@ -224,16 +272,38 @@ def test_evaluate_reports_per_class_metrics_and_the_top_losses(tmp_path):
 
   restored = evaluate.restore_for_inference(config, workdir)
   exp, state = restored.exp, restored.state
-  predicted = evaluate.predictions(exp, state, exp.pipeline('test'), keep_images=3)
+  predicted = evaluate.predictions(exp, state, exp.pipeline('test'), keep_images=4)
   probs, losses, labels = predicted.probabilities, predicted.losses, predicted.labels
   top = [(t.loss, t.index, t.image) for t in predicted.top_losses]
   assert list(labels) == [0, 0, 0, 0, 1, 1, 1]
-  assert [i for _, i, _ in top] == list(np.argsort(-losses, kind='stable')[:3])
+  assert [i for _, i, _ in top] == list(np.argsort(-losses, kind='stable')[:4])
   assert [loss for loss, _, _ in top] == pytest.approx(
-      -np.log(probs[np.arange(7), labels])[np.argsort(-losses, kind='stable')[:3]], rel=1e-4
+      -np.log(probs[np.arange(7), labels])[np.argsort(-losses, kind='stable')[:4]], rel=1e-4
   )
   assert top[0][2].shape == (SIZE, SIZE, 3)
-  assert _png_size(os.path.join(workdir, 'top_losses_test.png')) == (660, 280)
+  # The picture: c3, d0, c2 (wrong, titles in red), then d1 (right, the least sure), in that order.
+  fig = figures['top_losses_test.png']
+  pixels = pixels_of(os.path.join(workdir, 'top_losses_test.png'), fig)
+  tiles = tiles_of(fig)
+  assert len(tiles) == 4
+  names = ['cats', 'dogs']
+  for ax, (loss, index, image) in zip(tiles, top):
+    labels_line, numbers = ax.get_title().split('\n')
+    assert labels_line == f'{names[np.argmax(probs[index])]}/{names[labels[index]]}'
+    shown_loss, shown_p = map(float, re.fullmatch(r'loss (\S+) p (\S+)', numbers).groups())
+    assert shown_loss == pytest.approx(loss, rel=1e-2)
+    assert shown_p == pytest.approx(probs[index].max(), abs=1e-3)
+    r0, r1, c0, c1 = box_of(ax, fig)
+    np.testing.assert_allclose(pixels[(r0 + r1) // 2, (c0 + c1) // 2], image[0, 0], atol=2)
+    r0, r1, c0, c1 = box_of(ax.title, fig)
+    red = near(pixels[r0:r1, c0:c1], 'red', tolerance=80).sum()
+    assert (red > 20) if np.argmax(probs[index]) != labels[index] else (red == 0), (index, red)
+  assert [t.get_title().split('\n')[0] for t in tiles] == [
+      'dogs/cats',
+      'cats/dogs',
+      'dogs/cats',
+      'dogs/dogs',
+  ]
 
 
 def test_eval_flip_averages_the_logits_of_an_image_and_its_mirror(tmp_path):

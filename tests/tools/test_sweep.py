@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from catsdogs_jax.tools import compare, sweep
-from catsdogs_jax.training import epoch_log
+from catsdogs_jax.training import epoch_log, train
 from catsdogs_jax.training.config_checks import ConfigError
 
-from conftest import tiny_mlp_config
+from conftest import override, tiny_mlp_config
 
 VARIANTS = [{}, {'optimizer.learning_rate': 0.02}, {'model.dropout_rate': 0.5}]
 
@@ -75,9 +75,26 @@ def test_sweep_trains_each_variant_and_seed_once_and_compare_reads_their_logs(
   assert json.loads(table['optimizer.learning_rate=0.02']['overrides']) == {
       'optimizer.learning_rate': 0.02
   }
+  # The fields that tell the variants apart, read from each run's config.json.
+  assert table['optimizer.learning_rate=0.02']['differs'] == (
+      'model.dropout_rate=0.0, optimizer.learning_rate=0.02'
+  )
+  assert table['baseline']['differs'] == 'model.dropout_rate=0.0, optimizer.learning_rate=0.008'
+  assert all(row['stale_tests'] == '' for row in table.values())
   with open(os.path.join(workdir, compare.COMPARE_MD)) as f:
-    assert '| baseline | `{}` | 2 |' in f.read()
+    assert '| baseline | `{}` | model.dropout_rate=0.0, optimizer.learning_rate=0.008 | 2 |' in (
+        f.read()
+    )
   assert os.path.getsize(os.path.join(workdir, compare.COMPARE_PNG)) > 0
+
+  # Trained further, a run's eval_test.json no longer describes its best checkpoint: marked.
+  longer = override(runs[0].config.copy_and_resolve_references(), num_epochs=3)
+  train.train_and_evaluate(longer, runs[0].workdir)
+  rows, _ = compare.compare([os.path.join(workdir, '*')])
+  stale = {r['variant']: r['stale_tests'] for r in rows}
+  assert stale['baseline'].startswith('test of step') or 'config.json changed' in stale['baseline']
+  assert stale['model.dropout_rate=0.5'] == ''
+  assert '(stale: re-run --mode=evaluate)' in compare.markdown(rows)
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import pytest
+from flax import linen as nn
 
 from catsdogs_jax import models
 from catsdogs_jax.runtime import parallel
@@ -62,6 +63,49 @@ def test_image_too_small_names_the_minimum():
     config_checks.check_image_size(config, models.create_model(config))
   config.data.image_size = 32
   config_checks.check_image_size(config, models.create_model(config))
+
+
+def test_model_errors_other_than_too_small_are_not_reported_as_too_small(monkeypatch):
+  config = default.get_config()
+  config.model.name, config.loss, config.data.image_size = 'vgg16', 'softmax', 16
+  model = models.create_model(config)
+
+  def broken(model, image_shape):
+    raise TypeError('boom')
+
+  monkeypatch.setattr(config_checks, 'abstract_variables', broken)
+  with pytest.raises(TypeError, match='boom'):
+    config_checks.check_image_size(config, model)
+
+
+class _Broken(nn.Module):
+  """A conv that keeps its input's size, then a bug: the map is never empty."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.Conv(4, (3, 3), padding='SAME')(x)
+    raise ValueError(f'a bug after a {x.shape[1]}x{x.shape[2]} map')
+
+
+class _Shrinking(nn.Module):
+  """A VALID conv empties small maps; a non-variance-scaling Dense then makes an empty kernel."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.Conv(4, (5, 5), padding='VALID')(x)
+    return nn.Dense(2, kernel_init=nn.initializers.normal())(x.reshape((x.shape[0], -1)))
+
+
+def test_a_bug_in_the_model_propagates_and_an_empty_map_means_too_small():
+  config = default.get_config()
+  config.data.image_size = 8
+  with pytest.raises(ValueError, match='a bug after a 8x8 map'):
+    config_checks.check_image_size(config, _Broken())
+  config.data.image_size = 4
+  with pytest.raises(
+      config_checks.ConfigError, match=r'image_size=4 is too small.*image_size=5 or'
+  ):
+    config_checks.check_image_size(config, _Shrinking())
 
 
 def test_dataset_with_other_classes_than_the_config(make_config, tmp_path):

@@ -207,3 +207,88 @@ def test_profile_writes_a_trace_of_the_steps_asked_for(image_folder, tmp_path):
   assert glob.glob(str(tmp_path / 'traced' / 'plugins' / 'profile' / '*' / '*.xplane.pb'))
   train.train_and_evaluate(tiny_mlp_config(image_folder), str(tmp_path / 'plain'))
   assert not (tmp_path / 'plain' / 'plugins').exists()  # profile.num_steps=0: no trace
+
+
+def _primitives(jaxpr):
+  """(primitive name, input dtypes) of every operation, inside nested jaxprs too."""
+  for eqn in jaxpr.eqns:
+    yield eqn.primitive.name, [getattr(v.aval, 'dtype', None) for v in eqn.invars]
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        sub = getattr(sub, 'jaxpr', sub)  # a ClosedJaxpr holds its Jaxpr
+        if hasattr(sub, 'eqns'):
+          yield from _primitives(sub)
+
+
+def _three_steps(config, batch):
+  """(first parameters, losses, final state, convolution input dtypes) of 3 steps on one batch.
+
+  The model is ResNet-18 cut to one stage of one block: a convolution, BatchNorm,
+  a residual block and the dense layer, compiled in seconds.
+  """
+  from catsdogs_jax import models
+  from catsdogs_jax.training import optimizers
+  from catsdogs_jax.training.steps import make_train_step
+  from catsdogs_jax.training.train_state import make_init_fn
+
+  model = models.create_model(config).clone(stage_sizes=(1,))
+  tx, _ = optimizers.create_optimizer(config, 10)
+  init = make_init_fn(model, tx, optimizers.create_plateau(config), batch['image'].shape[1:])
+  state = init(jax.random.PRNGKey(0))
+  first = jax.device_get(state.params)
+  step = jax.jit(make_train_step(model, tx, config))
+  convolutions = [
+      dtypes
+      for name, dtypes in _primitives(jax.make_jaxpr(step)(state, batch).jaxpr)
+      if name == 'conv_general_dilated'
+  ]
+  losses = []
+  for _ in range(3):
+    state, metrics, finite = step(state, batch)
+    assert bool(finite)
+    losses.append(float(metrics.compute()['loss']))
+  return first, losses, jax.device_get(state), convolutions
+
+
+@pytest.mark.parametrize('layers', ['plain', 'cpu'])  # the forms a GPU runs; the CPU's
+def test_a_bfloat16_step_computes_in_bfloat16_and_keeps_float32_state(make_config, layers):
+  """config.half_precision (the GPU configs' setting), run on the CPU."""
+  import jax.numpy as jnp
+
+  rng = np.random.default_rng(0)
+  batch = {
+      'image': rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+      'label': np.array([0, 1] * 4, np.int32),
+      'mask': np.ones(8, np.float32),
+  }
+  fields = {
+      'model.name': 'resnet18',
+      'model.layers': layers,
+      'data.image_size': 32,
+      'loss': 'softmax',
+      'optimizer.name': 'sgd',
+      'optimizer.learning_rate': 0.01,
+  }
+  start, half_losses, half, half_convs = _three_steps(
+      make_config(half_precision=True, **fields), batch
+  )
+  _, full_losses, full, full_convs = _three_steps(
+      make_config(half_precision=False, **fields), batch
+  )
+
+  # Every convolution, forward and backward, reads bfloat16 with half_precision; float32 without.
+  assert half_convs and all(d == [jnp.bfloat16] * 2 for d in half_convs)
+  assert full_convs and all(d == [jnp.float32] * 2 for d in full_convs)
+  # Parameters, BatchNorm statistics and the optimizer's state stay float32.
+  for state in (half, full):
+    leaves = jax.tree.leaves((state.params, state.batch_stats, state.opt_state))
+    assert all(x.dtype == np.float32 for x in leaves if jnp.issubdtype(x.dtype, jnp.floating))
+  # The float32 losses to bfloat16's precision (about 3 digits), yet not the same numbers.
+  assert np.isfinite(half_losses).all() and half_losses[-1] < 0.8 * half_losses[0]
+  np.testing.assert_allclose(half_losses, full_losses, rtol=2e-2)
+  assert half_losses != full_losses
+  # The parameters moved as in float32.
+  moved = lambda state: np.concatenate(
+      [np.ravel(a - b) for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(start))]
+  )
+  assert np.corrcoef(moved(half), moved(full))[0, 1] > 0.99

@@ -8,7 +8,14 @@ os.environ['XLA_FLAGS'] = (
 ).strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+import importlib.util  # noqa: E402
 import sys  # noqa: E402
+
+# torchvision's models import torch._dynamo, which loads triton's native library; loaded after
+# TensorFlow's (any test module may import it first) that segfaults the process. Loaded first,
+# both work.
+if importlib.util.find_spec('torchvision') is not None:
+  import torchvision.models  # noqa: E402, F401
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -37,6 +37,7 @@ from conftest import override, tiny_config, tiny_mlp_config
 from test_pictures import (
     box_of,
     inside,
+    log_rows,
     near,
     pixels_of,
     saved_figures,
@@ -331,20 +332,7 @@ def test_eval_flip_averages_the_logits_of_an_image_and_its_mirror(tmp_path):
 
 
 def test_curves_mark_learning_rate_changes_and_write_a_png(tmp_path):
-  rows = [
-      {
-          'epoch': e,
-          'step': 10 * e,
-          'loss': 1 / e,
-          'accuracy': 0.5 + e / 20,
-          'val_loss': 1.2 / e,
-          'val_accuracy': 0.5 + e / 25,
-          'learning_rate': 1e-3 if e < 4 else 1e-4 if e < 7 else 1e-5,
-          'seconds': 1.0,
-          'images_per_second': 10.0,
-      }
-      for e in range(1, 9)
-  ]
+  rows = log_rows()
   assert curves.learning_rate_changes(rows) == [(4, 1e-4), (7, 1e-5)]
   epoch_log.write_csv(str(tmp_path / epoch_log.LOG_CSV), rows)
   assert _png_size(curves.write_curves(str(tmp_path))) == (1200, 450)

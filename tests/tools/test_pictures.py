@@ -171,7 +171,7 @@ def trained_run(image_folder, tmp_path_factory):
 # ----------------------------------------------------------------- curves
 
 
-def _log_rows(epochs=8):
+def log_rows(epochs=8):
   return [
       {
           'epoch': e,
@@ -189,7 +189,7 @@ def _log_rows(epochs=8):
 
 
 def test_curves_draw_the_logged_values_and_mark_the_learning_rate_changes(tmp_path):
-  rows = _log_rows()
+  rows = log_rows()
   epoch_log.write_csv(str(tmp_path / epoch_log.LOG_CSV), rows)
   with saved_figures() as figures:
     path = curves.write_curves(str(tmp_path))

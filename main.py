@@ -66,13 +66,13 @@ flags.DEFINE_multi_string(
     '--mode=predict/feature_maps: image files, globs or folders (repeat the flag for several).',
 )
 flags.DEFINE_bool(
-    'kaggle', False, '--mode=predict: also write submission.csv (id, dog probability).'
+    'kaggle', False, '--mode=predict: also write submission_NAME.csv (id, dog probability).'
 )
 flags.DEFINE_bool(
     'plots',
     False,
-    '--mode=predict: also write predictions.png (a grid of up to '
-    '100 images) and, for one image, prediction.png (its class probabilities).',
+    '--mode=predict: also write predictions_NAME.png (a grid of up to 100 images) and, for one '
+    'image, prediction_NAME.png (it beside its class probabilities).',
 )
 flags.DEFINE_list('layer', [], '--mode=feature_maps: layer name(s), e.g. block1_conv2.')
 flags.DEFINE_enum(
@@ -171,6 +171,29 @@ def setup_logging(verbose: bool):
   if not verbose:
     handler.addFilter(_ours_or_warning)
     handler.setFormatter(_PlainFormatter())
+    _import_tensorflow_quietly()
+
+
+def _import_tensorflow_quietly():
+  """Imports TensorFlow with its C++ stderr (file descriptor 2) closed for the import only: its
+  oneDNN notice is written before its logging starts, so no setting turns it off. A failing
+  import still raises, and says why, after stderr is back."""
+  import importlib.util
+
+  if importlib.util.find_spec('tensorflow') is None:
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  try:
+    with open(os.devnull, 'w') as devnull:
+      os.dup2(devnull.fileno(), 2)
+      try:
+        import tensorflow  # noqa: F401
+      except Exception:
+        pass  # the input pipeline's own import reports it
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
 
 
 def run_sweep(config, workdir):

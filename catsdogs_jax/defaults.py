@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.image_key = 'image'  # tfds feature holding the image
   config.data.label_key = 'label'  # tfds feature holding the class label
   config.data.image_size = 150  # images are resized to image_size x image_size
-  # (at least: small_cnn 46, mnist_cnn 6, alexnet 67, vgg16 32, vgg19 32; the others any)
+  # (at least: small_cnn 46, small_xception 5, mnist_cnn 6, alexnet 67, vgg16 32, vgg19 32; the others any)
   config.data.channels = 3  # 3 for RGB, 1 for grayscale (MNIST)
   config.data.resize_method = (
       'bilinear'  # tf.image.resize method ('bilinear', 'nearest', 'bicubic', 'area')
@@ -61,11 +61,31 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.fill_mode = 'nearest'  # outside the image: nearest, constant, reflect, wrap
   config.augment.cval = 0.0  # fill value of fill_mode='constant' (0-255 scale)
   config.augment.interpolation = 'bilinear'  # resampling: bilinear (Keras' order 1) or nearest
+  config.augment.crop_scale = ml_collections.FieldReference(
+      None, field_type=tuple
+  )  # random resized crop (torchvision's RandomResizedCrop, before the transforms above, in
+  # the same resampling): (min, max) area fraction in (0, 1], e.g. (0.08, 1.0); None: off
+  config.augment.crop_ratio = (3 / 4, 4 / 3)  # random resized crop: (min, max) aspect ratio
+  # (width / height), drawn log-uniform
+  config.augment.brightness = 0.0  # colour jitter (torchvision's ColorJitter, after the resampling,
+  # the enabled ones in a random order, clipped to 0-255): factor uniform in [max(0, 1 - s), 1 + s];
+  # 0: off
+  config.augment.contrast = 0.0  # colour jitter: blend with the mean grey, factor as brightness's
+  config.augment.saturation = 0.0  # colour jitter: blend with the grey image, as brightness's
+
+  # ----- mixup and CutMix (training only; timm's Mixup, mode 'batch': on the device, after augment)
+  config.mixup = ml_collections.ConfigDict()
+  config.mixup.mixup_alpha = 0.0  # mixup: images and targets lam * x + (1 - lam) * partner, the
+  # partner being the batch reversed, lam ~ Beta(alpha, alpha) per batch (timm: 0.8); 0: off
+  config.mixup.cutmix_alpha = 0.0  # CutMix: a box of area about (1 - lam) of each image is the
+  # partner's, lam ~ Beta(alpha, alpha), then lam = the unpasted area fraction (timm: 1.0); 0: off
+  config.mixup.prob = 1.0  # probability that a batch is mixed at all (when an alpha is on)
+  config.mixup.switch_prob = 0.5  # with both alphas on: probability of CutMix instead of mixup
 
   # ----- model
   config.model = ml_collections.ConfigDict()
-  config.model.name = 'small_cnn'  # small_cnn, mnist_mlp, mnist_cnn, alexnet, vgg16, vgg19,
-  # resnet18..resnet152, efficientnet_b0, efficientnet_lite0..2
+  config.model.name = 'small_cnn'  # small_cnn, small_xception, mnist_mlp, mnist_cnn, alexnet,
+  # vgg16, vgg19, resnet18..resnet152, efficientnet_b0, efficientnet_lite0..2
   config.model.dropout_rate = 0.0  # dropout before the dense layers
   config.model.kernel_init = (
       'glorot_uniform'  # glorot_uniform (Keras), he_normal, lecun_normal, normal
@@ -76,7 +96,10 @@ def get_config() -> ml_collections.ConfigDict:
   )  # VGG/ResNet/EfficientNet: classifier top
   config.model.pooling = ml_collections.FieldReference(
       None, field_type=str
-  )  # VGG/EfficientNet without top: 'avg', 'max'
+  )  # VGG/EfficientNet without top: 'avg', 'max'; small_cnn: global pooling instead of Flatten
+  config.model.batch_norm = ml_collections.FieldReference(
+      None, field_type=bool
+  )  # small_cnn: Conv (no bias)-BatchNorm-ReLU stages (None: False, the tutorial's)
   config.model.head = ml_collections.FieldReference(
       None, field_type=str
   )  # new head on the base (include_top=False):
@@ -96,6 +119,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.layers = 'auto'  # layer forms (models/layers.py): 'auto' (the CPU forms on a CPU
   # backend, else plain), 'cpu', 'plain'
   config.loss = 'sigmoid'  # 'sigmoid' (1 logit, 2 classes) or 'softmax'
+  config.label_smoothing = 0.0  # training loss only: targets (1 - s) * one_hot + s / classes
+  # (optax.smooth_labels, Keras' label_smoothing; sigmoid: y (1 - s) + s / 2); validation, test
+  # and predictions are scored against the plain labels. In [0, 1); 0: off
   config.half_precision = False  # bfloat16 compute, float32 parameters
 
   # ----- optimisation
@@ -151,6 +177,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.schedule.plateau_min_delta = 1e-4  # smallest change that counts as improvement
   config.schedule.plateau_cooldown = 0  # epochs to wait after a reduction
   config.schedule.plateau_min_scale = 0.0  # lower bound of the lr multiplier
+
+  config.ema = ml_collections.ConfigDict()  # exponential moving average of the weights
+  config.ema.decay = 0.0  # after every step ema += (1 - decay) * (weights - ema), for the
+  # parameters and BatchNorm statistics (timm ModelEmaV3); when on, validation, the best
+  # checkpoint, evaluate and predict use the average. In [0, 1), e.g. 0.999; 0: off
+  config.ema.warmup_power = 0.75  # decay warm-up (timm's use_warmup, gamma 1): at update t the
+  # decay is min(decay, 1 - (1 + t) ** -power), so early averages forget the initial weights
+  # (timm: 2/3 for runs of 1M+ steps, 3/4 for shorter ones); 0: the full decay from step 1
 
   # ----- fast feature extraction (train a head on cached features of a frozen, pretrained base)
   config.features = ml_collections.ConfigDict()

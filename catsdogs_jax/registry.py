@@ -12,8 +12,10 @@ def lookup(
     error: Type[Exception] = ValueError,
     also: Sequence[str] = (),
 ) -> T:
-  """`registry[name]`, or one line naming the config field and every choice (`also` too)."""
+  """`registry[name]`, or one line naming the config field (or a '--flag') and every choice
+  (`also` too)."""
   if name not in registry:
     choices = ', '.join(sorted([*also, *map(str, registry)]))
-    raise error(f'Unknown config.{field} {name!r}; choose one of: {choices}.')
+    where = field if field.startswith('--') else f'config.{field}'
+    raise error(f'Unknown {where} {name!r}; choose one of: {choices}.')
   return registry[name]

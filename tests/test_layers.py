@@ -127,6 +127,81 @@ def test_relu_then_fast_max_pool_equals_relu_then_reduce_window(size, window):
   np.testing.assert_array_equal(np.asarray(fast[1]) != 0, np.asarray(plain[1]) != 0)
 
 
+def _primitives(fn, *args):
+  """The primitives of fn's program and of its gradient's (the sum of its output)."""
+  grad = jax.grad(lambda *a: jnp.sum(fn(*a)), argnums=tuple(range(len(args))))
+  return str(jax.make_jaxpr(fn)(*args)) + str(jax.make_jaxpr(grad)(*args))
+
+
+@pytest.mark.parametrize('size', [(8, 8), (9, 7)])  # even and odd: SAME's strided rows differ
+@pytest.mark.parametrize('strides', [(1, 1), (2, 2), (2, 1)])
+@pytest.mark.parametrize('padding', ['VALID', 'SAME', ((0, 0), (0, 0))])
+def test_1x1_convolution_is_a_matmul_equal_to_lax(size, strides, padding):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(3, *size, 4)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(1, 1, 4, 5)), jnp.float32)
+  conv = lambda lib: lambda x, w: lib.conv_general_dilated(
+      x, w, strides, padding, dimension_numbers=DN
+  )
+  _assert_close(_values_and_grads(conv(layers), x, w), _values_and_grads(conv(lax), x, w))
+  program = _primitives(conv(layers), x, w)
+  assert 'dot_general' in program and 'conv_general_dilated' not in program
+
+
+@pytest.mark.parametrize('use_bias', [False, True])
+@pytest.mark.parametrize('strides, padding', [(1, 'VALID'), (2, 'SAME'), (2, 'VALID')])
+def test_1x1_conv_module_equals_nn_conv_with_and_without_bias(use_bias, strides, padding):
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 9, 8, 6)), jnp.float32)
+  make = lambda cls: cls(7, (1, 1), strides=strides, padding=padding, use_bias=use_bias)
+  params = make(nn.Conv).init(jax.random.PRNGKey(0), x)['params']
+  params = jax.tree.map(lambda p: p + 0.5, params)  # a bias that is not zero
+  apply = lambda cls: lambda p, x: make(cls).apply({'params': p}, x)
+  fast, plain = apply(layers.CPU.conv), apply(nn.Conv)
+  for a, b in zip(
+      jax.tree.leaves(_values_and_grads(fast, params, x)),
+      jax.tree.leaves(_values_and_grads(plain, params, x)),
+  ):
+    _assert_close([a], [b])
+  assert 'conv_general_dilated' not in _primitives(fast, params, x)
+
+
+@pytest.mark.parametrize('size', [(8, 8), (9, 7), (11, 10)])
+@pytest.mark.parametrize(
+    'window, strides, padding',
+    [
+        ((3, 3), (2, 2), 'SAME'),  # the small Xception's pools
+        ((3, 3), (2, 2), 'VALID'),
+        ((2, 2), (1, 1), 'SAME'),
+        ((2, 2), (1, 1), 'VALID'),
+        ((3, 2), (1, 2), ((1, 1), (0, 1))),  # explicit padding, mixed overlap
+        ((2, 2), (2, 2), 'SAME'),  # padded, without overlap
+    ],
+)
+def test_overlapping_max_pool_equals_select_and_scatter_exactly_including_ties(
+    size, window, strides, padding
+):
+  rng = np.random.default_rng(0)
+  # Small integers: most windows hold ties, and overlapping gradients add up exactly.
+  x = jnp.asarray(rng.integers(-1, 3, size=(2, *size, 3)), jnp.float32)
+  x = x.at[1].set(jax.nn.relu(x[1]))  # ReLU's tied zeros
+  x = x.at[0, :4, :4, 0].set(1.0)  # windows of one value
+  pool = lambda lib: lambda x: lib.max_pool(x, window, strides=strides, padding=padding)
+  y, vjp = jax.vjp(pool(layers), x)
+  y_plain, vjp_plain = jax.vjp(pool(nn), x)
+  dy = jnp.asarray(rng.integers(-4, 5, size=y_plain.shape), jnp.float32)
+  np.testing.assert_array_equal(y, y_plain)
+  np.testing.assert_array_equal(vjp(dy)[0], vjp_plain(dy)[0])
+  program = _primitives(pool(layers), x)
+  assert 'custom_vjp' in str(jax.make_jaxpr(pool(layers))(x))
+  assert 'reduce_window' not in program and 'select_and_scatter' not in program
+
+
+def test_overlapping_max_pool_keeps_a_byte_per_output_not_its_input():
+  x = jnp.ones((2, 9, 9, 3))
+  pool = lambda x: layers.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
+  assert _saved(pool, x) == ['i8[2,5,5,3]']
+
+
 def _saved(fn, x):
   with contextlib.redirect_stdout(io.StringIO()) as saved:
     print_saved_residuals(fn, x)
@@ -157,17 +232,26 @@ def test_same_padding_takes_the_fast_form_with_lax_padding(size, kernel):
 def test_layers_the_fast_forms_do_not_cover_fall_back_to_lax():
   x = jnp.ones((1, 9, 9, 4))
   w = jnp.ones((3, 3, 4, 4))
-  conv = lambda *args, **kwargs: jax.make_jaxpr(
-      lambda x: layers.conv_general_dilated(x, *args, dimension_numbers=DN, **kwargs)
-  )(x)
+  conv = lambda *args, **kwargs: str(
+      jax.make_jaxpr(
+          lambda x: layers.conv_general_dilated(x, *args, dimension_numbers=DN, **kwargs)
+      )(x)
+  )
   strided = conv(w, (2, 2), 'SAME')
   grouped = conv(w[:, :, :1], (1, 1), 'VALID', feature_group_count=4)
+  padded_1x1 = conv(w[:1, :1], (1, 1), ((1, 0), (0, 0)))  # reads zeros a matmul does not
   same, full = conv(w, (1, 1), 'SAME'), conv(w, (1, 1), 'VALID')
-  overlapping = jax.make_jaxpr(lambda x: layers.max_pool(x, (3, 3), (2, 2)))(x)
-  padded = jax.make_jaxpr(lambda x: layers.max_pool(x, (2, 2), (2, 2), ((1, 1), (1, 1))))(x)
-  assert not any('custom_vjp' in str(j) for j in (strided, grouped, overlapping, padded))
-  assert 'custom_vjp' in str(full) and 'custom_vjp' in str(same)
-  np.testing.assert_array_equal(layers.max_pool(x, (3, 3), (2, 2)), nn.max_pool(x, (3, 3), (2, 2)))
+  pool = lambda x, *args: str(jax.make_jaxpr(lambda x: layers.max_pool(x, *args))(x))
+  integer = pool(x.astype(jnp.int32), (3, 3), (2, 2))
+  padding_only = pool(x, (2, 2), (2, 2), ((2, 0), (0, 0)))  # a window of padding alone
+  assert not any('custom_vjp' in j for j in (strided, grouped, integer, padding_only))
+  assert 'conv_general_dilated' in padded_1x1
+  assert 'custom_vjp' in full and 'custom_vjp' in same
+  assert 'custom_vjp' in pool(x, (3, 3), (2, 2)) and 'custom_vjp' in pool(x, (2, 2), (2, 2), 'SAME')
+  np.testing.assert_array_equal(
+      layers.max_pool(x.astype(jnp.int32), (3, 3), (2, 2)),
+      nn.max_pool(x.astype(jnp.int32), (3, 3), (2, 2)),
+  )
 
 
 def test_layer_forms_by_name_and_auto_by_backend(monkeypatch):

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from catsdogs_jax import models
@@ -273,3 +274,211 @@ def test_stochastic_depth_drops_whole_residual_branches_only_in_training():
       )[0]
   )
   assert jnp.array_equal(same(0), same(1))
+
+
+# ----- the small CNN's options: BatchNorm stages and a global-pooling head
+
+
+def _keras_small_cnn(keras, size, batch_norm, pooling):
+  """The same model in Keras 3: the reference for parameter counts and BatchNorm numerics."""
+  layers = keras.layers
+  stack = [keras.Input((size, size, 3))]
+  for features in (32, 64, 128, 128):
+    if batch_norm:
+      stack += [layers.Conv2D(features, 3, use_bias=False), layers.BatchNormalization()]
+      stack += [layers.ReLU()]
+    else:
+      stack += [layers.Conv2D(features, 3, activation='relu')]
+    stack += [layers.MaxPooling2D(2)]
+  top = {None: layers.Flatten, 'avg': layers.GlobalAveragePooling2D}
+  top['max'] = layers.GlobalMaxPooling2D
+  stack += [top[pooling](), layers.Dense(512, activation='relu'), layers.Dense(1)]
+  return keras.Sequential(stack)
+
+
+@pytest.mark.parametrize('pooling', [None, 'avg', 'max'])
+@pytest.mark.parametrize('batch_norm', [False, True])
+def test_small_cnn_options_count_as_the_same_keras_model(batch_norm, pooling):
+  keras = pytest.importorskip('keras')
+  reference = _keras_small_cnn(keras, 150, batch_norm, pooling)
+  config = _config('small_cnn', loss='sigmoid', batch_norm=batch_norm, pooling=pooling)
+  variables = _abstract_variables(config, 150)
+  params = summary.count_parameters(variables['params'])
+  stats = summary.count_parameters(variables.get('batch_stats', {}))
+  trainable = sum(int(np.prod(w.shape)) for w in reference.trainable_weights)
+  assert (params, params + stats) == (trainable, reference.count_params())
+  expected = {
+      (False, None): 3_453_121,  # SPEC.md's
+      (False, 'avg'): 307_393,
+      (False, 'max'): 307_393,
+      (True, None): 3_453_473,  # conv biases (352) out, BatchNorm scales and offsets (704) in
+      (True, 'avg'): 307_745,
+      (True, 'max'): 307_745,
+  }
+  assert params == expected[batch_norm, pooling]
+  assert stats == (2 * (32 + 64 + 128 + 128) if batch_norm else 0)
+
+
+def test_small_cnn_at_its_defaults_has_the_tutorials_parameter_tree():
+  variables = _abstract_variables(_config('small_cnn', loss='sigmoid'), 150)
+  assert set(variables) == {'params'}  # no BatchNorm statistics
+  shapes = jax.tree.map(lambda x: x.shape, variables['params'])
+  assert shapes == {
+      'conv1': {'kernel': (3, 3, 3, 32), 'bias': (32,)},
+      'conv2': {'kernel': (3, 3, 32, 64), 'bias': (64,)},
+      'conv3': {'kernel': (3, 3, 64, 128), 'bias': (128,)},
+      'conv4': {'kernel': (3, 3, 128, 128), 'bias': (128,)},
+      'dense1': {'kernel': (7 * 7 * 128, 512), 'bias': (512,)},
+      'logits': {'kernel': (512, 1), 'bias': (1,)},
+  }
+
+
+def test_small_cnn_batch_norm_computes_what_keras_computes():
+  keras = pytest.importorskip('keras')
+  size = 48
+  config = _config('small_cnn', loss='sigmoid', batch_norm=True, pooling='avg')
+  model = models.create_model(config)
+  variables = init_variables(model, jax.random.PRNGKey(0), (size, size, 3))
+  x = np.asarray(jax.random.uniform(jax.random.PRNGKey(1), (4, size, size, 3)))
+  reference = _keras_small_cnn(keras, size, True, 'avg')
+  p, s = variables['params'], variables['batch_stats']
+  weights = []
+  for i in range(1, 5):
+    weights += [p[f'conv{i}']['kernel'], p[f'bn{i}']['scale'], p[f'bn{i}']['bias']]
+    weights += [s[f'bn{i}']['mean'], s[f'bn{i}']['var']]
+  weights += [
+      p['dense1']['kernel'],
+      p['dense1']['bias'],
+      p['logits']['kernel'],
+      p['logits']['bias'],
+  ]
+  reference.set_weights([np.asarray(w) for w in weights])
+  # Inference: the running statistics, Keras' epsilon.
+  np.testing.assert_allclose(
+      model.apply(variables, x), reference(x, training=False), rtol=1e-4, atol=1e-5
+  )
+  # Training: the batch's statistics, and Keras' momentum for the running ones.
+  logits, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  np.testing.assert_allclose(logits, reference(x, training=True), rtol=1e-4, atol=1e-4)
+  keras_bn = reference.layers[1]
+  np.testing.assert_allclose(
+      updates['batch_stats']['bn1']['mean'], keras_bn.moving_mean.numpy(), rtol=1e-4, atol=1e-6
+  )
+  np.testing.assert_allclose(
+      updates['batch_stats']['bn1']['var'], keras_bn.moving_variance.numpy(), rtol=1e-4
+  )
+
+
+def test_small_cnn_frozen_batch_norm_layers_keep_their_statistics():
+  from catsdogs_jax.models import batch_norm
+
+  config = _config('small_cnn', loss='sigmoid', batch_norm=True)
+  model = models.create_model(config)
+  variables = init_variables(model, jax.random.PRNGKey(0), (48, 48, 3))
+  x = jax.random.uniform(jax.random.PRNGKey(1), (4, 48, 48, 3))
+  frozen = ('^conv1/', '^bn1/')  # as config.frozen matches them
+  with batch_norm.inference_where(lambda path: models.matches_any(path, frozen)):
+    _, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  stats, new = variables['batch_stats'], updates['batch_stats']
+  np.testing.assert_array_equal(new['bn1']['mean'], stats['bn1']['mean'])
+  assert not np.allclose(new['bn2']['mean'], stats['bn2']['mean'])
+  # train_from names the BatchNorm layers with the convolutions they follow.
+  assert models.layers_from(model, (48, 48, 3), 'conv4') == (
+      '^conv4/',
+      '^bn4/',
+      '^dense1/',
+      '^logits/',
+  )
+
+
+def test_small_cnn_options_are_checked_before_training():
+  from catsdogs_jax.training import config_checks
+
+  config = _config('small_cnn', loss='sigmoid', batch_norm=True, pooling='avg')
+  config_checks.validate_config(config, num_devices=1)
+  model = models.create_model(config)
+  config.data.image_size = 40  # the global pool would average an empty map (test_readme.py)
+  with pytest.raises(config_checks.ConfigError, match='image_size=46 or more'):
+    config_checks.check_image_size(config, model)
+  with pytest.raises(config_checks.ConfigError, match=r"config.model.pooling 'mean'.*avg.*max"):
+    config_checks.validate_config(_config('small_cnn', loss='sigmoid', pooling='mean'), 1)
+  with pytest.raises(config_checks.ConfigError, match="'vgg16' has no option 'batch_norm'"):
+    config_checks.validate_config(_config('vgg16', batch_norm=True), 1)
+
+
+# ----- the small Xception
+
+
+def _keras_small_xception(keras, size):
+  """Deep Learning with Python's mini Xception in Keras 3, its layers by our names."""
+  layers, named = keras.layers, {}
+  inputs = keras.Input((size, size, 3))
+  named['stem_conv'] = layers.Conv2D(32, 5, use_bias=False)
+  x = named['stem_conv'](inputs)
+  for i, features in enumerate((32, 64, 128, 256, 512), start=1):
+    residual = x
+    for j in (1, 2):
+      named[f'block{i}_bn{j}'] = layers.BatchNormalization()
+      x = layers.Activation('relu')(named[f'block{i}_bn{j}'](x))
+      named[f'block{i}_sepconv{j}'] = layers.SeparableConv2D(
+          features, 3, padding='same', use_bias=False
+      )
+      x = named[f'block{i}_sepconv{j}'](x)
+    x = layers.MaxPooling2D(3, strides=2, padding='same')(x)
+    named[f'block{i}_residual'] = layers.Conv2D(
+        features, 1, strides=2, padding='same', use_bias=False
+    )
+    x = layers.add([x, named[f'block{i}_residual'](residual)])
+  x = layers.Dropout(0.5)(layers.GlobalAveragePooling2D()(x))
+  named['logits'] = layers.Dense(1)
+  return keras.Model(inputs, named['logits'](x)), named
+
+
+@pytest.mark.parametrize('forms', ['plain', 'cpu'])
+def test_small_xception_computes_what_the_keras_model_computes(forms):
+  keras = pytest.importorskip('keras')
+  size = 37  # odd sizes: every SAME pool and strided projection pads unevenly
+  reference, named = _keras_small_xception(keras, size)
+  config = _config('small_xception', loss='sigmoid', layers=forms)
+  model = models.create_model(config)
+  variables = init_variables(model, jax.random.PRNGKey(0), (size, size, 3))
+  p, s = variables['params'], variables['batch_stats']
+  assert summary.count_parameters(p) == sum(
+      int(np.prod(w.shape)) for w in reference.trainable_weights
+  )
+  assert summary.count_parameters(p) + summary.count_parameters(s) == reference.count_params()
+  # Random statistics, so inference mode is not the identity.
+  rng = np.random.default_rng(0)
+  for name, layer in named.items():
+    if name.startswith('block') and '_bn' in name:
+      c = p[name]['scale'].shape[0]
+      s[name]['mean'], s[name]['var'] = rng.normal(0, 0.1, c), rng.uniform(0.5, 2, c)
+      p[name]['scale'], p[name]['bias'] = rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c)
+      weights = [p[name]['scale'], p[name]['bias'], s[name]['mean'], s[name]['var']]
+    elif '_sepconv' in name:
+      depthwise = np.asarray(p[f'{name}_depthwise']['kernel'])  # (3, 3, 1, C)
+      weights = [depthwise.transpose(0, 1, 3, 2), p[f'{name}_pointwise']['kernel']]
+    elif name == 'logits':
+      weights = [p[name]['kernel'], p[name]['bias']]
+    else:
+      weights = [p[name]['kernel']]
+    layer.set_weights([np.asarray(w, np.float32) for w in weights])
+  variables = {'params': p, 'batch_stats': s}
+  x = rng.uniform(0, 1, (3, size, size, 3)).astype(np.float32)
+  np.testing.assert_allclose(
+      model.apply(variables, x), reference(x, training=False), rtol=1e-4, atol=1e-4
+  )
+  logits, _ = model.apply(
+      variables, x, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(0)}
+  )
+  assert logits.shape == (3, 1) and np.isfinite(logits).all()
+
+
+def test_small_xception_has_the_same_parameters_at_every_size():
+  counts = {
+      size: summary.count_parameters(
+          _abstract_variables(_config('small_xception', loss='sigmoid'), size)['params']
+      )
+      for size in (32, 150, 180)
+  }
+  assert set(counts.values()) == {718_849}

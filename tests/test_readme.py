@@ -34,6 +34,17 @@ def test_the_smallest_image_size_table_is_the_models(name):
   assert f'{name} {smallest}' in defaults.field_comments()['data.image_size']  # --help says it
 
 
+@pytest.mark.parametrize(
+    'fields', [{'batch_norm': True}, {'pooling': 'avg'}, {'pooling': 'max', 'batch_norm': True}]
+)
+def test_the_small_cnn_options_keep_its_smallest_image_size(fields):
+  config = defaults.get_config()
+  for field, value in fields.items():
+    config.model[field] = value
+  model = models.create_model(config)
+  assert _smallest_sizes_table()['small_cnn'] == config_checks.smallest_image_size(model, 3)
+
+
 def test_every_model_is_in_the_table():
   table = _smallest_sizes_table()
   assert set(models.MODELS) == set(table)

@@ -28,6 +28,7 @@ from catsdogs_jax.models.layers import layer_forms
 from catsdogs_jax.models.mnist import MnistCNN, MnistMLP
 from catsdogs_jax.models.resnet import BasicBlock, Bottleneck, ResNet
 from catsdogs_jax.models.small_cnn import SmallCNN
+from catsdogs_jax.models.small_xception import SmallXception
 from catsdogs_jax.models.vgg import VGG
 from catsdogs_jax.registry import lookup
 
@@ -41,6 +42,7 @@ ResNet152 = functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block_cls=Bottl
 
 MODELS: Dict[str, Any] = {
     'small_cnn': SmallCNN,
+    'small_xception': SmallXception,
     'mnist_mlp': MnistMLP,
     'mnist_cnn': MnistCNN,
     'alexnet': AlexNet,

@@ -6,6 +6,7 @@ early stopping and "already finished" are all restored with the weights.
 """
 
 import contextlib
+import dataclasses
 import errno
 import glob
 import json
@@ -18,6 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
 from catsdogs_jax.runtime import distributed
@@ -105,6 +107,28 @@ def _summary(error: BaseException) -> str:
 def monitor_mode(metric: str) -> str:
   """'max' for accuracies, 'min' for losses."""
   return 'max' if 'accuracy' in metric else 'min'
+
+
+def _fields_added_since(directory: str, abstract_state) -> Dict[str, Any]:
+  """The fields of the state that its checkpoint in `directory` predates, when each is empty.
+
+  A field added to the TrainState that is empty when its option is off (config.ema: {})
+  leaves the tree of older checkpoints as it was: those restore with it empty. A missing
+  field with leaves is not restorable; Orbax then names the mismatch.
+  """
+  if not dataclasses.is_dataclass(abstract_state):
+    return {}
+  handler = ocp.StandardCheckpointHandler()
+  try:
+    saved = set(handler.metadata(epath.Path(directory)).keys())
+  finally:
+    handler.close()
+  missing = {
+      f.name: getattr(abstract_state, f.name)
+      for f in dataclasses.fields(abstract_state)
+      if f.name not in saved
+  }
+  return missing if not jax.tree.leaves(list(missing.values())) else {}
 
 
 def has_checkpoints(workdir: str) -> bool:
@@ -266,12 +290,22 @@ class Checkpoints:
     try:
       for item in (STATE, HISTORY):  # Orbax says KeyError for a missing one, as a bug would
         os.stat(os.path.join(self.directory, str(step), item))
+      added = _fields_added_since(os.path.join(self.directory, str(step), STATE), abstract_state)
+      target = abstract_state
+      if added:  # restored into the fields the checkpoint has; the others are empty
+        target = {
+            f.name: getattr(abstract_state, f.name)
+            for f in dataclasses.fields(abstract_state)
+            if f.name not in added
+        }
       restored = self.manager.restore(
           step,
           args=ocp.args.Composite(
-              **{STATE: ocp.args.StandardRestore(abstract_state), HISTORY: ocp.args.JsonRestore()}
+              **{STATE: ocp.args.StandardRestore(target), HISTORY: ocp.args.JsonRestore()}
           ),
       )
+      if added:
+        restored = {**restored, STATE: type(abstract_state)(**restored[STATE], **added)}
     except Exception as e:
       reason = damage(e)
       if reason is None:

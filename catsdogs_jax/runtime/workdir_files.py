@@ -169,17 +169,20 @@ def read_run_config(workdir: str):
 
 
 def _read_saved_config(path: str) -> Dict[str, Any]:
-  """A config.json as a dict, in today's layout.
+  """A config.json as a dict, in today's layout, with every field added since at its default
+  (each new field's default is the behaviour from before it, so the run had that value).
 
   Runs from before the data fields were grouped under `data` wrote them at the
   top level; they move there, so those workdirs resume and serve as init_from.
   """
   with open(path) as f:
     saved = json.load(f)
+  today = defaults.get_config()
   if 'data' not in saved:
-    data_fields = defaults.get_config().data.keys()
-    saved['data'] = {k: saved.pop(k) for k in list(saved) if k in data_fields}
-  return saved
+    saved['data'] = {k: saved.pop(k) for k in list(saved) if k in today.data.keys()}
+  complete = traverse_util.flatten_dict(json.loads(today.to_json_best_effort()), sep='.')
+  complete.update(traverse_util.flatten_dict(saved, sep='.'))
+  return traverse_util.unflatten_dict(complete, sep='.')
 
 
 def model_signature(config, abstract_params) -> Dict[str, Any]:

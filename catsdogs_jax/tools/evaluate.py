@@ -15,7 +15,12 @@ from catsdogs_jax.runtime import checkpointing, parallel, workdir_files
 from catsdogs_jax.tools import plots
 from catsdogs_jax.training import experiment
 from catsdogs_jax.training.config_checks import ConfigError
-from catsdogs_jax.training.steps import make_eval_step, make_predict_step, run_eval
+from catsdogs_jax.training.steps import (
+    inference_variables,
+    make_eval_step,
+    make_predict_step,
+    run_eval,
+)
 
 TOP_LOSSES_FILE = 'top_losses_{split}.png'
 
@@ -136,8 +141,10 @@ class Restored:
 
   @property
   def variables(self) -> Dict[str, Any]:
-    """{'params', 'batch_stats'}: `model.apply(variables, images, train=False)`."""
-    return {'params': self.state.params, 'batch_stats': self.state.batch_stats}
+    """{'params', 'batch_stats'}: `model.apply(variables, images, train=False)`; with
+    config.ema, the average of the weights (what validation chose the checkpoint by)."""
+    variables = inference_variables(self.state)
+    return {'batch_stats': {}, **variables}
 
   @property
   def preprocess(self) -> Callable:

@@ -5,7 +5,7 @@ data means is computed elsewhere (train logs, predictions, layers).
 """
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -15,28 +15,65 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 DPI = 100
+ORIGINAL_COLOUR = 'tab:blue'  # the augmentation preview's frame around the original
+
+
+def _figure(*args, **kwargs):
+  """`plt.subplots` with constrained layout: it makes room for every title, the figure's too
+  (tight_layout lets a suptitle overlap the first row)."""
+  return plt.subplots(*args, layout='constrained', **kwargs)
 
 
 def _save(fig, path: str, title: str = '') -> str:
   if title:
     fig.suptitle(title, wrap=True)  # a grid of one or two tiles is narrower than its title
-  fig.tight_layout()
   fig.savefig(path, dpi=DPI)
   plt.close(fig)
   return path
 
 
+def grid_shape(n: int, max_columns: int) -> Tuple[int, int]:
+  """(rows, columns) for `n` tiles: the fewest empty cells, then the squarest, never taller than
+  wide; past max_columns**2 tiles, rows of max_columns."""
+  shapes = [
+      (math.ceil(n / columns), columns)
+      for columns in range(1, max(min(n, max_columns), 1) + 1)
+      if math.ceil(n / columns) <= columns
+  ]
+  if not shapes:
+    return math.ceil(n / max_columns), max_columns
+  return min(shapes, key=lambda s: (s[0] * s[1] - n, s[1] - s[0]))
+
+
 def _tiles(n: int, max_columns: int, width: float, height: float, extra: float):
-  """A figure of `n` axes in rows of at most `max_columns`, `width` x `height` inches each,
-  `extra` inches for titles; returns (figure, the first n axes); the axes have no frame."""
-  columns = max(min(n, max_columns), 1)
-  rows = math.ceil(n / columns)
-  fig, axes = plt.subplots(
+  """A figure of `n` axes laid out by `grid_shape`, `width` x `height` inches each, `extra`
+  inches for titles; returns (figure, the first n axes); the axes have no frame and the cells
+  past `n` no axes."""
+  rows, columns = grid_shape(n, max_columns)
+  fig, axes = _figure(
       rows, columns, figsize=(width * columns, height * rows + extra), squeeze=False
   )
-  for ax in axes.flat:
+  for ax in axes.flat[n:]:
+    ax.remove()
+  for ax in axes.flat[:n]:
     ax.axis('off')
   return fig, axes.flat[:n]
+
+
+def _readable_limits(ax, values: Sequence[float], span: float, bounds=(None, None)):
+  """Widens the y range to at least `span` (within `bounds`) and turns off matplotlib's offset:
+  a flat curve would otherwise get ticks like 0.50075 (or +5e-1 above the axis)."""
+  low, high = float(np.nanmin(values)), float(np.nanmax(values))
+  if high - low < span:
+    middle = (low + high) / 2
+    low, high = middle - span / 2, middle + span / 2
+    if bounds[0] is not None and low < bounds[0]:
+      low, high = bounds[0], bounds[0] + span
+    if bounds[1] is not None and high > bounds[1]:
+      low, high = bounds[1] - span, bounds[1]
+    margin = 0.05 * span
+    ax.set_ylim(low - margin, high + margin)
+  ax.ticklabel_format(axis='y', useOffset=False, style='plain')
 
 
 def training_curves(
@@ -47,10 +84,17 @@ def training_curves(
   `lr_changes`: (first epoch at the new rate, new rate) pairs.
   """
   epochs = [r['epoch'] for r in rows]
-  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+  fig, axes = _figure(1, 2, figsize=(12, 4.5))
   for ax, metric in zip(axes, ('accuracy', 'loss')):
-    ax.plot(epochs, [r[metric] for r in rows], 'o-', ms=3, label=f'train {metric}')
-    ax.plot(epochs, [r[f'val_{metric}'] for r in rows], 's-', ms=3, label=f'validation {metric}')
+    train_values = [r[metric] for r in rows]
+    val_values = [r[f'val_{metric}'] for r in rows]
+    ax.plot(epochs, train_values, 'o-', ms=3, label=f'train {metric}')
+    ax.plot(epochs, val_values, 's-', ms=3, label=f'validation {metric}')
+    values = train_values + val_values
+    if metric == 'accuracy':  # a tenth of the [0, 1] scale at least
+      _readable_limits(ax, values, 0.1, bounds=(0.0, 1.0))
+    else:  # a tenth of the loss at least
+      _readable_limits(ax, values, 0.1 * max(abs(v) for v in values) or 0.1)
     for epoch, lr in lr_changes:
       ax.axvline(epoch - 0.5, color='gray', ls=':', lw=1)
       ax.annotate(
@@ -73,10 +117,21 @@ def training_curves(
 
 
 def class_probabilities(
-    probabilities: Sequence[float], class_names: Sequence[str], path: str, title: str
+    image: np.ndarray,
+    probabilities: Sequence[float],
+    class_names: Sequence[str],
+    path: str,
+    title: str,
 ) -> str:
-  """A bar chart of one image's class probabilities."""
-  fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(class_names)), 3.5))
+  """The image (uint8 [H, W, C]) beside a bar chart of its class probabilities."""
+  fig, (picture, ax) = _figure(
+      1,
+      2,
+      figsize=(3.5 + max(4, 1.2 * len(class_names)), 3.5),
+      width_ratios=(3.5, max(4, 1.2 * len(class_names))),
+  )
+  picture.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap='gray')
+  picture.axis('off')
   bars = ax.bar(list(class_names), probabilities, color='tab:blue')
   ax.bar_label(bars, fmt='%.4f')
   ax.set_ylim(0, 1.1)
@@ -94,12 +149,41 @@ def image_grid(
     max_columns: int = 10,
     title_colors: Optional[Sequence[str]] = None,
 ) -> str:
-  """uint8 images ([H, W, 3] or [H, W, 1]) tiled with a title each."""
-  fig, axes = _tiles(len(images), max_columns, 2.2, 2.4, 0.4)
+  """uint8 images ([H, W, 3] or [H, W, 1]) tiled with a title each (`grid_shape`)."""
+  fig, axes = _tiles(len(images), max_columns, 2.2, 2.6, 0.5)
   for i, (ax, image, title) in enumerate(zip(axes, images, titles)):
-    ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap='gray')
-    ax.set_title(title, fontsize=7, color=title_colors[i] if title_colors else 'black')
+    _show(ax, image)
+    ax.set_title(title, fontsize=9, color=title_colors[i] if title_colors else 'black')
   return _save(fig, path, suptitle)
+
+
+def _show(ax, image: np.ndarray):
+  # Small images keep their pixels square and sharp when drawn larger than they are.
+  interpolation = 'nearest' if max(image.shape[:2]) < 100 else 'antialiased'
+  if image.shape[-1] == 1:  # grey on the 0-255 scale, not stretched to its own range
+    ax.imshow(image[..., 0], cmap='gray', vmin=0, vmax=255, interpolation=interpolation)
+  else:
+    ax.imshow(image, interpolation=interpolation)
+
+
+def augmentation_preview(
+    original: np.ndarray, augmented: Sequence[np.ndarray], path: str, title: str
+):
+  """The original image, framed and titled 'original', then each augmentation of it, numbered."""
+  fig, axes = _tiles(1 + len(augmented), 5, 2.2, 2.4, 0.6)
+  for i, (ax, image) in enumerate(zip(axes, [original, *augmented])):
+    _show(ax, image)
+    if i == 0:
+      ax.axis('on')  # the frame marks it
+      ax.set_xticks([])
+      ax.set_yticks([])
+      for spine in ax.spines.values():
+        spine.set_color(ORIGINAL_COLOUR)
+        spine.set_linewidth(4)
+      ax.set_title('original', fontsize=10, color=ORIGINAL_COLOUR, fontweight='bold')
+    else:
+      ax.set_title(f'augmented {i}', fontsize=10)
+  return _save(fig, path, title)
 
 
 def channel_grid(feature_map: np.ndarray, path: str, title: str, max_columns: int = 16) -> str:
@@ -131,7 +215,7 @@ def learning_rate_range(
 ) -> str:
   """The range test: the whole loss curve against learning rate (log scale), its lowest point,
   where it stopped (divergence), and the suggestions."""
-  fig, ax = plt.subplots(figsize=(8, 5))
+  fig, ax = _figure(figsize=(8, 5))
   ax.plot(lrs, losses, color='lightgray', lw=1, label='loss per step')
   ax.plot(lrs, smoothed, color='tab:blue', lw=2, label='smoothed loss')
   lowest = int(np.argmin(np.abs(lrs - lowest_lr)))
@@ -156,7 +240,7 @@ def learning_rate_range(
 
 def validation_curves(variants: Dict[str, List[Sequence[float]]], path: str) -> str:
   """Validation accuracy per epoch of every variant: the mean over seeds, their range as a band."""
-  fig, ax = plt.subplots(figsize=(10, 6))
+  fig, ax = _figure(figsize=(10, 6))
   for name, seeds in variants.items():
     length = min(len(s) for s in seeds)
     values = np.asarray([s[:length] for s in seeds])

@@ -5,6 +5,7 @@ through the model's own preprocessing (the one bound to its weights).
 """
 
 import csv
+import hashlib
 import os
 import re
 from typing import Dict, List, Optional, Sequence
@@ -18,12 +19,41 @@ from catsdogs_jax.tools import plots
 from catsdogs_jax.tools.evaluate import predictions, restore_for_inference
 from catsdogs_jax.training.config_checks import ConfigError
 
-PREDICTIONS_CSV = 'predictions.csv'
-KAGGLE_CSV = 'submission.csv'
-GRID_PNG = 'predictions.png'
-BARS_PNG = 'prediction.png'
+# Output files, named after the inputs (`output_name`): predicting other photos never
+# overwrites the results of earlier ones.
+PREDICTIONS_CSV = 'predictions_{name}.csv'
+KAGGLE_CSV = 'submission_{name}.csv'
+GRID_PNG = 'predictions_{name}.png'
+BARS_PNG = 'prediction_{name}.png'
 MAX_GRID = 100
 DOG_NAMES = ('dog', 'dogs')
+
+
+def output_name(specs: Sequence[str]) -> str:
+  """The name of what `--images` points at, for file names: a folder's or a file's own name
+  ('test1', 'cat.12'); globs and several inputs add a short hash of the exact inputs, so two
+  different sets of photos never share a name."""
+  parts = []
+  for spec in specs:
+    path = os.path.normpath(os.path.expanduser(spec))
+    base = os.path.basename(path)
+    if any(c in base for c in '*?['):
+      base = f'{os.path.basename(os.path.dirname(path))}_{base}'
+    elif os.path.isfile(path):
+      base = os.path.splitext(base)[0]
+    parts.append(re.sub(r'[^A-Za-z0-9._-]+', '_', base).strip('._') or 'images')
+  name = '+'.join(parts)[:48]
+  if len(specs) > 1 or any(c in ''.join(specs) for c in '*?[') or len('+'.join(parts)) > 48:
+    digest = hashlib.sha256('\0'.join(specs).encode()).hexdigest()[:6]
+    name = f'{name}-{digest}'
+  return name
+
+
+def _replacing(path: str) -> str:
+  """`path`, saying so when it replaces an earlier file (the same inputs predicted again)."""
+  if os.path.exists(path):
+    logging.warning('replacing %s (written earlier for the same --images)', path)
+  return path
 
 
 def kaggle_id(path: str) -> str:
@@ -59,16 +89,17 @@ def _thumbnail(path: str, size: int = 200) -> np.ndarray:
     return np.asarray(image)
 
 
-def write_pictures(paths, probs, class_names, out_dir: str) -> List[str]:
-  """One image: a bar chart of its probabilities. Always: a grid of up to 100 images."""
+def write_pictures(paths, probs, class_names, out_dir: str, name: str) -> List[str]:
+  """One image: it beside a bar chart of its probabilities. Always: a grid of up to 100 images."""
   labels = probs.argmax(axis=1)
   written = []
   if len(paths) == 1:
     written.append(
         plots.class_probabilities(
+            _thumbnail(paths[0]),
             probs[0],
             class_names,
-            os.path.join(out_dir, BARS_PNG),
+            _replacing(os.path.join(out_dir, BARS_PNG.format(name=name))),
             f'{os.path.basename(paths[0])}: {class_names[labels[0]]} {probs[0, labels[0]]:.4f}',
         )
     )
@@ -80,7 +111,7 @@ def write_pictures(paths, probs, class_names, out_dir: str) -> List[str]:
               f'{class_names[labels[i]]} {probs[i, labels[i]]:.4f}\n{os.path.basename(paths[i])[:24]}'
               for i in shown
           ],
-          os.path.join(out_dir, GRID_PNG),
+          _replacing(os.path.join(out_dir, GRID_PNG.format(name=name))),
           suptitle=f'Predictions (label, probability) of the first {len(shown)} of {len(paths)} images',
       )
   )
@@ -95,7 +126,8 @@ def predict_images(
     kaggle: bool = False,
     pictures: bool = False,
 ) -> Dict[str, np.ndarray]:
-  """Predicts every image of `specs`; writes predictions.csv (and submission.csv, PNGs)."""
+  """Predicts every image of `specs`; writes predictions_NAME.csv (and submission_NAME.csv, PNGs),
+  NAME from `output_name(specs)`."""
   from catsdogs_jax.data import folders, input_pipeline
 
   if not specs:
@@ -110,12 +142,13 @@ def predict_images(
   probs = predictions(exp, state, pipeline).probabilities
   paths = [str(p) for p in files.paths]
   labels = probs.argmax(axis=1)
+  name = output_name(specs)
   if jax.process_index() == 0:
     for path, label, p in zip(paths, labels, probs):
       print(f'{names[label]} {p[label]:.4f} {path}')
     written = [
         write_csv(
-            os.path.join(workdir, PREDICTIONS_CSV),
+            _replacing(os.path.join(workdir, PREDICTIONS_CSV.format(name=name))),
             ['path', 'label', 'probability', *names],
             [
                 [path, names[label], f'{p[label]:.6f}', *(f'{q:.6f}' for q in p)]
@@ -127,9 +160,10 @@ def predict_images(
       rows = [[kaggle_id(path), f'{p[dog]:.6f}'] for path, p in zip(paths, probs)]
       if all(r[0].isdigit() for r in rows):
         rows.sort(key=lambda r: int(r[0]))
-      written.append(write_csv(os.path.join(workdir, KAGGLE_CSV), ['id', 'label'], rows))
+      path = _replacing(os.path.join(workdir, KAGGLE_CSV.format(name=name)))
+      written.append(write_csv(path, ['id', 'label'], rows))
     if pictures:
-      written += write_pictures(paths, probs, names, workdir)
+      written += write_pictures(paths, probs, names, workdir, name)
     logging.info(
         'predicted %d image%s with the checkpoint at step %d; wrote %s',
         len(paths),

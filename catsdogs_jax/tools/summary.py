@@ -1,6 +1,10 @@
-"""--mode=summary: a config's model, layer by layer, without data, weights or a workdir."""
+"""--mode=summary: a config's model, layer by layer, without data, weights or a workdir; a
+config and its augmentation in a few words."""
+
+from typing import List
 
 from catsdogs_jax import models
+from catsdogs_jax.data import augment
 from catsdogs_jax.models.summary import model_summary
 from catsdogs_jax.training import config_checks
 from catsdogs_jax.training.optimizers import is_frozen
@@ -20,11 +24,20 @@ def config_summary(config) -> str:
   )
 
 
-def _augmentation(config) -> str:
-  on = [
-      k for k, v in config.augment.items() if k not in ('fill_mode', 'cval', 'interpolation') and v
-  ]
-  return f'augment {", ".join(on)}' if on else 'no augmentation'
+def describe_augmentation(cfg) -> str:
+  """The active settings in a few words ('rotation 40, zoom 0.2, horizontal flip; fill nearest')."""
+  parts: List[str] = []
+  for field in augment.RANDOM_FIELDS:
+    value, name = cfg[field], field.replace('_range', '').replace('_', ' ')
+    if value is True:
+      parts.append(name)
+    elif isinstance(value, (tuple, list)):
+      parts.append(f'{name} {"-".join(f"{v:g}" for v in value)}')
+    elif value:
+      parts.append(f'{name} {value:g}')
+  if not parts:
+    return 'no random transform'
+  return ', '.join(parts) + f'; fill {cfg.fill_mode}'
 
 
 def config_overview(config, source: str = '', overrides=None) -> str:
@@ -37,7 +50,7 @@ def config_overview(config, source: str = '', overrides=None) -> str:
       f'loss {config.loss}; data {d.dataset} (train {d.train_split}, validation '
       f'{d.eval_split}, test {d.test_split})',
       f'  {o.name} lr {o.learning_rate:g} ({s.name}), batch {config.batch_size}, '
-      f'{config.num_epochs} epochs, {_augmentation(config)}'
+      f'{config.num_epochs} epochs, augment: {describe_augmentation(config.augment)}'
       + (f', init_from {config.init_from}' if config.init_from else ''),
   ]
   return '\n'.join(lines)

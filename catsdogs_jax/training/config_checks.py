@@ -55,8 +55,10 @@ def validate_config(config, num_devices: int = None):
   _choice(config.augment.fill_mode, augment.FILL_MODES, 'augment.fill_mode')
   _choice(config.augment.interpolation, augment.INTERPOLATIONS, 'augment.interpolation')
   for field in augment.RANDOM_FIELDS:
-    if config.augment[field] < 0:
-      raise ConfigError(f'config.augment.{field} must be >= 0, got {config.augment[field]}.')
+    value = config.augment[field]
+    if isinstance(value, (int, float)) and value < 0:  # crop_scale, a pair: _check_crop
+      raise ConfigError(f'config.augment.{field} must be >= 0, got {value}; 0 turns it off.')
+  _check_crop(config.augment)
   if config.model.head == 'dense' and not config.model.pooling:
     raise ConfigError(
         "config.model.head='dense' is a dense layer on the pooled base; set "
@@ -110,6 +112,7 @@ def validate_config(config, num_devices: int = None):
     )
   if config.checkpoint.keep < 1:
     raise ConfigError(f'config.checkpoint.keep must be at least 1, got {config.checkpoint.keep}.')
+  _check_training_options(config)
   try:
     create_model(config)
   except ValueError as e:
@@ -119,6 +122,66 @@ def validate_config(config, num_devices: int = None):
     raise ConfigError(
         f'config.batch_size={config.batch_size} is not divisible by the '
         f'{num_devices} devices; use a multiple of {num_devices}.'
+    )
+
+
+def _pair(value):
+  """(low, high) as floats when `value` is a pair of numbers with low <= high, else None."""
+  try:
+    low, high = (float(v) for v in value)
+  except (TypeError, ValueError):
+    return None
+  return (low, high) if low <= high else None
+
+
+def _check_crop(cfg):
+  """The random resized crop's ranges: area fractions in (0, 1], positive aspect ratios."""
+  if cfg.crop_scale is not None:
+    scale = _pair(cfg.crop_scale)
+    if scale is None or not 0 < scale[0] <= scale[1] <= 1:
+      raise ConfigError(
+          f'config.augment.crop_scale={cfg.crop_scale} must be (min, max) area fractions with '
+          '0 < min <= max <= 1; use e.g. --config.augment.crop_scale="(0.08, 1.0)" '
+          "(torchvision's), or None for no crop."
+      )
+  ratio = _pair(cfg.crop_ratio)
+  if ratio is None or not 0 < ratio[0]:
+    raise ConfigError(
+        f'config.augment.crop_ratio={cfg.crop_ratio} must be (min, max) aspect ratios '
+        '(width / height) with 0 < min <= max; the default is (3/4, 4/3).'
+    )
+
+
+def _check_training_options(config):
+  """Label smoothing, mixup / CutMix and the weights' average: values that mean something."""
+  ls = config.label_smoothing
+  if not 0 <= ls < 1:
+    raise ConfigError(
+        f'config.label_smoothing={ls} must be in [0, 1) (the weight moved from the true class '
+        'to the uniform distribution); use e.g. 0.1, or 0 for off.'
+    )
+  mix = config.mixup
+  for field in ('mixup_alpha', 'cutmix_alpha'):
+    if mix[field] < 0:
+      raise ConfigError(
+          f"config.mixup.{field}={mix[field]} must be >= 0 (the Beta distribution's alpha); "
+          'use e.g. 0.8 for mixup, 1.0 for CutMix, or 0 for off.'
+      )
+  for field in ('prob', 'switch_prob'):
+    if not 0 <= mix[field] <= 1:
+      raise ConfigError(
+          f'config.mixup.{field}={mix[field]} is a probability: use a value in [0, 1].'
+      )
+  ema = config.ema
+  if not 0 <= ema.decay < 1:
+    raise ConfigError(
+        f'config.ema.decay={ema.decay} must be in [0, 1) (1 would never move from the initial '
+        'weights); use e.g. 0.999, or 0 for off.'
+    )
+  if ema.warmup_power < 0:
+    raise ConfigError(
+        f"config.ema.warmup_power={ema.warmup_power} must be >= 0; use 0.75 (timm's for runs "
+        'under a million steps), or 0 for no warm-up.'
     )
 
 

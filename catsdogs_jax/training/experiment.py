@@ -16,7 +16,8 @@ from catsdogs_jax.data import augment, preprocessing
 from catsdogs_jax.models import abstract_variables, summary
 from catsdogs_jax.runtime import checkpointing, parallel, workdir_files
 from catsdogs_jax.training import config_checks, optimizers
-from catsdogs_jax.training.train_state import abstract_state, make_init_fn
+from catsdogs_jax.training.steps import mixup_enabled
+from catsdogs_jax.training.train_state import abstract_state, ema_enabled, make_init_fn
 from catsdogs_jax.weights import loading
 
 
@@ -55,7 +56,10 @@ class Experiment:
       return state
     initialised = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
     merged = loading.merge_variables(initialised, self.loaded, self.config.dont_load)
-    return state.replace(**jax.device_put(merged, parallel.replicated(self.mesh)))
+    state = state.replace(**jax.device_put(merged, parallel.replicated(self.mesh)))
+    if state.ema:  # the average starts at the loaded weights (its own copy: buffers are donated)
+      state = state.replace(ema=jax.device_put(merged, parallel.replicated(self.mesh)))
+    return state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +100,12 @@ def _feature_extraction(config, loaded: Optional[loading.LoadedWeights], info, m
         "config.features.enabled computes each image's features once, so it cannot augment; "
         'turn config.augment off, or train end to end (configs/vgg16_frozen_aug.py).'
     )
+  if mixup_enabled(config.mixup):
+    raise config_checks.ConfigError(
+        'config.features.enabled trains on cached features, not images, so it cannot mix '
+        'images; set config.mixup.mixup_alpha and config.mixup.cutmix_alpha to 0, or train '
+        'end to end.'
+    )
   if config.eval_flip:
     raise config_checks.ConfigError(
         'config.features.enabled evaluates cached features of the unmirrored images, so '
@@ -135,7 +145,9 @@ def _state_signature(config, steps_per_epoch: int, input_shape) -> tuple:
     model = models.create_model(config)
     input_shape = models.input_shape(config)
   tx, _ = optimizers.create_optimizer(config, steps_per_epoch)
-  init_fn = make_init_fn(model, tx, optimizers.create_plateau(config), input_shape)
+  init_fn = make_init_fn(
+      model, tx, optimizers.create_plateau(config), input_shape, ema=ema_enabled(config)
+  )
   shapes = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
   return jax.tree.structure(shapes), [(x.shape, x.dtype) for x in jax.tree.leaves(shapes)]
 
@@ -182,7 +194,7 @@ def build(
     loaded = None  # the weights went into the base; the head starts fresh
   tx, schedule = optimizers.create_optimizer(resolved, steps_per_epoch)
   plateau = optimizers.create_plateau(resolved)
-  init_fn = make_init_fn(model, tx, plateau, input_shape)
+  init_fn = make_init_fn(model, tx, plateau, input_shape, ema=ema_enabled(resolved))
   abstract = abstract_state(init_fn, mesh, resolved.seed)
   if loaded is not None:  # fails listing what differs, before any training
     loading.merge_variables(

@@ -75,7 +75,11 @@ class SkippedSteps(metrics.Metric):
 
 @flax.struct.dataclass
 class TrainMetrics(metrics.Collection):
-  """Averages over the examples of applied steps (`mask`: 0 on a skipped step's examples)."""
+  """Averages over the examples of applied steps (`mask`: 0 on a skipped step's examples).
+
+  The loss is the one trained (smoothed, mixed targets); under mixup / CutMix an example's
+  accuracy counts against its dominant label (lam >= 1/2: its own, else its partner's).
+  """
 
   loss: metrics.Average.from_output('loss')
   accuracy: metrics.Average.from_output('accuracy')

@@ -15,6 +15,11 @@ from catsdogs_jax.runtime import parallel
 from catsdogs_jax.training import losses
 from catsdogs_jax.training.metrics import EvalMetrics, TrainMetrics
 from catsdogs_jax.training.optimizers import frozen_mask, is_frozen
+from catsdogs_jax.training.train_state import ema_decay, update_ema
+
+# fold_in(key, n) is split's n-th key under JAX's partitionable threefry: mixing draws
+# from a number far from the indices that split (dropout, augmentation) hands out.
+_MIX_STREAM = 0x6D697800
 
 
 def model_variables(state, params=None):
@@ -26,21 +31,123 @@ def model_variables(state, params=None):
   return variables
 
 
+def inference_variables(state):
+  """The variables validation, evaluation and prediction apply: the average of the weights
+  when the state keeps one (config.ema), else the weights themselves."""
+  if not state.ema:
+    return model_variables(state)
+  return model_variables(state.replace(batch_stats=state.ema['batch_stats']), state.ema['params'])
+
+
+# ----- mixup and CutMix (timm's Mixup in its 'batch' mode: one lam per batch, each example
+# paired with the one at the mirrored position of the batch).
+
+
+def mixup_enabled(cfg) -> bool:
+  return bool(cfg.mixup_alpha) or bool(cfg.cutmix_alpha)
+
+
+def mixup(images, targets, lam):
+  """Each example and its partner in the reversed batch blended with weights lam, 1 - lam."""
+  blend = lambda x: lam * x + (1.0 - lam) * x[::-1]
+  return blend(images), blend(targets)
+
+
+def cutmix_box(key, lam, height: int, width: int):
+  """timm's CutMix box (top, bottom, left, right), rows and columns [top, bottom) x [left,
+  right): sides floor(size * sqrt(1 - lam)) about a uniform centre, clipped to the image."""
+  ratio = jnp.sqrt(1.0 - lam)
+  cut_h = jnp.floor(height * ratio).astype(jnp.int32)
+  cut_w = jnp.floor(width * ratio).astype(jnp.int32)
+  key_y, key_x = jax.random.split(key)
+  cy = jax.random.randint(key_y, (), 0, height)
+  cx = jax.random.randint(key_x, (), 0, width)
+  top, bottom = jnp.clip(cy - cut_h // 2, 0, height), jnp.clip(cy + cut_h // 2, 0, height)
+  left, right = jnp.clip(cx - cut_w // 2, 0, width), jnp.clip(cx + cut_w // 2, 0, width)
+  return top, bottom, left, right
+
+
+def cutmix(images, targets, box):
+  """`box` of every [B, H, W, C] image replaced by its partner's; returns (images, targets,
+  lam), lam being the fraction of each image left unpasted (timm's correct_lam)."""
+  height, width = images.shape[1:3]
+  top, bottom, left, right = box
+  rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
+  inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+  mixed = jnp.where(inside[None, :, :, None], images[::-1], images)
+  area = jnp.asarray((bottom - top) * (right - left), jnp.float32)
+  lam = 1.0 - area / (height * width)
+  return mixed, lam * targets + (1.0 - lam) * targets[::-1], lam
+
+
+def _symmetric_beta(key, alpha):
+  """A draw of Beta(alpha, alpha): X / (X + Y) of two Gamma(alpha) variates, drawn together
+  (one rejection sampler in the compiled step rather than jax.random.beta's two)."""
+  log_gamma = jax.random.loggamma(key, alpha, (2,))
+  return jnp.exp(log_gamma[0] - jax.nn.logsumexp(log_gamma))
+
+
+def mix_batch(key, images, targets, cfg):
+  """config.mixup on a batch: (images, targets, lam) with lam as the targets use it.
+
+  As timm's Mixup: with probability `prob` the batch is mixed, by CutMix with probability
+  `switch_prob` when both alphas are on (else by the one that is), lam ~ Beta(alpha, alpha)
+  of the chosen one; unmixed, lam is 1 and images and targets come back as they were.
+  """
+  key_apply, key_switch, key_lam, key_box = jax.random.split(key, 4)
+  use_mixup, use_cutmix = bool(cfg.mixup_alpha), bool(cfg.cutmix_alpha)
+  if use_mixup and use_cutmix:
+    chose_cutmix = jax.random.uniform(key_switch) < cfg.switch_prob
+    alpha = jnp.where(chose_cutmix, cfg.cutmix_alpha, cfg.mixup_alpha)
+  else:
+    chose_cutmix = use_cutmix
+    alpha = cfg.cutmix_alpha if use_cutmix else cfg.mixup_alpha
+  lam = _symmetric_beta(key_lam, alpha)
+  lam = jnp.where(jax.random.uniform(key_apply) < cfg.prob, lam, 1.0)
+  # lam 1 leaves the batch as it is: x * 1 + partner * 0, and an empty box.
+  if not use_cutmix:
+    return (*mixup(images, targets, lam), lam)
+  box = cutmix_box(key_box, lam, *images.shape[1:3])
+  cut_images, cut_targets, cut_lam = cutmix(images, targets, box)
+  if not use_mixup:
+    return cut_images, cut_targets, cut_lam
+  mix_images, mix_targets = mixup(images, targets, lam)
+  pick = lambda a, b: jnp.where(chose_cutmix, a, b)
+  return pick(cut_images, mix_images), pick(cut_targets, mix_targets), pick(cut_lam, lam)
+
+
 def _all_finite(tree):
   leaves = jax.tree.leaves(tree)
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def make_train_step(model, tx: optax.GradientTransformation, config):
-  """Returns `train_step(state, batch) -> (state, TrainMetrics, finite)`."""
+  """Returns `train_step(state, batch) -> (state, TrainMetrics, finite)`.
+
+  With config.label_smoothing or config.mixup the loss scores soft targets; without, the
+  integer labels, exactly as before either existed.
+  """
   preprocess = get_preprocessor(config.data.preprocess)
   compute_dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+  mixing = mixup_enabled(config.mixup)
+  soft = mixing or bool(config.label_smoothing)
 
   def train_step(state, batch):
-    dropout_rng, augment_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
+    step_rng = jax.random.fold_in(state.rng, state.step)
+    dropout_rng, augment_rng = jax.random.split(step_rng)
     images = augment.augment_batch(augment_rng, batch['image'], config.augment)
-    images = preprocess(images).astype(compute_dtype)
+    images = preprocess(images)
     labels = batch['label']
+    targets = None
+    if soft:
+      targets = losses.soft_targets(labels, config.data.num_classes, config.label_smoothing)
+    # Train accuracy counts each example against its dominant label (lam >= 1/2: its own).
+    counted = labels
+    if mixing:
+      mix_rng = jax.random.fold_in(step_rng, _MIX_STREAM)
+      images, targets, lam = mix_batch(mix_rng, images, targets, config.mixup)
+      counted = jnp.where(lam >= 0.5, labels, labels[::-1])
+    images = images.astype(compute_dtype)
 
     def loss_fn(params):
       # Frozen parameters are constants here: no gradient flows into them, and
@@ -62,7 +169,10 @@ def make_train_step(model, tx: optax.GradientTransformation, config):
             rngs={'dropout': dropout_rng},
             mutable=['batch_stats'],
         )
-      per_example = losses.per_example_loss(logits, labels, config.loss)
+      if targets is None:
+        per_example = losses.per_example_loss(logits, labels, config.loss)
+      else:
+        per_example = losses.soft_per_example_loss(logits, targets, config.loss)
       return per_example.mean(), (per_example, logits, new_vars)
 
     grads, (per_example, logits, new_vars) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -74,13 +184,21 @@ def make_train_step(model, tx: optax.GradientTransformation, config):
         batch_stats=new_vars.get('batch_stats', state.batch_stats),
         opt_state=opt_state,
     )
+    if state.ema:  # the average follows the weights this step made (a skipped step: below)
+      new_state = new_state.replace(
+          ema=update_ema(
+              state.ema,
+              {'params': new_state.params, 'batch_stats': new_state.batch_stats},
+              ema_decay(config.ema, new_state.step),
+          )
+      )
     finite = jnp.isfinite(per_example).all() & _all_finite(grads)
     skip = (~finite) if config.nan_policy == 'skip' else jnp.zeros((), bool)
     # A skipped update leaves the state as it was; the step (so data order and RNG) moves on.
     new_state = jax.tree.map(
         lambda new, old: jnp.where(skip, old, new), new_state, state.replace(step=state.step + 1)
     )
-    correct = losses.predictions(logits, config.loss) == labels
+    correct = losses.predictions(logits, config.loss) == counted
     metrics = TrainMetrics.single_from_model_output(
         loss=per_example,
         accuracy=correct.astype(jnp.float32),
@@ -98,7 +216,7 @@ def _inference_logits(model, config):
 
   def logits_fn(state, images):
     images = preprocess(images).astype(compute_dtype)
-    variables = model_variables(state)
+    variables = inference_variables(state)
     logits = model.apply(variables, images, train=False)
     if config.eval_flip:  # a cat is a cat in the mirror: average both views' logits
       mirrored = model.apply(variables, images[:, :, ::-1], train=False)

@@ -173,3 +173,20 @@ def test_each_step_draws_new_augmentations_and_evaluation_never_augments():
   assert a0 != a1  # augmentation: a new draw at every step
   assert a0 != p0
   assert eval_augmented == eval_plain
+
+
+def test_crop_jitter_and_the_batch_norm_small_cnn_train_in_the_step():
+  config = override(
+      default.get_config(),
+      **{
+          'augment.crop_scale': (0.3, 1.0),
+          'augment.brightness': 0.4,
+          'augment.contrast': 0.4,
+          'augment.saturation': 0.4,
+          'model.batch_norm': True,
+          'model.pooling': 'avg',
+      },
+  )
+  (a0, a1), evaluation = _losses_over_steps(config)
+  assert np.isfinite([a0, a1, evaluation]).all()
+  assert a0 != a1  # a new crop and jitter at every step

@@ -141,13 +141,14 @@ COLOURS = {
 
 
 @pytest.mark.parametrize('loss', ['sigmoid', 'softmax'])
-def test_predict_writes_the_forced_labels_and_probabilities(image_folder, tmp_path, loss):
+def test_predict_writes_the_forced_labels_and_probabilities(image_folder, tmp_path, loss, caplog):
   config = _forced_config(image_folder, loss)
   workdir = _forced_workdir(config, tmp_path / 'run')
   photos = _colour_folder(tmp_path / 'photos', COLOURS)
   with saved_figures() as figures:
     out = predict.predict_images(config, workdir, [photos], kaggle=True, pictures=True)
-  with open(os.path.join(workdir, predict.PREDICTIONS_CSV)) as f:
+  # Files named after the input folder.
+  with open(os.path.join(workdir, 'predictions_photos.csv')) as f:
     rows = {os.path.basename(r['path']).rsplit('.', 1)[0]: r for r in csv.DictReader(f)}
   assert len(out['paths']) == len(rows) == 4
   for name, rgb in COLOURS.items():
@@ -157,7 +158,7 @@ def test_predict_writes_the_forced_labels_and_probabilities(image_folder, tmp_pa
     assert float(row['cats']) == pytest.approx(1 - p, abs=2e-6)
     assert row['label'] == ('dogs' if p > 0.5 else 'cats')
     assert float(row['probability']) == pytest.approx(max(p, 1 - p), abs=2e-6)
-  with open(os.path.join(workdir, predict.KAGGLE_CSV)) as f:
+  with open(os.path.join(workdir, 'submission_photos.csv')) as f:
     kaggle = list(csv.reader(f))
   assert kaggle[0] == ['id', 'label']
   assert {r[0]: float(r[1]) for r in kaggle[1:]} == pytest.approx(
@@ -169,9 +170,9 @@ def test_predict_writes_the_forced_labels_and_probabilities(image_folder, tmp_pa
       },
       abs=2e-6,
   )
-  # The grid: each image titled with its row of predictions.csv.
-  fig = figures[predict.GRID_PNG]
-  pixels = pixels_of(os.path.join(workdir, predict.GRID_PNG), fig)
+  # The grid: each image titled with its row of the CSV.
+  fig = figures['predictions_photos.png']
+  pixels = pixels_of(os.path.join(workdir, 'predictions_photos.png'), fig)
   tiles = tiles_of(fig)
   assert len(tiles) == 4
   for ax in tiles:
@@ -186,15 +187,26 @@ def test_predict_writes_the_forced_labels_and_probabilities(image_folder, tmp_pa
       os.path.basename(p) for p in out['paths']
   )
 
-  # One image, given as a file and a glob: the bar chart too, each bar as high as its probability.
+  # One image, given as a glob: files of their own (the folder's stay), the bar chart too, beside
+  # the image, each bar as high as its probability.
+  glob = os.path.join(photos, '1*.png')
   with saved_figures() as figures:
-    one = predict.predict_images(config, workdir, [os.path.join(photos, '1*.png')], pictures=True)
+    one = predict.predict_images(config, workdir, [glob], pictures=True)
   assert list(map(os.path.basename, one['paths'])) == ['12.png']
-  fig = figures[predict.BARS_PNG]
-  (ax,) = fig.axes
+  name = predict.output_name([glob])
+  assert re.fullmatch(r'photos_1_.png-[0-9a-f]{6}', name)
+  with open(os.path.join(workdir, f'predictions_{name}.csv')) as f:
+    assert [r['path'] for r in csv.DictReader(f)] == list(one['paths'])
+  with open(os.path.join(workdir, 'predictions_photos.csv')) as f:
+    assert len(list(csv.DictReader(f))) == 4
+  fig = figures[f'prediction_{name}.png']
+  picture, ax = fig.axes
   assert [t.get_text() for t in ax.get_xticklabels()] == ['cats', 'dogs']
   assert ax.get_title() == f'12.png: dogs {_p_dog(COLOURS["12"]):.4f}'
-  pixels = pixels_of(os.path.join(workdir, predict.BARS_PNG), fig)
+  pixels = pixels_of(os.path.join(workdir, f'prediction_{name}.png'), fig)
+  r0, r1, c0, c1 = box_of(picture, fig, margin=3)
+  np.testing.assert_allclose(pixels[r0:r1, c0:c1].reshape(-1, 3).mean(0), COLOURS['12'], atol=2)
+  assert box_of(picture, fig)[3] < box_of(ax, fig)[2]  # side by side
   bars = inside(ax, pixels) & near(pixels, ax.patches[0].get_facecolor(), tolerance=20)
   zero_row = to_pixel(ax, 0, 0)[0]
   for i, p in enumerate([1 - _p_dog(COLOURS['12']), _p_dog(COLOURS['12'])]):
@@ -204,9 +216,36 @@ def test_predict_writes_the_forced_labels_and_probabilities(image_folder, tmp_pa
     assert height == pytest.approx(p, abs=0.01), (i, p)
     assert not len(filled) or filled.max() >= zero_row - 4  # from the axis up (the frame aside)
   # The grid of that one image: its title wraps to the narrow figure.
-  (ax,) = tiles_of(figures[predict.GRID_PNG])
+  (ax,) = tiles_of(figures[f'predictions_{name}.png'])
   assert ax.get_title() == 'dogs 0.9995\n12.png'
-  pixels_of(os.path.join(workdir, predict.GRID_PNG), figures[predict.GRID_PNG])
+  pixels_of(os.path.join(workdir, f'predictions_{name}.png'), figures[f'predictions_{name}.png'])
+  # The same input again: its files are replaced, and the log says so.
+  with caplog.at_level('WARNING'):
+    predict.predict_images(config, workdir, [glob])
+  assert f'replacing {os.path.join(workdir, f"predictions_{name}.csv")}' in caplog.text
+
+
+@pytest.mark.parametrize(
+    'specs, name',
+    [
+        (['runs/photos/'], 'photos'),
+        (['~/test1'], 'test1'),
+        (['a b/c&d'], 'c_d'),
+    ],
+)
+def test_outputs_are_named_after_the_inputs(specs, name):
+  assert predict.output_name(specs) == name
+
+
+def test_different_inputs_never_share_output_names(tmp_path):
+  photo = tmp_path / 'cat.12.jpg'
+  photo.write_bytes(b'')
+  assert predict.output_name([str(photo)]) == 'cat.12'
+  names = {
+      predict.output_name(s)
+      for s in (['x/*.jpg'], ['x/?.jpg'], ['x', 'y'], ['y', 'x'], ['x'], ['a' * 80], ['a' * 81])
+  }
+  assert len(names) == 7
 
 
 def test_evaluate_names_unvalidated_checkpoints_and_the_step_flag(image_folder, tmp_path):
@@ -311,7 +350,7 @@ def test_eval_flip_averages_the_logits_of_an_image_and_its_mirror(tmp_path):
   config = tiny_mlp_config(str(tmp_path), SIZE, loss='softmax')
   model = models.create_model(config)
   variables = model.init(jax.random.PRNGKey(0), np.zeros((1, SIZE, SIZE, 3), np.float32))
-  state = types.SimpleNamespace(params=variables['params'], batch_stats={})
+  state = types.SimpleNamespace(params=variables['params'], batch_stats={}, ema={})
   images = np.random.default_rng(0).integers(0, 256, (4, SIZE, SIZE, 3), dtype=np.uint8)
   plain = make_predict_step(model, config)
   flip = make_predict_step(model, override(config.copy_and_resolve_references(), eval_flip=True))
@@ -412,14 +451,14 @@ def test_feature_maps_are_the_layer_outputs_and_bad_layers_are_refused(
   image = os.path.join(image_folder, 'test', 'dogs', 'dogs.0.jpg')
   written = layer_views.write_feature_maps(config, workdir, ['conv2'], [image])
   assert [os.path.basename(p) for p in written] == ['feature_maps_conv2_dogs.0.png']
-  assert _png_size(written[0]) == (1760, 500)  # 64 channels: 4 rows of 16
+  assert _png_size(written[0]) == (880, 940)  # 64 channels: 8 rows of 8
   with pytest.raises(ConfigError, match="no layer 'block1_conv2'.*conv1, conv2, conv3, conv4"):
     layer_views.write_feature_maps(config, workdir, ['block1_conv2'], [image])
   with pytest.raises(ConfigError, match=r"'dense1' outputs \(None, 512\), not a feature map"):
     layer_views.write_feature_maps(config, workdir, ['dense1'], [image])
 
   path = layer_views.write_filters(config, workdir)
-  assert _png_size(path) == (1280, 220)  # 32 kernels: 2 rows of 16
+  assert _png_size(path) == (640, 380)  # 32 kernels: 4 rows of 8
 
 
 # ----------------------------------------------------------------- lr_find

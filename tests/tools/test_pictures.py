@@ -54,11 +54,19 @@ def pixels_of(path, fig):
     assert image.format == 'PNG'
     pixels = np.asarray(image.convert('RGB'))
   assert pixels.shape[:2] == (round(fig.bbox.height), round(fig.bbox.width))
-  for text in [fig._suptitle, *fig.texts, *(ax.title for ax in fig.axes)]:
-    if text is not None and text.get_text():
-      box = text.get_window_extent()
-      assert box.x0 >= 0 and box.y0 >= 0, text.get_text()
-      assert box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height, text.get_text()
+  titles = [fig._suptitle, *fig.texts, *(ax.title for ax in fig.axes)]
+  titles = list({id(t): t for t in titles if t is not None and t.get_text()}.values())
+  for text in titles:
+    box = text.get_window_extent()
+    assert box.x0 >= 0 and box.y0 >= 0, text.get_text()
+    assert box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height, text.get_text()
+  # Nothing overlaps a title: another title, or any axes' drawing area (a tile, a plot).
+  for i, text in enumerate(titles):
+    box = text.get_window_extent().padded(-1)
+    for other in titles[i + 1 :]:
+      assert not box.overlaps(other.get_window_extent()), (text.get_text(), other.get_text())
+    for ax in fig.axes:
+      assert not box.overlaps(ax.get_window_extent()), (text.get_text(), ax)
   return pixels
 
 
@@ -438,36 +446,22 @@ def _source(height=20, width=24):
   return image.astype(np.uint8)
 
 
-def _preview_tiles(grid, shape, count, columns=3, gap=4):
-  h, w = shape
-  rows = -(-count // columns)
-  assert grid.shape == (rows * (h + gap) - gap, columns * (w + gap) - gap, 3)
-  tiles = []
-  for i in range(count):
-    r, c = divmod(i, columns)
-    tiles.append(grid[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w])
-  return tiles
-
-
 def _augment(**fields):
   return override(default.get_config(), **{f'augment.{k}': v for k, v in fields.items()}).augment
 
 
 def test_preview_shows_the_source_then_each_augmentation_of_it():
   image = _source()
-  # Flips only: every augmented tile is the image or its mirror, and both are drawn.
-  grid = preview.augmentation_grid(image, _augment(horizontal_flip=True), num=8, seed=0)
-  source, *augmented = _preview_tiles(grid, image.shape[:2], 9)
-  np.testing.assert_array_equal(source, image)
+  # Flips only: every augmented copy is the image or its mirror, and both are drawn.
+  augmented = preview.augmented_copies(image, _augment(horizontal_flip=True), num=8, seed=0)
+  assert augmented.shape == (8, *image.shape) and augmented.dtype == np.uint8
   mirrored = [np.array_equal(t, image[:, ::-1]) for t in augmented]
   assert all(m or np.array_equal(t, image) for m, t in zip(mirrored, augmented))
   assert 0 < sum(mirrored) < 8
-  # Whole-pixel shifts, nearest pixel outside: each tile is the image moved sideways.
-  grid = preview.augmentation_grid(
+  # Whole-pixel shifts, nearest pixel outside: each copy is the image moved sideways.
+  augmented = preview.augmented_copies(
       image, _augment(width_shift_range=4.0, interpolation='nearest'), num=8, seed=0
   )
-  source, *augmented = _preview_tiles(grid, image.shape[:2], 9)
-  np.testing.assert_array_equal(source, image)
   shifts = []
   for tile in augmented:
     moved = [
@@ -476,11 +470,9 @@ def test_preview_shows_the_source_then_each_augmentation_of_it():
     assert len(moved) == 1
     shifts += moved
   assert len(set(shifts)) > 2
-  # The tutorial's settings: no tile is the image or another tile, each is still the image
+  # The tutorial's settings: no copy is the image or another copy, each is still the image
   # resampled (its colours between the image's own, as smooth as it), not blank.
-  grid = preview.augmentation_grid(image, small_cnn_aug.get_config().augment, num=8, seed=0)
-  source, *augmented = _preview_tiles(grid, image.shape[:2], 9)
-  np.testing.assert_array_equal(source, image)
+  augmented = preview.augmented_copies(image, small_cnn_aug.get_config().augment, num=8, seed=0)
   roughness = lambda t: np.abs(np.diff(t, axis=0)).mean() + np.abs(np.diff(t, axis=1)).mean()
   flat = [t.astype(np.float32) for t in augmented]
   for i, tile in enumerate(flat):
@@ -489,21 +481,103 @@ def test_preview_shows_the_source_then_each_augmentation_of_it():
     assert (tile >= image.min(axis=(0, 1))).all() and (tile <= image.max(axis=(0, 1))).all()
     assert roughness(tile) < 3 * roughness(image.astype(np.float32))
     assert tile.std() > 20
-  # White gaps between tiles.
-  assert (grid[20:24] == 255).all() and (grid[:, 24:28] == 255).all()
 
 
-def test_preview_writes_the_first_training_image_and_its_augmentations(image_folder, tmp_path):
+def test_preview_writes_the_first_training_image_marked_then_its_augmentations(
+    image_folder, tmp_path
+):
   config = tiny_config(image_folder)
   config.augment = small_cnn_aug.get_config().augment
-  path = preview.write_preview(config, str(tmp_path), num=5)
-  with Image.open(path) as picture:
-    grid = np.asarray(picture)
+  with saved_figures() as figures:
+    path = preview.write_preview(config, str(tmp_path), num=5)
+  fig = figures[preview.PREVIEW_FILE]
+  pixels = pixels_of(path, fig)
   first = next(ImagePipeline(config, 'train', ('cats', 'dogs')).eval_batches())['image'][0]
-  np.testing.assert_array_equal(
-      grid, preview.augmentation_grid(first, config.augment, num=5, seed=config.seed)
+  expected = [first, *preview.augmented_copies(first, config.augment, num=5, seed=config.seed)]
+  tiles = tiles_of(fig)
+  assert len(tiles) == len(fig.axes) == 6  # 2 rows of 3: no empty cell
+  assert len({round(ax.get_position().y0, 3) for ax in tiles}) == 2
+  assert [ax.get_title() for ax in tiles] == ['original'] + [f'augmented {i}' for i in range(1, 6)]
+  # Each tile shows its image, every pixel of it (48 px drawn at about 200 px, nearest pixel;
+  # the original's edge pixels lie under its frame).
+  for ax, image in zip(tiles, expected):
+    shown = cell_colours(ax, pixels, (48, 48))
+    np.testing.assert_allclose(shown[1:-1, 1:-1], image[1:-1, 1:-1], atol=2)
+  assert all(np.abs(t.astype(np.float32) - first).mean() > 2 for t in expected[1:])
+  # The original is framed in its colour (the 2 pixel rows above and below it); the
+  # augmentations are not.
+  for ax, framed in zip(tiles, [True] + [False] * 5):
+    r0, r1, c0, c1 = box_of(ax, fig)
+    edges = np.concatenate([pixels[r0 - 3 : r0 - 1, c0:c1], pixels[r1 + 1 : r1 + 3, c0:c1]])
+    share = near(edges, plots.ORIGINAL_COLOUR, tolerance=30).mean()
+    assert share > 0.95 if framed else share == 0, share
+  # The title says the size and the settings.
+  assert fig._suptitle.get_text() == (
+      'Augmentation at 48x48 px: rotation 40, width shift 0.2, height shift 0.2, shear 0.2, '
+      'zoom 0.2, horizontal flip; fill nearest'
   )
-  source, *augmented = _preview_tiles(grid, (48, 48), 6)
-  np.testing.assert_array_equal(source, first)
-  assert all(np.abs(t.astype(np.float32) - first).mean() > 2 for t in augmented)
   assert augment.is_enabled(config.augment)
+
+
+# ----------------------------------------------------------------- layout
+
+
+@pytest.mark.parametrize(
+    'count, shape',
+    [
+        (1, (1, 1)),
+        (3, (1, 3)),
+        (4, (2, 2)),
+        (6, (2, 3)),
+        (7, (1, 7)),
+        (9, (3, 3)),
+        (13, (2, 7)),
+        (16, (4, 4)),
+        (100, (10, 10)),
+        (128, (8, 16)),
+        (512, (32, 16)),
+    ],
+)
+def test_grids_have_as_few_empty_cells_as_their_width_allows(count, shape):
+  max_columns = 16 if count > 100 else 10
+  assert plots.grid_shape(count, max_columns) == shape
+
+
+def test_a_grid_of_16_is_4_by_4_with_readable_titles_that_overlap_nothing(tmp_path):
+  images = [np.full((30, 30, 3), 16 * i, np.uint8) for i in range(16)]
+  titles = [f'cats/dogs\nloss {i + 0.123:.3g} p 0.{i:03d}' for i in range(16)]
+  with saved_figures() as figures:
+    path = plots.image_grid(images, titles, str(tmp_path / 'grid.png'), suptitle='Top 16 ' * 12)
+  fig = figures['grid.png']
+  pixels = pixels_of(path, fig)  # no title overlaps another or a tile
+  tiles = tiles_of(fig)
+  assert len(tiles) == len(fig.axes) == 16
+  rows = sorted({round(ax.get_position().y0, 3) for ax in tiles})
+  columns = sorted({round(ax.get_position().x0, 3) for ax in tiles})
+  assert len(rows) == len(columns) == 4
+  assert all(t.title.get_fontsize() >= 9 for t in tiles)
+  # The figure's title is above the first row, each tile shows its grey.
+  top_row = min(box_of(ax, fig)[0] for ax in tiles)
+  assert box_of(fig._suptitle, fig)[1] < top_row
+  for ax, image in zip(tiles, images):
+    r0, r1, c0, c1 = box_of(ax, fig)
+    np.testing.assert_allclose(pixels[(r0 + r1) // 2, (c0 + c1) // 2], image[0, 0], atol=2)
+
+
+def test_flat_curves_get_plain_ticks_and_a_tenth_of_the_scale(tmp_path):
+  rows = log_rows(3)
+  for row in rows:  # accuracy stuck at chance, the loss at log 2
+    row.update(accuracy=0.5, val_accuracy=0.5005, loss=0.6931, val_loss=0.69315)
+  epoch_log.write_csv(str(tmp_path / epoch_log.LOG_CSV), rows)
+  with saved_figures() as figures:
+    path = curves.write_curves(str(tmp_path))
+  fig = figures[curves.CURVES_PNG]
+  pixels_of(path, fig)
+  for ax, span in zip(fig.axes, (0.1, 0.069)):
+    low, high = ax.get_ylim()
+    assert high - low >= span
+    assert ax.yaxis.get_offset_text().get_text() == ''
+    ticks = [t.get_text() for t in ax.get_yticklabels() if low <= t.get_position()[1] <= high]
+    assert len(ticks) >= 3 and all(len(t.split('.')[-1]) <= 3 for t in ticks), ticks
+  accuracy = {ax.get_ylabel(): ax for ax in fig.axes}['accuracy']
+  assert accuracy.get_ylim()[0] < 0.5 < accuracy.get_ylim()[1] <= 1.05

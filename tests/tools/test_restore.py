@@ -59,6 +59,23 @@ def test_a_config_json_this_code_cannot_read_names_the_field(trained, tmp_path):
     workdir_files.read_run_config(str(tmp_path))
 
 
+def test_fields_added_since_a_run_are_at_their_defaults(trained, tmp_path):
+  """A run from before a field existed had its default: that is no difference to refuse."""
+  config, workdir = trained
+  with open(os.path.join(workdir, 'config.json')) as f:
+    saved = json.load(f)
+  del saved['model']['layers'], saved['augment']['interpolation'], saved['eval_flip']
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  workdir_files.check_after_training_config(str(tmp_path), config, {})  # model.* would be refused
+  read = workdir_files.read_run_config(str(tmp_path))
+  assert read.to_dict() == config.copy_and_resolve_references().to_dict()
+  # A changed model field is still refused, by name.
+  changed = config.copy_and_resolve_references()
+  changed.model.dropout_rate = 0.5
+  with pytest.raises(workdir_files.WorkdirError, match=r'model\.dropout_rate: 0\.0 -> 0\.5'):
+    workdir_files.check_after_training_config(str(tmp_path), changed, {})
+
+
 class _Unlabelled:
   """A pipeline of new photos: images and the padding mask, no labels."""
 

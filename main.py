@@ -140,12 +140,8 @@ _OWN_CODE = (
 
 # Orbax warnings about what we asked for: reading checkpoints read only, or weights without
 # Orbax's metadata file (init_from a converted folder).
-_EXPECTED_WARNINGS = (
-    'Given directory is read only',
-    'read_only=True, setting save_interval_steps=0',
-    'Metadata file does not exist',
-    'has no dataset_info.json',  # tfds, looking for a dataset not prepared yet
-)
+_EXPECTED_WARNINGS = ('has no dataset_info.json',)  # tfds, looking for a dataset not prepared yet
+# (Orbax's expected ones are left out where they arise: checkpointing.expected_orbax_warnings_left_out)
 
 
 def _ours_or_warning(record) -> bool:

@@ -189,22 +189,35 @@ def _tfds_num_examples(builder, split: str) -> int:
 # --------------------------------------------------------------------------- describe
 
 
-def describe(config) -> DatasetInfo:
-  """Checks that every split exists and is non-empty; cheap, no decoding."""
+def describe(
+    config, roles: Optional[Sequence[str]] = None, class_names: Optional[Sequence[str]] = None
+) -> DatasetInfo:
+  """Checks that every split exists and is non-empty; cheap, no decoding.
+
+  `roles` limits the check to some of 'train', 'validation', 'test' (default: all);
+  `class_names`, the classes a run trained on, replace a folder's training split as
+  their source, so a folder holding only test photos can be evaluated.
+  """
   keep_tensorflow_off_gpus()
   splits = config_splits(config)
+  if roles is not None:
+    splits = {role: splits[role] for role in roles}
   if is_folder(config.data.dataset):
     root = _folder_root(config)
-    class_names = folders.class_names(root, config.data.train_split)
-    if not class_names:
-      raise DataError(f'Split {config.data.train_split!r} of {root!r} has no label folders.')
+    source = f'the training split {config.data.train_split!r}'
+    if class_names is None:
+      class_names = folders.class_names(root, config.data.train_split)
+      if not class_names:
+        raise DataError(f'Split {config.data.train_split!r} of {root!r} has no label folders.')
+    else:
+      class_names, source = tuple(class_names), 'the run trained on'
     counts = {}
     for role, split in splits.items():
       extra = sorted(set(folders.class_names(root, split)) - set(class_names))
       if extra:
         raise DataError(
-            f'Split {split!r} of {root!r} has labels {extra} that the '
-            f'training split {config.data.train_split!r} lacks ({list(class_names)}).'
+            f'Split {split!r} of {root!r} has labels {extra} that {source} lacks '
+            f'({list(class_names)}).'
         )
       counts[role] = len(_folder_split(config, split, class_names).paths)
     return DatasetInfo(class_names, counts)

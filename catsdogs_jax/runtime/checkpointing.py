@@ -10,6 +10,7 @@ import dataclasses
 import errno
 import glob
 import json
+import logging as std_logging
 import os
 import re
 import shutil
@@ -29,6 +30,34 @@ STATE, HISTORY = 'state', 'history'
 CHECKPOINTS_DIR = 'checkpoints'  # in a workdir: one folder per saved step
 TMP_MARKER = '.orbax-checkpoint-tmp'  # how Orbax names a save still in progress
 DAMAGED_DIR = 'checkpoints_damaged'  # checkpoints that did not restore, kept for inspection
+
+# Orbax warns on every read-only open and on a converted-weights pytree (which has no
+# checkpoint metadata); both are what this project asks for, so they are not the user's to read.
+EXPECTED_ORBAX_WARNINGS = (
+    'Given directory is read only',
+    'read_only=True, setting save_interval_steps=0',
+    'Metadata file does not exist',
+)
+
+
+@contextlib.contextmanager
+def expected_orbax_warnings_left_out():
+  """Within it, Orbax's EXPECTED_ORBAX_WARNINGS are not logged; every other message is.
+
+  A filter on the `absl` logger (Orbax logs through absl), added for the block only, so
+  research scripts that import this module see Orbax's logging unchanged elsewhere.
+  """
+
+  def keep(record) -> bool:
+    message = record.getMessage()
+    return not any(warning in message for warning in EXPECTED_ORBAX_WARNINGS)
+
+  logger = std_logging.getLogger('absl')
+  logger.addFilter(keep)  # a new function each time, so nested blocks each remove their own
+  try:
+    yield
+  finally:
+    logger.removeFilter(keep)
 
 
 class DamagedCheckpointError(WorkdirError):
@@ -167,17 +196,18 @@ class Checkpoints:
         logging.warning(
             'Removing %s: a checkpoint a crash left half-written (never restored).', path
         )
-    options = ocp.CheckpointManagerOptions(
-        best_fn=best_fn,
-        best_mode=mode,
-        preservation_policy=policy,
-        create=not read_only,
-        read_only=read_only,
-        cleanup_tmp_directories=not read_only,
-    )
-    self.manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=(STATE, HISTORY)
-    )
+    with expected_orbax_warnings_left_out():  # the options warn too, when read_only
+      options = ocp.CheckpointManagerOptions(
+          best_fn=best_fn,
+          best_mode=mode,
+          preservation_policy=policy,
+          create=not read_only,
+          read_only=read_only,
+          cleanup_tmp_directories=not read_only,
+      )
+      self.manager = ocp.CheckpointManager(
+          self.directory, options=options, item_names=(STATE, HISTORY)
+      )
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -298,12 +328,13 @@ class Checkpoints:
             for f in dataclasses.fields(abstract_state)
             if f.name not in added
         }
-      restored = self.manager.restore(
-          step,
-          args=ocp.args.Composite(
-              **{STATE: ocp.args.StandardRestore(target), HISTORY: ocp.args.JsonRestore()}
-          ),
-      )
+      with expected_orbax_warnings_left_out():
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                **{STATE: ocp.args.StandardRestore(target), HISTORY: ocp.args.JsonRestore()}
+            ),
+        )
       if added:
         restored = {**restored, STATE: type(abstract_state)(**restored[STATE], **added)}
     except Exception as e:

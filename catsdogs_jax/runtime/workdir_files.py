@@ -1,4 +1,5 @@
-"""What a workdir holds besides its checkpoints: the lock, the run's config, its model's signature.
+"""What a workdir holds besides its checkpoints: the lock, the run's config, its model's signature,
+the classes and split sizes of the data it trained on.
 
 One run per workdir (a lock naming host and process); a re-run with a changed
 config is told what changed, and refused before restoring when the change
@@ -22,6 +23,7 @@ from catsdogs_jax.defaults import get_field, set_fields
 MODEL_FILE = 'model.json'
 CONFIG_FILE = 'config.json'
 LOCK_FILE = 'lock.json'
+DATASET_FILE = 'dataset.json'  # class names and split sizes of the training data
 
 
 class WorkdirError(ValueError):
@@ -166,6 +168,24 @@ def read_run_config(workdir: str):
           f'({type(e).__name__}: {e}); train again, or use the code that wrote it.'
       ) from None
   return config
+
+
+def write_dataset_info(workdir: str, class_names, num_examples: Dict[str, int]):
+  """The classes (in label order) and split sizes training read: after training, evaluation
+  and prediction need no training split (e.g. a folder holding only test photos)."""
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, DATASET_FILE), 'w') as f:
+      json.dump({'class_names': list(class_names), 'num_examples': num_examples}, f, indent=1)
+
+
+def read_dataset_info(workdir: str) -> Optional[Dict[str, Any]]:
+  """{'class_names', 'num_examples'} as training wrote them; None for runs from before."""
+  path = os.path.join(workdir, DATASET_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    saved = json.load(f)
+  return {'class_names': tuple(saved['class_names']), 'num_examples': saved['num_examples']}
 
 
 def _read_saved_config(path: str) -> Dict[str, Any]:

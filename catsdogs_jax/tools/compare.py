@@ -1,13 +1,17 @@
-"""Compare runs: one row per variant (seeds as mean ± std) from each run's log.csv and eval_test.json.
+"""Compare runs: one row per variant (seeds as mean ± std) from each run's log.csv and test results.
 
 A workdir given to compare is either one run (it holds log.csv) or a sweep
-variant whose runs are its sub-folders (`seed_0`, `seed_1`, ...).
+variant whose runs are its sub-folders (`seed_0`, `seed_1`, ...). The test result
+is eval_test.json (eval_test_flip.json for runs with config.eval_flip); results on
+other data (eval_test@NAME.json: `python -m catsdogs_jax.tools.shifted`, or your
+own photos) become columns `test_accuracy@NAME` beside it.
 """
 
 import csv
 import glob
 import json
 import os
+import re
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -16,6 +20,7 @@ from flax import traverse_util
 
 from catsdogs_jax.runtime import checkpointing, workdir_files
 from catsdogs_jax.tools import plots
+from catsdogs_jax.tools.evaluate import result_file
 from catsdogs_jax.tools.sweep import VARIANT_JSON
 from catsdogs_jax.training import epoch_log
 
@@ -81,12 +86,19 @@ def run_summary(workdir: str) -> Dict[str, Any]:
       {k: float(v) for k, v in r.items()}
       for r in epoch_log.read_csv(os.path.join(workdir, epoch_log.LOG_CSV))
   ]
-  test = _read_json(os.path.join(workdir, 'eval_test.json'))
   variant = _read_json(os.path.join(workdir, VARIANT_JSON)) or {}
   try:
     config = workdir_files.read_run_config(workdir)
   except workdir_files.WorkdirError:
     config = None  # written by other code: compared by its numbers only
+  flip = bool(config is not None and config.eval_flip)
+  test = _read_json(os.path.join(workdir, result_file('test', flip)))
+  other_data = {}  # NAME -> accuracy on eval_test@NAME
+  pattern = re.escape(result_file('test', flip, 'TAG')).replace('TAG', '(.+)')
+  for name in sorted(os.listdir(workdir)):
+    match = re.fullmatch(pattern, name)
+    if match and (flip or not match.group(1).endswith('_flip')):  # not the flipped results
+      other_data[match.group(1)] = _read_json(os.path.join(workdir, name))['accuracy']
   return {
       'workdir': workdir,
       'config': traverse_util.flatten_dict(config.to_dict(), sep='.') if config else {},
@@ -96,6 +108,7 @@ def run_summary(workdir: str) -> Dict[str, Any]:
       'best_val_accuracy': max(r['val_accuracy'] for r in rows),
       'final_val_accuracy': rows[-1]['val_accuracy'],
       'test_accuracy': test['accuracy'] if test else None,
+      'other_data': other_data,
       'epochs': len(rows),
       'wall_time_s': sum(r['seconds'] for r in rows),
       'images_per_second': float(np.mean([r['images_per_second'] for r in rows])),
@@ -130,6 +143,9 @@ def variant_row(
   }
   for stat in STATS:
     row[f'{stat}_mean'], row[f'{stat}_std'] = _mean_std(r[stat] for r in runs)
+  for tag in sorted(set().union(*(r['other_data'] for r in runs))):
+    stat = f'test_accuracy@{tag}'
+    row[f'{stat}_mean'], row[f'{stat}_std'] = _mean_std(r['other_data'].get(tag) for r in runs)
   row['epochs'] = int(np.mean([r['epochs'] for r in runs]))
   row['wall_time_s'] = float(np.mean([r['wall_time_s'] for r in runs]))
   row['images_per_second'] = float(np.mean([r['images_per_second'] for r in runs]))
@@ -142,21 +158,39 @@ def _pm(mean, std) -> str:
   return f'{mean:.4f}' if std is None else f'{mean:.4f} ± {std:.4f}'
 
 
+def other_data_tags(rows: List[Dict[str, Any]]) -> List[str]:
+  """The NAMEs of test_accuracy@NAME columns any row has, sorted."""
+  prefix, suffix = 'test_accuracy@', '_mean'
+  return sorted(
+      {
+          k[len(prefix) : -len(suffix)]
+          for r in rows
+          for k in r
+          if k.startswith(prefix) and k.endswith(suffix)
+      }
+  )
+
+
 def markdown(rows: List[Dict[str, Any]]) -> str:
+  tags = other_data_tags(rows)
   lines = [
       '| variant | overrides | differs | seeds | best val acc | final val acc | test acc | '
-      'epochs | wall time / run | images/s |',
-      '|' + '---|' * 10,
+      + ''.join(f'test acc ({tag}) | ' for tag in tags)
+      + 'epochs | wall time / run | images/s |',
+      '|' + '---|' * (10 + len(tags)),
   ]
   for r in rows:
     test = _pm(r['test_accuracy_mean'], r['test_accuracy_std'])
     if r['stale_tests']:
       test += ' (stale: re-run --mode=evaluate)'
+    other = ''.join(
+        f'{_pm(r.get(f"test_accuracy@{t}_mean"), r.get(f"test_accuracy@{t}_std"))} | ' for t in tags
+    )
     lines.append(
         f'| {r["variant"]} | `{r["overrides"]}` | {r["differs"] or "-"} | {r["seeds"]} | '
         f'{_pm(r["best_val_accuracy_mean"], r["best_val_accuracy_std"])} | '
         f'{_pm(r["final_val_accuracy_mean"], r["final_val_accuracy_std"])} | '
-        f'{test} | {r["epochs"]} | '
+        f'{test} | {other}{r["epochs"]} | '
         f'{r["wall_time_s"] / 60:.1f} min | {r["images_per_second"]:.1f} |'
     )
   return '\n'.join(lines) + '\n'
@@ -180,7 +214,11 @@ def compare(patterns: Sequence[str], out_dir: Optional[str] = None) -> tuple:
       logging.warning('%s: %s', row['variant'], row['stale_tests'])
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, COMPARE_CSV), 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=COLUMNS)
+    tags = other_data_tags(rows)
+    columns = [*COLUMNS[: COLUMNS.index('epochs')]]
+    columns += [f'test_accuracy@{t}_{m}' for t in tags for m in ('mean', 'std')]
+    columns += COLUMNS[COLUMNS.index('epochs') :]
+    writer = csv.DictWriter(f, fieldnames=columns, restval='')
     writer.writeheader()
     writer.writerows(
         {k: ('' if v is None else epoch_log.csv_value(v)) for k, v in r.items()} for r in rows

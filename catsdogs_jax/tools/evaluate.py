@@ -152,9 +152,12 @@ class Restored:
     return get_preprocessor(self.exp.config.data.preprocess)
 
 
-def restore_for_inference(config, workdir: str, step: Optional[int] = None) -> Restored:
-  """The run of `workdir` (read only) at checkpoint `step` (default: the best)."""
-  exp = experiment.build(config, workdir, read_only=True)
+def restore_for_inference(
+    config, workdir: str, step: Optional[int] = None, roles: Optional[Sequence[str]] = ()
+) -> Restored:
+  """The run of `workdir` (read only) at checkpoint `step` (default: the best); `roles`: the
+  splits of config.data the caller reads, checked (None: all; `experiment.build`)."""
+  exp = experiment.build(config, workdir, read_only=True, roles=roles)
   return Restored(exp, *inference_state(exp, step))
 
 
@@ -237,25 +240,50 @@ def write_top_losses(predicted: Predictions, class_names, path: str, split: str)
   )
 
 
+def data_tag(config, workdir: str) -> str:
+  """'' when config.data.dataset is the one `workdir` trained on; else the other data's name (a
+  folder's own name: 'closer' for folder:runs/shifted/closer), which its results are named by."""
+  try:
+    trained_on = workdir_files.read_run_config(workdir).data.dataset
+  except workdir_files.WorkdirError:
+    return ''
+  dataset = config.data.dataset
+  if dataset == trained_on:
+    return ''
+  if dataset.startswith('folder:'):
+    return os.path.basename(os.path.normpath(os.path.expanduser(dataset[len('folder:') :])))
+  return dataset.replace('/', '_').replace(':', '_')
+
+
+def result_file(split: str, eval_flip: bool, tag: str = '') -> str:
+  """eval_test.json; eval_test_flip.json with test-time flipping; eval_test@closer.json on
+  other data than the run's (`data_tag`)."""
+  return f'eval_{split}{"@" + tag if tag else ""}{"_flip" if eval_flip else ""}.json'
+
+
 def evaluate_checkpoint(
     config, workdir: str, split: str = 'test', step: Optional[int] = None, top_losses: int = 0
 ) -> Dict[str, Any]:
-  """Evaluates the best checkpoint of `workdir` (or `step`) on a split; writes eval_<split>.json.
+  """Evaluates the best checkpoint of `workdir` (or `step`) on a split; writes `result_file`.
 
-  With `config.eval_flip` the file is eval_<split>_flip.json, beside the plain result.
+  With `config.eval_flip` the file is eval_<split>_flip.json, beside the plain result;
+  on other data than the run trained on (a shifted copy of its test photos, your
+  own), eval_<split>@<name>.json, beside the run's own result.
   """
   from catsdogs_jax.data.input_pipeline import config_splits
 
   splits = config_splits(config)
   if split not in splits:
     raise ConfigError(f'Unknown split {split!r}; choose one of {", ".join(splits)}.')
-  restored = restore_for_inference(config, workdir, step)
+  restored = restore_for_inference(config, workdir, step, roles=(split,))
   exp, state, step = restored.exp, restored.state, restored.step
   config, names = exp.config, list(exp.info.class_names)
   pipeline = exp.pipeline(splits[split])
   eval_step = parallel.jit_eval_step(make_eval_step(exp.model, config), exp.mesh)
   result = run_eval(eval_step, state, pipeline, exp.mesh)
+  tag = data_tag(config, workdir)
   result.update(
+      dataset=config.data.dataset,
       split=splits[split],
       step=int(step),
       run_config_hash=workdir_files.run_config_hash(workdir),
@@ -264,17 +292,19 @@ def evaluate_checkpoint(
       per_class=per_class_metrics(result['confusion'], names),
   )
   if jax.process_index() == 0:  # a result: stdout, so `> results.txt` keeps it
-    print(f'evaluation of step {step} on {splits[split]}:\n{format_result(result, names)}')
-    name = f'eval_{split}_flip.json' if config.eval_flip else f'eval_{split}.json'
-    with open(os.path.join(workdir, name), 'w') as f:
+    where = f'{splits[split]} of {config.data.dataset}' if tag else splits[split]
+    print(f'evaluation of step {step} on {where}:\n{format_result(result, names)}')
+    path = os.path.join(workdir, result_file(split, config.eval_flip, tag))
+    with open(path, 'w') as f:
       json.dump(result, f, indent=1)
+    logging.info('wrote %s', path)
   if top_losses:
     predicted = predictions(exp, state, pipeline, keep_images=top_losses)
     if jax.process_index() == 0:
       path = write_top_losses(
           predicted,
           names,
-          os.path.join(workdir, TOP_LOSSES_FILE.format(split=split)),
+          os.path.join(workdir, TOP_LOSSES_FILE.format(split=f'{split}@{tag}' if tag else split)),
           splits[split],
       )
       logging.info('wrote %s', path)

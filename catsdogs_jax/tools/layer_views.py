@@ -89,7 +89,7 @@ def write_feature_maps(
   if not specs:
     raise ConfigError('--mode=feature_maps needs --images=PATH (files, globs or folders).')
   files = folders.read_files(specs)
-  exp = experiment.build(config, workdir, read_only=True)
+  exp = experiment.build(config, workdir, read_only=True, roles=())
   check_layers(exp, layers)
   state, step = inference_state(exp, step)
   variables = model_variables(state)
@@ -132,7 +132,7 @@ def first_conv_kernel(exp, params):
 
 def write_filters(config, workdir: str, step: Optional[int] = None) -> str:
   """The first convolution's kernels as RGB (or grey) tiles, each scaled to its own range."""
-  exp = experiment.build(config, workdir, read_only=True)
+  exp = experiment.build(config, workdir, read_only=True, roles=())
   state, step = inference_state(exp, step)
   layer, kernel = first_conv_kernel(exp, jax.device_get(state.params))
   k, _, channels_in, count = kernel.shape

@@ -1,7 +1,7 @@
 """A run assembled from its config, every check done before heavy work: `build`."""
 
 import dataclasses
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
@@ -153,13 +153,19 @@ def _state_signature(config, steps_per_epoch: int, input_shape) -> tuple:
 
 
 def build(
-    config, workdir: str, read_only: bool = False, devices: Optional[list] = None
+    config,
+    workdir: str,
+    read_only: bool = False,
+    devices: Optional[list] = None,
+    roles: Optional[Sequence[str]] = None,
 ) -> Experiment:
   """Checks config, data, model, weights and workdir (cheap checks first), then assembles a run.
 
   The run's config is a new, resolved one (`config` is left as it is): train_from
   written out as `trainable`, preprocess 'auto' as the init_from weights' own, and
-  for config.features the head's.
+  for config.features the head's. Read only, `roles` names the splits the caller
+  will read ('test'; () for none): the others, and the class names, come from the
+  workdir's dataset.json (runs from before it check every split).
   """
   from catsdogs_jax.data import input_pipeline  # TensorFlow only where data is read
 
@@ -176,7 +182,7 @@ def build(
     resolved = _with_preprocessing_of(resolved, loaded)
     if resolved.model.adaptive_pool != config.model.adaptive_pool:
       model = models.create_model(resolved)
-  info = input_pipeline.describe(resolved)
+  info = _dataset_info(resolved, workdir, read_only, roles)
   steps_per_epoch = (info.num_examples['train'] // jax.process_count()) // (
       resolved.batch_size // jax.process_count()
   )
@@ -212,6 +218,7 @@ def build(
     checkpoints = checkpointing.Checkpoints(workdir, resolved, read_only=read_only)
     if not read_only:
       workdir_files.write_run_config(workdir, resolved)
+      workdir_files.write_dataset_info(workdir, info.class_names, info.num_examples)
   except BaseException:
     if lock is not None:
       lock.release()
@@ -248,6 +255,20 @@ def build(
       checkpoints=checkpoints,
       loaded=loaded,
       lock=lock,
+  )
+
+
+def _dataset_info(config, workdir: str, read_only: bool, roles: Optional[Sequence[str]]):
+  """The dataset's classes and split sizes: every split checked, or read only with `roles`, those
+  splits checked against the classes the run trained on and the others as it saw them."""
+  from catsdogs_jax.data import input_pipeline
+
+  saved = workdir_files.read_dataset_info(workdir) if read_only and roles is not None else None
+  if saved is None:
+    return input_pipeline.describe(config)
+  checked = input_pipeline.describe(config, roles, saved['class_names'])
+  return input_pipeline.DatasetInfo(
+      checked.class_names, {**saved['num_examples'], **checked.num_examples}
   )
 
 

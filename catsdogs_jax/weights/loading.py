@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from catsdogs_jax.models import matches_any, path_string
+from catsdogs_jax.runtime import checkpointing, workdir_files
 from catsdogs_jax.weights import pretrained
 from catsdogs_jax.weights.converted import PARAMS_DIR, WEIGHTS_FILE, mismatch_lines
 
@@ -38,9 +39,10 @@ class LoadedWeights:
 def restore_numpy(path: str):
   """A saved pytree as host numpy arrays, whatever devices it was saved from."""
   checkpointer = ocp.PyTreeCheckpointer()
-  tree = checkpointer.metadata(path).item_metadata.tree
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+  with checkpointing.expected_orbax_warnings_left_out():
+    tree = checkpointer.metadata(path).item_metadata.tree
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
 
 
 def read(directory: str) -> LoadedWeights:
@@ -61,8 +63,6 @@ def read(directory: str) -> LoadedWeights:
     tree = restore_numpy(os.path.join(directory, PARAMS_DIR))
     return LoadedWeights(tree['params'], tree.get('batch_stats', {}), metadata)
   if os.path.isdir(os.path.join(directory, 'checkpoints')):
-    from catsdogs_jax.runtime import checkpointing, workdir_files
-
     run_config = workdir_files.read_run_config(directory)
     step = checkpointing.Checkpoints(directory, run_config, read_only=True).best_step()
     if step is None:

@@ -310,3 +310,34 @@ def test_evaluation_of_a_damaged_best_checkpoint_falls_back_and_says_which_step(
   assert f'The best checkpoint (step {best})' in caplog.text
   assert f'using step {other}, the newest that restores' in caplog.text
   assert _snapshot(workdir) == before  # read only: nothing set aside
+
+
+def test_orbax_expected_warnings_are_left_out_and_other_messages_kept(workdir, tmp_path, caplog):
+  from absl import logging as absl_logging
+
+  from catsdogs_jax.weights import loading
+
+  with caplog.at_level('WARNING'):  # Orbax itself says it on a read-only open
+    ocp.CheckpointManager(
+        os.path.join(workdir, 'checkpoints'),
+        options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+    ).close()
+  assert 'Given directory is read only' in caplog.text
+  caplog.clear()
+  with caplog.at_level('WARNING'):
+    checkpoints = _checkpoints(workdir, read_only=True)
+    checkpoints.restore(NEWEST, _abstract())
+    checkpoints.close()
+    tree = {'params': {'w': np.arange(6, dtype=np.float32)}}
+    ocp.PyTreeCheckpointer().save(str(tmp_path / 'converted'), tree)
+    np.testing.assert_array_equal(
+        loading.restore_numpy(str(tmp_path / 'converted'))['params']['w'], tree['params']['w']
+    )
+    with checkpointing.expected_orbax_warnings_left_out():
+      absl_logging.warning('a warning of another kind')
+  for expected in checkpointing.EXPECTED_ORBAX_WARNINGS:
+    assert expected not in caplog.text
+  assert 'a warning of another kind' in caplog.text
+  with caplog.at_level('WARNING'):  # the filter is gone after the block
+    absl_logging.warning('Given directory is read only=elsewhere')
+  assert 'read only=elsewhere' in caplog.text

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -95,3 +96,43 @@ def test_predictions_need_no_labels(trained):
   expected = evaluate.predictions(run.exp, run.state, _Unlabelled(labelled))
   np.testing.assert_array_equal(got.probabilities, expected.probabilities)
   assert not got.labels.any() and not got.losses.any()
+
+
+def test_a_folder_of_test_photos_alone_is_evaluated_beside_the_run_s_own_result(
+    trained, image_folder, tmp_path
+):
+  """Training writes the classes and split sizes it read, so other photos need no training split;
+  their result is named after them, beside the run's own, and compare shows both."""
+  from catsdogs_jax.data.folders import DataError
+  from catsdogs_jax.tools import compare, shifted
+
+  config, workdir = trained
+  with open(os.path.join(workdir, workdir_files.DATASET_FILE)) as f:
+    assert json.load(f) == {
+        'class_names': ['cats', 'dogs'],
+        'num_examples': {'train': 24, 'validation': 10, 'test': 10},
+    }
+  own = evaluate.evaluate_checkpoint(config, workdir, 'test')
+  with open(os.path.join(workdir, 'eval_test.json')) as f:
+    own_file = f.read()
+  closer = str(tmp_path / 'closer')  # closer/test/{cats,dogs}: no train or validation folder
+  shifted.write_shifted_split(os.path.join(image_folder, 'test'), closer, shifted.SHIFTS['closer'])
+  other = config.copy_and_resolve_references()
+  other.data.dataset = f'folder:{closer}'
+  result = evaluate.evaluate_checkpoint(other, workdir, 'test')
+  assert sum(map(sum, result['confusion'])) == 10 and result['dataset'] == f'folder:{closer}'
+  with open(os.path.join(workdir, 'eval_test@closer.json')) as f:
+    assert json.load(f)['accuracy'] == result['accuracy']
+  with open(os.path.join(workdir, 'eval_test.json')) as f:
+    assert f.read() == own_file  # the run's own result is untouched
+  rows, _ = compare.compare([workdir], out_dir=str(tmp_path / 'compared'))
+  assert rows[0]['test_accuracy_mean'] == own['accuracy']
+  assert rows[0]['test_accuracy@closer_mean'] == result['accuracy']
+  assert 'test acc (closer)' in (tmp_path / 'compared' / 'compare.md').read_text()
+  assert 'test_accuracy@closer_mean' in (tmp_path / 'compared' / 'compare.csv').read_text()
+  # A run from before dataset.json still reads the training split, and says it is missing.
+  old = tmp_path / 'old_run'
+  shutil.copytree(workdir, old)
+  os.remove(old / workdir_files.DATASET_FILE)
+  with pytest.raises(DataError, match=r"has no split folder 'train'"):
+    evaluate.evaluate_checkpoint(other, str(old), 'test')

@@ -19,6 +19,7 @@ def get_config():
   config.augment.brightness = 0.2
   config.augment.contrast = 0.2
   config.augment.saturation = 0.2
-  config.ema.decay = 0.998  # about 8 epochs of 63 steps
+  # about 500 steps (8 epochs of 63) once ema.warmup_power's warm-up reaches it, near epoch 63
+  config.ema.decay = 0.998
   config.eval_flip = True
   return config

@@ -23,6 +23,11 @@ import re
 import sys
 import traceback
 
+if __name__ == '__main__':  # before JAX loads: this replaces the process once (see host_memory)
+  from catsdogs_jax.runtime import host_memory
+
+  host_memory.restart_with_huge_pages()
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 

@@ -1,10 +1,14 @@
-"""Forward-pass throughput of EfficientNet-Lite (feature extraction) here and in PyTorch's reference model.
+"""EfficientNet's forward pass (feature extraction) and train step here and in PyTorch's reference model.
 
   python benchmarks/pretrained_forward.py [--model=efficientnet_lite0] [--batch_size=32] [--steps=5]
+      [--layers=onednn,cpu,plain] [--train]
 
-Ours with the CPU layer forms (`auto`, the default: depthwise convolutions as shifted sums)
-and with the plain lax forms; the reference `efficientnet-lite-pytorch` model in NCHW and
-channels-last, on the same random images (needs the test extra). Prints a table and, last, JSON.
+Ours with oneDNN's convolutions (`onednn`, what `auto` picks where the library loads), the
+XLA CPU layer forms (`cpu`: depthwise convolutions as shifted sums) and the plain lax forms;
+the reference `efficientnet-lite-pytorch` model in NCHW and
+channels-last, on the same random images (needs the test extra). With --train, also the
+fine-tuning train step (every layer trains, 2 classes, SGD with momentum, BatchNorm in
+training mode) of both. Prints a table and, last, JSON.
 """
 
 import json
@@ -15,6 +19,10 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from catsdogs_jax.runtime import host_memory  # noqa: E402
+
+host_memory.restart_with_huge_pages()  # as main.py does, before JAX loads
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -31,6 +39,8 @@ flags.DEFINE_string(
 flags.DEFINE_integer('image_size', 224, 'image size')
 flags.DEFINE_integer('batch_size', 32, 'batch size')
 flags.DEFINE_integer('steps', 5, 'timed batches (after one to compile / warm up)')
+flags.DEFINE_list('layers', ['onednn', 'cpu', 'plain'], 'our layer forms to time (model.layers)')
+flags.DEFINE_boolean('train', False, 'also time the fine-tuning train step')
 FLAGS = flags.FLAGS
 
 
@@ -50,6 +60,61 @@ def ours(images, forms: str) -> float:
   variables = jax.jit(lambda rng: init_variables(model, rng, size))(jax.random.PRNGKey(0))
   forward = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, images).compile()
   return _rate(lambda x: forward(variables, x).block_until_ready(), images)
+
+
+def ours_train(images, forms: str) -> float:
+  from catsdogs_jax.runtime import parallel
+  from catsdogs_jax.training import optimizers
+  from catsdogs_jax.training.steps import make_train_step
+  from catsdogs_jax.training.train_state import make_init_fn
+  from configs import default
+
+  config = default.get_config()
+  config.model.name, config.model.layers, config.loss = FLAGS.model, forms, 'softmax'
+  config.data.image_size, config.batch_size = FLAGS.image_size, FLAGS.batch_size
+  config.optimizer.name, config.optimizer.momentum = 'sgd', 0.9
+  mesh = parallel.create_mesh()
+  model = models.create_model(config)
+  tx, _ = optimizers.create_optimizer(config, 100)
+  init = make_init_fn(model, tx, optimizers.create_plateau(config), images.shape[1:])
+  state = parallel.jit_init(init, mesh)(jax.random.PRNGKey(0))
+  step = parallel.jit_train_step(make_train_step(model, tx, config), mesh)
+  rng = np.random.default_rng(0)
+  batch = parallel.shard_batch(
+      {
+          'image': rng.integers(0, 256, images.shape, dtype=np.uint8),
+          'label': rng.integers(0, 2, (images.shape[0],), dtype=np.int32),
+      },
+      mesh,
+  )
+  holder = [state]
+
+  def run(batch):
+    holder[0] = step(holder[0], batch)[0]
+    jax.block_until_ready(holder[0])
+
+  return _rate(run, batch)
+
+
+def pytorch_train(images, channels_last: bool) -> float:
+  import torch
+  from efficientnet_lite_pytorch import EfficientNet
+
+  model = EfficientNet.from_name(
+      FLAGS.model.replace('_', '-'), image_size=FLAGS.image_size, num_classes=2
+  ).train()
+  x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+  if channels_last:
+    model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+  labels = torch.from_numpy(np.random.default_rng(0).integers(0, 2, (len(images),)))
+  optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+  def run(batch):
+    optimizer.zero_grad()
+    torch.nn.functional.cross_entropy(model(batch), labels).backward()
+    optimizer.step()
+
+  return _rate(run, x)
 
 
 def pytorch(images, channels_last: bool) -> float:
@@ -75,10 +140,7 @@ def main(argv):
       .normal(size=(FLAGS.batch_size, FLAGS.image_size, FLAGS.image_size, 3))
       .astype(np.float32)
   )
-  rows = {
-      'ours (auto: CPU layer forms)': ours(images, 'auto'),
-      'ours (plain lax forms)': ours(images, 'plain'),
-  }
+  rows = {f'ours ({forms} layer forms)': ours(images, forms) for forms in FLAGS.layers}
   try:
     import torch
 
@@ -86,8 +148,15 @@ def main(argv):
     rows[f'PyTorch {torch.__version__} channels-last'] = pytorch(images, True)
   except ImportError as e:
     print(f'PyTorch reference skipped: {e}')
+    torch = None
+  if FLAGS.train:
+    for forms in FLAGS.layers:
+      rows[f'train step: ours ({forms} layer forms)'] = ours_train(images, forms)
+    if torch is not None:
+      rows[f'train step: PyTorch {torch.__version__} NCHW'] = pytorch_train(images, False)
+      rows[f'train step: PyTorch {torch.__version__} channels-last'] = pytorch_train(images, True)
   print(
-      f'{FLAGS.model} forward pass (features), batch {FLAGS.batch_size}, {FLAGS.image_size} px, '
+      f'{FLAGS.model} forward pass (features) and train step, batch {FLAGS.batch_size}, {FLAGS.image_size} px, '
       f'{os.cpu_count()} CPU threads'
   )
   for name, rate in rows.items():

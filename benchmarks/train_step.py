@@ -1,12 +1,13 @@
 """Train-step speed on this machine: the project's jitted step against Keras (TensorFlow) and a matmul roofline.
 
   python benchmarks/train_step.py [--models=small_cnn,vgg16] [--steps=10] [--json=FILE]
-      [--layers=cpu,plain] [--dtypes=float32,bfloat16] [--keras]
+      [--layers=onednn,cpu,plain] [--dtypes=float32,bfloat16] [--keras]
 
 For the small CNN (150 px, batch 32, RMSprop) and VGG16 (2 classes, 112 px, batch 16,
 SGD momentum 0.9), times the project's own train step after compilation, data already in
-memory, with the CPU layer forms (`cpu`, see catsdogs_jax/models/layers.py) and the plain
-Flax forms (`plain`), in float32 and with config.half_precision (bfloat16).
+memory, with oneDNN's convolutions (`onednn`, catsdogs_jax/models/onednn.py), the XLA CPU
+layer forms (`cpu`, catsdogs_jax/models/layers.py) and the plain Flax forms (`plain`), in
+float32 and, but for the plain forms, with config.half_precision (bfloat16).
 Achieved GFLOP/s count the model's forward FLOPs (XLA's cost analysis of the plain forward
 pass) times 3 for forward plus backward, against a float32 matmul measured in the same run.
 With Keras and TensorFlow importable, the same model is trained by Keras (TensorFlow backend,
@@ -26,7 +27,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 flags.DEFINE_list('models', ['small_cnn', 'vgg16'], 'small_cnn and/or vgg16')
-flags.DEFINE_list('layers', ['cpu', 'plain'], 'layer forms to time (config.model.layers)')
+flags.DEFINE_list('layers', ['onednn', 'cpu', 'plain'], 'layer forms to time (config.model.layers)')
 flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'compute dtypes to time (cpu layers)')
 flags.DEFINE_integer('steps', 10, 'timed steps per measurement (after 2 warm-up steps)')
 flags.DEFINE_boolean('keras', True, 'also time Keras with the TensorFlow backend if importable')
@@ -177,6 +178,9 @@ def _keras_in_subprocess(name: str, steps: int):
 
 
 def main(_):
+  from catsdogs_jax.runtime import host_memory
+
+  host_memory.restart_with_huge_pages()  # as main.py does; Keras' subprocess inherits it
   if FLAGS.keras_only:
     print(json.dumps({'images_per_second': keras_images_per_second(FLAGS.keras_only, FLAGS.steps)}))
     return
@@ -190,7 +194,9 @@ def main(_):
     keras_rate = _keras_in_subprocess(name, FLAGS.steps) if FLAGS.keras else None
     runs = [(forms, 'float32') for forms in FLAGS.layers]
     runs += [
-        ('cpu' if 'cpu' in FLAGS.layers else FLAGS.layers[0], d)
+        (forms, d)
+        for forms in FLAGS.layers
+        if forms != 'plain'
         for d in FLAGS.dtypes
         if d != 'float32'
     ]

@@ -116,8 +116,8 @@ def get_config() -> ml_collections.ConfigDict:
       None, field_type=tuple
   )  # VGG with top: average-pool the last map to this (H, W) before fc1, as torchvision does,
   # so its (7, 7) classifier fits any image size; None: Keras' Flatten (fc1 follows the size)
-  config.model.layers = 'auto'  # layer forms (models/layers.py): 'auto' (the CPU forms on a CPU
-  # backend, else plain), 'cpu', 'plain'
+  config.model.layers = 'auto'  # layer forms (models/layers.py): 'auto' (on a CPU backend
+  # 'onednn' where its library loads, else 'cpu'; plain on GPUs), 'onednn', 'cpu', 'plain'
   config.loss = 'sigmoid'  # 'sigmoid' (1 logit, 2 classes) or 'softmax'
   config.label_smoothing = 0.0  # training loss only: targets (1 - s) * one_hot + s / classes
   # (optax.smooth_labels, Keras' label_smoothing; sigmoid: y (1 - s) + s / 2); validation, test

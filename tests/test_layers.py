@@ -12,7 +12,7 @@ from jax import lax
 from jax.ad_checkpoint import print_saved_residuals
 
 from catsdogs_jax import models
-from catsdogs_jax.models import abstract_variables, layers
+from catsdogs_jax.models import abstract_variables, layers, onednn
 from configs import default
 
 DN = ('NHWC', 'HWIO', 'NHWC')
@@ -258,11 +258,24 @@ def test_layer_forms_by_name_and_auto_by_backend(monkeypatch):
   assert layers.layer_forms('plain') is layers.PLAIN and layers.layer_forms('cpu') is layers.CPU
   assert layers.PLAIN.conv is nn.Conv and layers.PLAIN.max_pool is nn.max_pool
   monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
-  assert layers.layer_forms('auto') is layers.layer_forms() is layers.CPU
+  # On the CPU: oneDNN's forms where the library loads (tests/test_onednn.py), else the CPU forms.
+  auto = layers.ONEDNN if onednn.load().loaded else layers.CPU
+  assert layers.layer_forms('auto') is layers.layer_forms() is auto
+  monkeypatch.setattr(onednn, 'load', lambda: onednn.Extension(False, 'not built here'))
+  assert layers.layer_forms('auto') is layers.CPU
+  with pytest.raises(
+      ValueError, match=r"^model.layers='onednn': not built here; or use model.layers='cpu'$"
+  ):
+    layers.layer_forms('onednn')
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   assert layers.layer_forms('auto') is layers.PLAIN
   with pytest.raises(
-      ValueError, match="Unknown config.model.layers 'cudnn'; choose one of: auto, cpu, plain."
+      ValueError, match="runs on the CPU backend only, not gpu: use model.layers='auto'"
+  ):
+    layers.layer_forms('onednn')
+  with pytest.raises(
+      ValueError,
+      match="Unknown config.model.layers 'cudnn'; choose one of: auto, cpu, onednn, plain.",
   ):
     layers.layer_forms('cudnn')
 

@@ -54,6 +54,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
 
+from catsdogs_jax.models import onednn
 from catsdogs_jax.registry import lookup
 
 _BLOCK_BYTES = 1 << 20  # inputs of one block of the kernel gradient (measured best on this CPU)
@@ -233,6 +234,42 @@ def conv_general_dilated(
   return conv2d(lhs, rhs, tuple(tuple(p) for p in padding))
 
 
+def onednn_conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    precision=None,
+    **kwargs,
+):
+  """`lax.conv_general_dilated` by oneDNN (`onednn.conv2d`) where it fits, else as `conv_general_dilated`."""
+  args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers)
+  ones = lambda d: d is None or all(v == 1 for v in d)
+  strides = tuple(window_strides or (1, 1))
+  if (
+      lhs.ndim == 4
+      and _is_nhwc(dimension_numbers, lhs.shape, rhs.shape)
+      and ones(lhs_dilation)
+      and ones(rhs_dilation)
+      and not kwargs
+      and lhs.dtype == rhs.dtype
+      and lhs.dtype in onednn.DTYPES
+  ):
+    pads = padding
+    if isinstance(padding, str):
+      pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+    pads = tuple(tuple(p) for p in pads)
+    if onednn.fits(lhs.shape, rhs.shape, strides, pads, feature_group_count):
+      return onednn.conv2d(lhs, rhs, strides, pads, feature_group_count)
+  return conv_general_dilated(
+      *args, feature_group_count=feature_group_count, precision=precision, **kwargs
+  )
+
+
 def pointwise_conv2d(x, w, strides, precision=None):
   """Unpadded NHWC 1x1 correlation (w: [1, 1, C, O]): the strided input rows, times w.
 
@@ -404,11 +441,28 @@ PLAIN = LayerForms('plain', nn.Conv, nn.max_pool)
 CPU = LayerForms(
     'cpu', functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated), max_pool
 )
-LAYER_FORMS: Dict[str, LayerForms] = {forms.name: forms for forms in (PLAIN, CPU)}
+# The CPU forms with oneDNN's convolutions (models/onednn.py); pooling as the CPU forms.
+ONEDNN = LayerForms(
+    'onednn', functools.partial(nn.Conv, conv_general_dilated=onednn_conv_general_dilated), max_pool
+)
+LAYER_FORMS: Dict[str, LayerForms] = {forms.name: forms for forms in (PLAIN, CPU, ONEDNN)}
 
 
 def layer_forms(name: str = 'auto') -> LayerForms:
-  """The forms named `name`; 'auto' is the CPU forms on a CPU backend, else the plain ones."""
+  """The forms named `name`.
+
+  'auto' is, on a CPU backend, the oneDNN forms when their library loads (else the CPU
+  forms, and one log line says why), and on other backends the plain ones.
+  """
+  cpu = jax.default_backend() == 'cpu'
   if name == 'auto':
-    name = 'cpu' if jax.default_backend() == 'cpu' else 'plain'
-  return lookup(LAYER_FORMS, name, 'model.layers', also=('auto',))
+    name = ('onednn' if onednn.load().loaded else 'cpu') if cpu else 'plain'
+  forms = lookup(LAYER_FORMS, name, 'model.layers', also=('auto',))
+  if forms is ONEDNN and not cpu:
+    raise ValueError(
+        f"model.layers='onednn' runs on the CPU backend only, not {jax.default_backend()}: "
+        "use model.layers='auto'"
+    )
+  if forms is ONEDNN and not onednn.load().loaded:
+    raise ValueError(f"model.layers='onednn': {onednn.load().detail}; or use model.layers='cpu'")
+  return forms

@@ -240,7 +240,7 @@ def _three_steps(config, batch):
   convolutions = [
       dtypes
       for name, dtypes in _primitives(jax.make_jaxpr(step)(state, batch).jaxpr)
-      if name == 'conv_general_dilated'
+      if name in ('conv_general_dilated', 'custom_partitioning')  # plain/cpu forms, oneDNN's calls
   ]
   losses = []
   for _ in range(3):
@@ -250,7 +250,7 @@ def _three_steps(config, batch):
   return first, losses, jax.device_get(state), convolutions
 
 
-@pytest.mark.parametrize('layers', ['plain', 'cpu'])  # the forms a GPU runs; the CPU's
+@pytest.mark.parametrize('layers', ['plain', 'cpu', 'onednn'])  # the forms a GPU runs; the CPU's
 def test_a_bfloat16_step_computes_in_bfloat16_and_keeps_float32_state(make_config, layers):
   """config.half_precision (the GPU configs' setting), run on the CPU."""
   import jax.numpy as jnp

@@ -3,9 +3,9 @@
 `csrc/onednn_conv.cc`, compiled when the package is installed (`setup.py`), holds three
 XLA custom calls: a 2-D NHWC convolution's forward pass, its input gradient and its
 kernel gradient (float32 or bfloat16, any stride, padding and groups). On the 2-core
-AVX-512 CPU this project is measured on, oneDNN's kernels run the small CNN's
-convolutions at 350-400 GFLOP/s, above XLA:CPU's own float32 matmul (about 340) and
-5-10x its convolutions.
+AVX-512 CPU this project is measured on, oneDNN runs the small CNN's 3x3 convolutions at
+300-440 GFLOP/s, 67-98% of XLA's own float32 matmul, 1.5-4x the XLA CPU forms
+(benchmarks/conv_layers.py).
 
 `load()` finds the compiled library and the `onednn` package's runtime, loads them and
 registers the calls, once per process; it says why when it cannot (not built, a platform

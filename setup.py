@@ -12,22 +12,27 @@ import pathlib
 from setuptools import Extension, setup
 
 
-def _wheel_dir(distribution: str, name: str, levels: int):
-  """The folder `levels` above the file called `name` in an installed distribution, if any."""
+def _wheel_dir(distribution: str, suffix: str):
+  """The folder holding `suffix` (a relative path) in an installed distribution, if any.
+
+  A whole path, not a file name: onednn-devel ships include/dnnl.hpp beside
+  include/oneapi/dnnl/dnnl.hpp.
+  """
   try:
     files = importlib.metadata.distribution(distribution).files or ()
   except importlib.metadata.PackageNotFoundError:
     return None
+  parts = pathlib.PurePosixPath(suffix).parts
   for file in files:
-    if file.name == name:
-      return str(pathlib.Path(file.locate()).parents[levels])
+    if pathlib.PurePosixPath(file).parts[-len(parts) :] == parts:
+      return str(pathlib.Path(file.locate()).parents[len(parts) - 1])
   return None
 
 
 def _extensions():
-  dnnl_include = _wheel_dir('onednn-devel', 'dnnl.hpp', 2)  # include/oneapi/dnnl/dnnl.hpp
-  dnnl_lib = _wheel_dir('onednn', 'libdnnl.so.3', 0)
-  ffi_include = _wheel_dir('jaxlib', 'ffi.h', 3)  # jaxlib/include/xla/ffi/api/ffi.h
+  dnnl_include = _wheel_dir('onednn-devel', 'oneapi/dnnl/dnnl.hpp')
+  dnnl_lib = _wheel_dir('onednn', 'libdnnl.so.3')
+  ffi_include = _wheel_dir('jaxlib', 'xla/ffi/api/ffi.h')
   if not (dnnl_include and dnnl_lib and ffi_include):
     print(
         'catsdogs_jax: oneDNN or XLA FFI headers not found; building without the oneDNN convolutions'

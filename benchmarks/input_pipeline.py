@@ -2,7 +2,8 @@
 
   python benchmarks/input_pipeline.py [--data=../shared/data/cats_and_dogs_small] [--image_size=150]
 
-Measures, on an image folder, images/s of (1) tf.data decode+resize alone, (2) the same
+Measures, on an image folder, images/s of (1) tf.data decode+resize alone, full-size and
+with config.data.jpeg_draft (JPEGs decoded at a reduced libjpeg scale), (2) the same
 plus the on-device augmentation with the tutorial's settings, (3) augmentation alone on
 an in-memory batch, (4) decoded images cached in memory (config.data.cache) plus augmentation,
 and (5) the small CNN's train step (with augmentation) fed by the
@@ -61,6 +62,9 @@ def _rate(batches, fn=lambda b: b) -> float:
 
 
 def main(_):
+  from catsdogs_jax.runtime import host_memory
+
+  host_memory.restart_with_huge_pages()  # as main.py does
   config = _config()
   t0 = time.perf_counter()
   exp = experiment.build(config, tempfile.mkdtemp())
@@ -82,6 +86,13 @@ def main(_):
   results['decode_resize_augment'] = _rate(
       pipeline.train_epoch(2), lambda b: augment_fn(key, b['image'])
   )
+  config.data.jpeg_draft = True
+  drafted = exp.pipeline(config.data.train_split)
+  results['decode_resize_draft'] = _rate(drafted.train_epoch(1))
+  results['decode_resize_draft_augment'] = _rate(
+      drafted.train_epoch(2), lambda b: augment_fn(key, b['image'])
+  )
+  config.data.jpeg_draft = False
   results['augment_only'] = _rate([constant] * 20, lambda b: augment_fn(key, b['image']))
   # With config.data.cache the decoded images stay in memory after the first epoch.
   config.data.cache = True
@@ -121,6 +132,8 @@ def main(_):
   for name in (
       'decode_resize',
       'decode_resize_augment',
+      'decode_resize_draft',
+      'decode_resize_draft_augment',
       'augment_only',
       'cached_augment',
       'train_step_constant_batch',

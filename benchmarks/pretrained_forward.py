@@ -8,11 +8,14 @@ XLA CPU layer forms (`cpu`: depthwise convolutions as shifted sums) and the plai
 the reference `efficientnet-lite-pytorch` model in NCHW and
 channels-last, on the same random images (needs the test extra). With --train, also the
 fine-tuning train step (every layer trains, 2 classes, SGD with momentum, BatchNorm in
-training mode) of both. Prints a table and, last, JSON.
+training mode) of both. For efficientnet_b0, Keras 3's EfficientNetB0 on TensorFlow too
+(in its own process, when importable). Prints a table and, last, JSON.
 """
 
+import importlib.util
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -41,6 +44,7 @@ flags.DEFINE_integer('batch_size', 32, 'batch size')
 flags.DEFINE_integer('steps', 5, 'timed batches (after one to compile / warm up)')
 flags.DEFINE_list('layers', ['onednn', 'cpu', 'plain'], 'our layer forms to time (model.layers)')
 flags.DEFINE_boolean('train', False, 'also time the fine-tuning train step')
+flags.DEFINE_boolean('keras_only', False, 'internal: time only Keras (efficientnet_b0), print JSON')
 FLAGS = flags.FLAGS
 
 
@@ -133,6 +137,43 @@ def pytorch(images, channels_last: bool) -> float:
   return _rate(run, x)
 
 
+def keras_rates(images) -> dict:
+  """Keras 3's EfficientNetB0 on TensorFlow: forward (features) and train step, images/s."""
+  os.environ['KERAS_BACKEND'] = 'tensorflow'
+  import keras
+
+  size = images.shape[1:]
+  features = keras.applications.EfficientNetB0(
+      weights=None, include_top=False, pooling='avg', input_shape=size
+  )
+  forward = lambda x: features.predict_on_batch(x)
+  model = keras.applications.EfficientNetB0(
+      weights=None, classes=2, input_shape=size, classifier_activation=None
+  )
+  model.compile(
+      keras.optimizers.SGD(0.01, momentum=0.9),
+      keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+  )
+  labels = np.random.default_rng(0).integers(0, 2, (len(images),))
+  return {
+      'forward': _rate(forward, images),
+      'train': _rate(lambda x: model.train_on_batch(x, labels), images),
+  }
+
+
+def _keras_in_subprocess():
+  # Found, not imported: TensorFlow's thread pools stay out of the process that times JAX.
+  if FLAGS.model != 'efficientnet_b0' or not importlib.util.find_spec('tensorflow'):
+    return None
+  out = subprocess.run(
+      [sys.executable, __file__, '--keras_only', *sys.argv[1:]],
+      capture_output=True,
+      text=True,
+      check=True,
+  )
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv):
   del argv
   images = (
@@ -140,6 +181,10 @@ def main(argv):
       .normal(size=(FLAGS.batch_size, FLAGS.image_size, FLAGS.image_size, 3))
       .astype(np.float32)
   )
+  if FLAGS.keras_only:
+    print(json.dumps(keras_rates(images)))
+    return
+  keras = _keras_in_subprocess()
   rows = {f'ours ({forms} layer forms)': ours(images, forms) for forms in FLAGS.layers}
   try:
     import torch
@@ -155,6 +200,10 @@ def main(argv):
     if torch is not None:
       rows[f'train step: PyTorch {torch.__version__} NCHW'] = pytorch_train(images, False)
       rows[f'train step: PyTorch {torch.__version__} channels-last'] = pytorch_train(images, True)
+  if keras:
+    rows['Keras 3 EfficientNetB0, TensorFlow'] = keras['forward']
+    if FLAGS.train:
+      rows['train step: Keras 3 EfficientNetB0, TensorFlow'] = keras['train']
   print(
       f'{FLAGS.model} forward pass (features) and train step, batch {FLAGS.batch_size}, {FLAGS.image_size} px, '
       f'{os.cpu_count()} CPU threads'

@@ -1,7 +1,7 @@
 """Train-step speed on this machine: the project's jitted step against Keras (TensorFlow) and a matmul roofline.
 
   python benchmarks/train_step.py [--models=small_cnn,vgg16] [--steps=10] [--json=FILE]
-      [--layers=onednn,cpu,plain] [--dtypes=float32,bfloat16] [--keras]
+      [--layers=onednn,cpu,plain] [--dtypes=float32,bfloat16] [--keras] [--torch]
 
 For the small CNN (150 px, batch 32, RMSprop) and VGG16 (2 classes, 112 px, batch 16,
 SGD momentum 0.9), times the project's own train step after compilation, data already in
@@ -11,7 +11,8 @@ float32 and, but for the plain forms, with config.half_precision (bfloat16).
 Achieved GFLOP/s count the model's forward FLOPs (XLA's cost analysis of the plain forward
 pass) times 3 for forward plus backward, against a float32 matmul measured in the same run.
 With Keras and TensorFlow importable, the same model is trained by Keras (TensorFlow backend,
-train_on_batch) in a subprocess, and the ratio is reported. Prints a table; JSON with --json.
+train_on_batch) in a subprocess, and with PyTorch importable by PyTorch (channels-last, its
+oneDNN convolutions) in another, and the ratios are reported. Prints a table; JSON with --json.
 """
 
 import importlib
@@ -31,7 +32,9 @@ flags.DEFINE_list('layers', ['onednn', 'cpu', 'plain'], 'layer forms to time (co
 flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'compute dtypes to time (cpu layers)')
 flags.DEFINE_integer('steps', 10, 'timed steps per measurement (after 2 warm-up steps)')
 flags.DEFINE_boolean('keras', True, 'also time Keras with the TensorFlow backend if importable')
+flags.DEFINE_boolean('torch', True, 'also time PyTorch (channels-last) if importable')
 flags.DEFINE_string('keras_only', None, 'internal: time only this model with Keras, print JSON')
+flags.DEFINE_string('torch_only', None, 'internal: time only this model with PyTorch, print JSON')
 flags.DEFINE_string('json', None, 'write the results here as JSON')
 FLAGS = flags.FLAGS
 
@@ -164,12 +167,67 @@ def keras_images_per_second(name: str, steps: int) -> float:
   return config.batch_size * steps / (time.perf_counter() - start)
 
 
-def _keras_in_subprocess(name: str, steps: int):
-  # Found, not imported: TensorFlow's thread pools stay out of the process that times JAX.
-  if not (importlib.util.find_spec('keras') and importlib.util.find_spec('tensorflow')):
+def torch_images_per_second(name: str, steps: int) -> float:
+  """The same model and optimiser in PyTorch, channels-last (run in its own process)."""
+  import torch
+  from torch import nn
+
+  config = _config(name)
+  size = config.data.image_size
+  if name == 'small_cnn':
+    layers, channels = [], 3
+    for features in (32, 64, 128, 128):
+      layers += [nn.Conv2d(channels, features, 3), nn.ReLU(), nn.MaxPool2d(2)]
+      channels, size = features, (size - 2) // 2
+    model = nn.Sequential(
+        *layers, nn.Flatten(), nn.Linear(channels * size * size, 512), nn.ReLU(), nn.Linear(512, 1)
+    )
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-4)
+    labels = torch.randint(0, 2, (config.batch_size, 1)).float()
+    loss_fn = nn.BCEWithLogitsLoss()
+  else:
+    import torchvision
+
+    # Keras' VGG16 at this size: the features flattened into fc1, no dropout.
+    features = torchvision.models.vgg16().features
+    side = config.data.image_size // 32
+    model = nn.Sequential(
+        features,
+        nn.Flatten(),
+        nn.Linear(512 * side * side, 4096),
+        nn.ReLU(),
+        nn.Linear(4096, 4096),
+        nn.ReLU(),
+        nn.Linear(4096, 2),
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    labels = torch.randint(0, 2, (config.batch_size,))
+    loss_fn = nn.CrossEntropyLoss()
+  model = model.to(memory_format=torch.channels_last)
+  images = torch.rand(config.batch_size, 3, config.data.image_size, config.data.image_size)
+  images = images.to(memory_format=torch.channels_last)
+
+  def step():
+    optimizer.zero_grad()
+    loss_fn(model(images), labels).backward()
+    optimizer.step()
+
+  for _ in range(2):
+    step()
+  start = time.perf_counter()
+  for _ in range(steps):
+    step()
+  return config.batch_size * steps / (time.perf_counter() - start)
+
+
+def _in_subprocess(framework: str, name: str, steps: int):
+  # Found, not imported: TensorFlow's and PyTorch's thread pools stay out of the process
+  # that times JAX.
+  needs = {'keras': ('keras', 'tensorflow'), 'torch': ('torch',)}[framework]
+  if not all(importlib.util.find_spec(module) for module in needs):
     return None
   out = subprocess.run(
-      [sys.executable, __file__, f'--keras_only={name}', f'--steps={steps}'],
+      [sys.executable, __file__, f'--{framework}_only={name}', f'--steps={steps}'],
       capture_output=True,
       text=True,
       check=True,
@@ -184,6 +242,9 @@ def main(_):
   if FLAGS.keras_only:
     print(json.dumps({'images_per_second': keras_images_per_second(FLAGS.keras_only, FLAGS.steps)}))
     return
+  if FLAGS.torch_only:
+    print(json.dumps({'images_per_second': torch_images_per_second(FLAGS.torch_only, FLAGS.steps)}))
+    return
   import jax
 
   roofline = matmul_gflops()
@@ -191,7 +252,8 @@ def main(_):
   for name in FLAGS.models:
     config = _config(name)
     gflop = 3 * forward_gflop_per_image(config)
-    keras_rate = _keras_in_subprocess(name, FLAGS.steps) if FLAGS.keras else None
+    keras_rate = _in_subprocess('keras', name, FLAGS.steps) if FLAGS.keras else None
+    torch_rate = _in_subprocess('torch', name, FLAGS.steps) if FLAGS.torch else None
     runs = [(forms, 'float32') for forms in FLAGS.layers]
     runs += [
         (forms, d)
@@ -200,50 +262,43 @@ def main(_):
         for d in FLAGS.dtypes
         if d != 'float32'
     ]
+
+    def row(implementation, dtype, rate):
+      return {
+          'model': name,
+          'image_size': config.data.image_size,
+          'batch_size': config.batch_size,
+          'implementation': implementation,
+          'dtype': dtype,
+          'images_per_second': rate,
+          'gflops': rate * gflop,
+          'roofline_fraction': rate * gflop / roofline,
+          'vs_keras': rate / keras_rate if keras_rate else None,
+          'vs_torch': rate / torch_rate if torch_rate else None,
+      }
+
     for forms, dtype in runs:
       config.half_precision = dtype == 'bfloat16'
       rate = project_images_per_second(config, forms, FLAGS.steps)
-      rows.append(
-          {
-              'model': name,
-              'image_size': config.data.image_size,
-              'batch_size': config.batch_size,
-              'implementation': f'project, {forms} layers',
-              'dtype': dtype,
-              'images_per_second': rate,
-              'gflops': rate * gflop,
-              'roofline_fraction': rate * gflop / roofline,
-              'vs_keras': rate / keras_rate if keras_rate else None,
-          }
-      )
+      rows.append(row(f'project, {forms} layers', dtype, rate))
     if keras_rate:
-      rows.append(
-          {
-              'model': name,
-              'image_size': config.data.image_size,
-              'batch_size': config.batch_size,
-              'implementation': 'Keras 3, TensorFlow',
-              'dtype': 'float32',
-              'images_per_second': keras_rate,
-              'gflops': keras_rate * gflop,
-              'roofline_fraction': keras_rate * gflop / roofline,
-              'vs_keras': 1.0,
-          }
-      )
+      rows.append(row('Keras 3, TensorFlow', 'float32', keras_rate))
+    if torch_rate:
+      rows.append(row('PyTorch, channels-last', 'float32', torch_rate))
   print(
       f'{jax.device_count()} {jax.devices()[0].platform} device(s), {os.cpu_count()} cores; '
       f'float32 matmul roofline {roofline:.0f} GFLOP/s'
   )
   print(
       f'{"model":10} {"implementation":24} {"dtype":9} {"images/s":>9} {"GFLOP/s":>8} '
-      f'{"roofline":>8} {"vs Keras":>8}'
+      f'{"roofline":>8} {"vs Keras":>8} {"vs PyTorch":>10}'
   )
+  ratio = lambda x: f'{x:.2f}x' if x else '-'
   for r in rows:
-    vs = f'{r["vs_keras"]:.2f}x' if r['vs_keras'] else '-'
     print(
         f'{r["model"]:10} {r["implementation"]:24} {r["dtype"]:9} '
         f'{r["images_per_second"]:9.1f} {r["gflops"]:8.1f} {r["roofline_fraction"]:8.0%} '
-        f'{vs:>8}'
+        f'{ratio(r["vs_keras"]):>8} {ratio(r["vs_torch"]):>10}'
     )
   result = {'roofline_gflops': roofline, 'devices': jax.device_count(), 'rows': rows}
   if FLAGS.json:

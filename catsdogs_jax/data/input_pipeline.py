@@ -189,6 +189,23 @@ def _tfds_num_examples(builder, split: str) -> int:
 # --------------------------------------------------------------------------- describe
 
 
+def decode_jpeg_draft(data, channels: int, size: int):
+  """A JPEG decoded at the largest DCT scale (1, 1/2, 1/4, 1/8) that keeps both sides >= `size`.
+
+  libjpeg scales while it decodes, skipping most of the work (a side of n pixels becomes
+  ceil(n / ratio)); `tf.io.decode_jpeg` takes the ratio as a constant, hence one branch each.
+  """
+  shape = tf.io.extract_jpeg_shape(data)
+  short = tf.minimum(shape[0], shape[1])
+  ratios = (1, 2, 4, 8)
+  # How many of the reductions keep the short side >= size: the index of the largest ratio.
+  index = tf.add_n([tf.cast((short + r - 1) // r >= size, tf.int32) for r in ratios[1:]])
+  return tf.switch_case(
+      index,
+      [lambda r=r: tf.io.decode_jpeg(data, channels=channels, ratio=r) for r in ratios],
+  )
+
+
 def describe(
     config, roles: Optional[Sequence[str]] = None, class_names: Optional[Sequence[str]] = None
 ) -> DatasetInfo:
@@ -296,7 +313,15 @@ class ImagePipeline(Batching):
     """`contents` holds the encoded image, or is empty and the image is read from `path`."""
     c = self.config
     data = tf.cond(tf.strings.length(contents) > 0, lambda: contents, lambda: tf.io.read_file(path))
-    image = tf.io.decode_image(data, channels=c.data.channels, expand_animations=False)
+    full = lambda: tf.io.decode_image(data, channels=c.data.channels, expand_animations=False)
+    if c.data.jpeg_draft:
+      image = tf.cond(
+          tf.io.is_jpeg(data),
+          lambda: decode_jpeg_draft(data, c.data.channels, c.data.image_size),
+          full,
+      )
+    else:
+      image = full()
     image = tf.image.resize(
         image, (c.data.image_size, c.data.image_size), method=c.data.resize_method, antialias=True
     )

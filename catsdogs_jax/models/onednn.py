@@ -4,8 +4,8 @@
 XLA custom calls: a 2-D NHWC convolution's forward pass, its input gradient and its
 kernel gradient (float32 or bfloat16, any stride, padding and groups). On the 2-core
 AVX-512 CPU this project is measured on, oneDNN runs the small CNN's 3x3 convolutions at
-190-440 GFLOP/s (the 3-channel first layer lowest), up to 98% of XLA's own float32 matmul, 1.2-4x the XLA CPU forms
-(benchmarks/conv_layers.py).
+190-440 GFLOP/s (the 3-channel first layer lowest), up to 98% of XLA's own float32
+matmul and 1.2-4x the XLA CPU forms (benchmarks/conv_layers.py).
 
 `load()` finds the compiled library and the `onednn` package's runtime, loads them and
 registers the calls, once per process; it says why when it cannot (not built, a platform

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from catsdogs_jax.models import onednn
 from catsdogs_jax.runtime import checkpointing
 from catsdogs_jax.runtime.workdir_files import WorkdirError
 from catsdogs_jax.training import epoch_log, experiment, train
@@ -250,7 +251,17 @@ def _three_steps(config, batch):
   return first, losses, jax.device_get(state), convolutions
 
 
-@pytest.mark.parametrize('layers', ['plain', 'cpu', 'onednn'])  # the forms a GPU runs; the CPU's
+@pytest.mark.parametrize(
+    'layers',
+    [
+        'plain',  # the forms a GPU runs
+        'cpu',
+        pytest.param(
+            'onednn',
+            marks=pytest.mark.skipif(not onednn.load().loaded, reason=onednn.load().detail),
+        ),
+    ],
+)
 def test_a_bfloat16_step_computes_in_bfloat16_and_keeps_float32_state(make_config, layers):
   """config.half_precision (the GPU configs' setting), run on the CPU."""
   import jax.numpy as jnp

@@ -165,6 +165,18 @@ def _is_nhwc(dimension_numbers, lhs_shape, rhs_shape) -> bool:
   return lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers) == nhwc
 
 
+def _ones(dilation) -> bool:
+  """No dilation (or stride): None, or 1 in every dimension."""
+  return dilation is None or all(v == 1 for v in dilation)
+
+
+def _explicit(padding, size, window, strides):
+  """'SAME', 'VALID' or explicit padding, as ((lo, hi), (lo, hi)) for this size, window and strides."""
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(size, window, strides, padding)
+  return tuple(tuple(p) for p in padding)
+
+
 def conv_general_dilated(
     lhs,
     rhs,
@@ -191,47 +203,42 @@ def conv_general_dilated(
       precision=precision,
       **kwargs,
   )
-  ones = lambda d: d is None or all(v == 1 for v in d)
   nhwc = lhs.ndim == 4 and _is_nhwc(dimension_numbers, lhs.shape, rhs.shape)
   strides = tuple(window_strides or (1, 1))
   if (
       nhwc
       and feature_group_count > 1
       and feature_group_count == lhs.shape[-1] == rhs.shape[-1]
-      and ones(lhs_dilation)
-      and ones(rhs_dilation)
+      and _ones(lhs_dilation)
+      and _ones(rhs_dilation)
       and not kwargs
   ):
-    if isinstance(padding, str):
-      padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
-    return depthwise_conv2d(lhs, rhs, strides, tuple(tuple(p) for p in padding))
+    return depthwise_conv2d(
+        lhs, rhs, strides, _explicit(padding, lhs.shape[1:3], rhs.shape[:2], strides)
+    )
   if (
       nhwc
       and feature_group_count == 1
       and rhs.shape[:2] == (1, 1)
-      and ones(lhs_dilation)
-      and ones(rhs_dilation)
+      and _ones(lhs_dilation)
+      and _ones(rhs_dilation)
       and not kwargs
   ):
-    pads = padding
-    if isinstance(padding, str):  # SAME pads a 1x1 kernel by nothing, at any stride
-      pads = lax.padtype_to_pads(lhs.shape[1:3], (1, 1), strides, padding)
-    if all(tuple(p) == (0, 0) for p in pads):
+    # SAME pads a 1x1 kernel by nothing, at any stride
+    if all(p == (0, 0) for p in _explicit(padding, lhs.shape[1:3], (1, 1), strides)):
       return pointwise_conv2d(lhs, rhs, strides, precision)
   fits = (
       nhwc
       and feature_group_count == 1
-      and ones(window_strides)
-      and ones(lhs_dilation)
-      and ones(rhs_dilation)
+      and _ones(window_strides)
+      and _ones(lhs_dilation)
+      and _ones(rhs_dilation)
       and not kwargs
       and rhs.shape[0] * rhs.shape[1] > 1
   )
   if not fits:
     return plain()
-  if isinstance(padding, str):
-    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
-  return conv2d(lhs, rhs, tuple(tuple(p) for p in padding))
+  return conv2d(lhs, rhs, _explicit(padding, lhs.shape[1:3], rhs.shape[:2], (1, 1)))
 
 
 def onednn_conv_general_dilated(
@@ -248,21 +255,17 @@ def onednn_conv_general_dilated(
 ):
   """`lax.conv_general_dilated` by oneDNN (`onednn.conv2d`) where it fits, else as `conv_general_dilated`."""
   args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers)
-  ones = lambda d: d is None or all(v == 1 for v in d)
   strides = tuple(window_strides or (1, 1))
   if (
       lhs.ndim == 4
       and _is_nhwc(dimension_numbers, lhs.shape, rhs.shape)
-      and ones(lhs_dilation)
-      and ones(rhs_dilation)
+      and _ones(lhs_dilation)
+      and _ones(rhs_dilation)
       and not kwargs
       and lhs.dtype == rhs.dtype
       and lhs.dtype in onednn.DTYPES
   ):
-    pads = padding
-    if isinstance(padding, str):
-      pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
-    pads = tuple(tuple(p) for p in pads)
+    pads = _explicit(padding, lhs.shape[1:3], rhs.shape[:2], strides)
     if onednn.fits(lhs.shape, rhs.shape, strides, pads, feature_group_count):
       return onednn.conv2d(lhs, rhs, strides, pads, feature_group_count)
   return conv_general_dilated(
@@ -403,10 +406,7 @@ def max_pool(x, window_shape: Sequence[int], strides: Sequence[int] = None, padd
   if x.ndim == 4 and window == strides and padding == 'VALID':
     return _pool2d(x, window, tuple(x.shape[1:3]))
   if x.ndim == 4 and len(window) == len(strides) == 2 and jnp.issubdtype(x.dtype, jnp.floating):
-    pads = padding
-    if isinstance(padding, str):
-      pads = lax.padtype_to_pads(x.shape[1:3], window, strides, padding)
-    pads = tuple(tuple(p) for p in pads)
+    pads = _explicit(padding, x.shape[1:3], window, strides)
     # Windows wholly in the padding, no windows, or more taps than a byte counts: reduce_window.
     fits = len(pads) == 2 and window[0] * window[1] <= 127
     if fits and all(

@@ -7,7 +7,7 @@ For each of the small CNN's four 3x3 convolutions at the tutorial's size (150 px
 times the forward pass, the input gradient and the kernel gradient, each jitted alone, with
 oneDNN's convolutions (`onednn`), the XLA CPU forms (`cpu`) and plain `lax.conv_general_dilated`
 (`plain`), and reports GFLOP/s (2 * N * H' * W' * O * C * 9 per pass) beside a float32
-matmul (2048 x 2048) measured in the same run. Prints a table; JSON with --json.
+matmul (2048 x 2048, `roofline.py`, as train_step.py) measured in the same run. Prints a table; JSON with --json.
 """
 
 import json
@@ -18,6 +18,8 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from roofline import matmul_gflops  # noqa: E402
 
 flags.DEFINE_integer('image_size', 150, 'input size of the first convolution')
 flags.DEFINE_integer('batch_size', 32, 'batch size')
@@ -67,9 +69,7 @@ def main(_):
           x, w, (1, 1), 'VALID', dimension_numbers=DN
       ),
   }
-  n = 2048
-  a = jnp.ones((n, n), jnp.float32)
-  roofline = 2 * n**3 / _seconds(jax.jit(lambda a: (a @ a) * (1.0 / n)), a) / 1e9
+  roofline = matmul_gflops()
   rng = np.random.default_rng(0)
   rows = []
   for index, (size, c, o) in enumerate(_shapes(FLAGS.image_size)):

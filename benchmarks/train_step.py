@@ -27,6 +27,8 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from roofline import matmul_gflops, timed  # noqa: E402
+
 flags.DEFINE_list('models', ['small_cnn', 'vgg16'], 'small_cnn and/or vgg16')
 flags.DEFINE_list('layers', ['onednn', 'cpu', 'plain'], 'layer forms to time (config.model.layers)')
 flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'compute dtypes to time (cpu layers)')
@@ -40,30 +42,6 @@ FLAGS = flags.FLAGS
 
 # (config module, image size, batch size) as in the tutorials' comparisons.
 SETUPS = {'small_cnn': ('small_cnn', 150, 32), 'vgg16': ('vgg16', 112, 16)}
-
-
-def _timed(step, args, steps: int) -> float:
-  """Seconds per call of `step(*args) -> new first arg`, after two warm-up calls."""
-  import jax
-
-  state, rest = args[0], args[1:]
-  for _ in range(2):
-    state = step(state, *rest)
-  jax.block_until_ready(state)
-  start = time.perf_counter()
-  for _ in range(steps):
-    state = step(state, *rest)
-  jax.block_until_ready(state)
-  return (time.perf_counter() - start) / steps
-
-
-def matmul_gflops(dtype='float32', n: int = 2048) -> float:
-  import jax
-  import jax.numpy as jnp
-
-  a = jnp.ones((n, n), dtype)
-  seconds = _timed(jax.jit(lambda a: (a @ a) * (1.0 / n)), (a,), 10)
-  return 2 * n**3 / seconds / 1e9
 
 
 def _config(name: str):
@@ -125,7 +103,7 @@ def project_images_per_second(config, forms: str, steps: int) -> float:
       },
       mesh,
   )
-  seconds = _timed(lambda s, b: train_step(s, b)[0], (state, batch), steps)
+  seconds = timed(lambda s, b: train_step(s, b)[0], (state, batch), steps)
   return config.batch_size / seconds
 
 

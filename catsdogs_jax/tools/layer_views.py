@@ -15,7 +15,7 @@ from catsdogs_jax.tools import plots
 from catsdogs_jax.tools.evaluate import inference_state
 from catsdogs_jax.training import experiment
 from catsdogs_jax.training.config_checks import ConfigError
-from catsdogs_jax.training.steps import model_variables
+from catsdogs_jax.training.steps import inference_variables
 
 FEATURE_MAPS_PNG = 'feature_maps_{layer}_{image}.png'
 FILTERS_PNG = 'filters.png'
@@ -92,7 +92,7 @@ def write_feature_maps(
   exp = experiment.build(config, workdir, read_only=True, roles=())
   check_layers(exp, layers)
   state, step = inference_state(exp, step)
-  variables = model_variables(state)
+  variables = inference_variables(state)  # the weights predictions use (config.ema's average)
   run = jax.jit(lambda v, x: layer_activations(exp.model, exp.config, v, x, layers, activation))
   pipeline = input_pipeline.ImagePipeline(
       exp.config, 'feature_maps', exp.info.class_names, files=files
@@ -134,7 +134,7 @@ def write_filters(config, workdir: str, step: Optional[int] = None) -> str:
   """The first convolution's kernels as RGB (or grey) tiles, each scaled to its own range."""
   exp = experiment.build(config, workdir, read_only=True, roles=())
   state, step = inference_state(exp, step)
-  layer, kernel = first_conv_kernel(exp, jax.device_get(state.params))
+  layer, kernel = first_conv_kernel(exp, jax.device_get(inference_variables(state)['params']))
   k, _, channels_in, count = kernel.shape
   if channels_in not in (1, 3):
     raise ConfigError(

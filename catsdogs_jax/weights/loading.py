@@ -70,6 +70,10 @@ def read(directory: str) -> LoadedWeights:
     state = restore_numpy(
         os.path.join(directory, checkpointing.CHECKPOINTS_DIR, str(step), checkpointing.STATE)
     )
+    # the moving average of the weights where the run kept one: what its validation chose the
+    # checkpoint by and what its evaluation and predictions use
+    averaged = bool(state.get('ema'))
+    weights = state['ema'] if averaged else state
     metadata = {
         'model': run_config.model.name,
         'preprocess': run_config.data.preprocess,
@@ -77,8 +81,9 @@ def read(directory: str) -> LoadedWeights:
         'source': 'workdir',
         'file': directory,
         'step': int(step),
+        'weights': 'moving average (config.ema)' if averaged else 'as trained',
     }
-    return LoadedWeights(state['params'], state.get('batch_stats', {}), metadata)
+    return LoadedWeights(weights['params'], weights.get('batch_stats', {}), metadata)
   raise WeightsError(
       f'config.init_from={directory!r} is neither converted weights (no {WEIGHTS_FILE}; '
       'see python -m catsdogs_jax.weights.convert) nor a training workdir (no checkpoints/).'

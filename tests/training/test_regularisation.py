@@ -28,6 +28,7 @@ from catsdogs_jax.training.steps import (
     mixup,
 )
 from catsdogs_jax.training.train_state import TrainState, ema_enabled, make_init_fn
+from catsdogs_jax.weights import loading
 from configs import default
 
 from conftest import override, tiny_mlp_config
@@ -410,6 +411,15 @@ def test_a_resumed_run_with_every_option_on_is_the_uninterrupted_one(image_folde
   assert result['loss'] == pytest.approx(best['val_loss'], rel=1e-6)
   run = evaluate.restore(str(straight))
   assert run.variables['params'] is run.state.ema['params']
+
+  # init_from=<this workdir> starts from the average too, not the raw weights it moved away from.
+  loaded = loading.read(str(straight))
+  assert loaded.metadata['weights'] == 'moving average (config.ema)'
+  jax.tree.map(
+      np.testing.assert_array_equal, loaded.params, jax.device_get(run.state.ema['params'])
+  )
+  raw = jax.device_get(run.state.params['logits']['kernel'])
+  assert not np.array_equal(loaded.params['logits']['kernel'], raw)
 
 
 @flax.struct.dataclass

@@ -24,7 +24,7 @@ from catsdogs_jax.models.efficientnet import (
     EfficientNetLite2,
 )
 from catsdogs_jax.models.initializers import get_initializer
-from catsdogs_jax.models.layers import layer_forms
+from catsdogs_jax.models.layers import LAYER_FORMS, layer_forms
 from catsdogs_jax.models.mnist import MnistCNN, MnistMLP
 from catsdogs_jax.models.resnet import BasicBlock, Bottleneck, ResNet
 from catsdogs_jax.models.small_cnn import SmallCNN
@@ -95,9 +95,12 @@ def create_model(config) -> nn.Module:
       if k not in ('name', 'kernel_init', 'init_stddev', 'layers') and v is not None
   }
   kwargs['kernel_init'] = get_initializer(config.model.kernel_init, config.model.init_stddev)
-  forms = layer_forms(config.model.layers)
   if 'layers' in fields:  # models with convolutions or pooling
-    kwargs['layers'] = forms
+    kwargs['layers'] = layer_forms(config.model.layers)
+  elif (
+      config.model.layers != 'auto'
+  ):  # checked without starting oneDNN for a model that never calls it
+    lookup(LAYER_FORMS, config.model.layers, 'model.layers', also=('auto',))
   unknown = [k for k in kwargs if k not in fields]
   if unknown:
     raise ValueError(

@@ -328,3 +328,15 @@ def test_create_model_builds_either_forms_with_the_same_results(name, size, fiel
     )
   with pytest.raises(ValueError, match="Unknown config.model.layers 'fast'; choose one of"):
     models.create_model(_config(name, 'fast', **fields))
+
+
+def test_a_model_without_convolutions_never_starts_onednn(monkeypatch):
+  def load():
+    raise AssertionError('oneDNN started for a model that never convolves')
+
+  monkeypatch.setattr(onednn, 'load', load)
+  assert isinstance(models.create_model(_config('mnist_mlp', 'auto')), models.MnistMLP)
+  with pytest.raises(ValueError, match="Unknown config.model.layers 'fast'; choose one of"):
+    models.create_model(_config('mnist_mlp', 'fast'))
+  with pytest.raises(AssertionError, match='never convolves'):  # the CNNs still take it
+    models.create_model(_config('mnist_cnn', 'auto'))

@@ -97,9 +97,8 @@ def create_model(config) -> nn.Module:
   kwargs['kernel_init'] = get_initializer(config.model.kernel_init, config.model.init_stddev)
   if 'layers' in fields:  # models with convolutions or pooling
     kwargs['layers'] = layer_forms(config.model.layers)
-  elif (
-      config.model.layers != 'auto'
-  ):  # checked without starting oneDNN for a model that never calls it
+  elif config.model.layers != 'auto':
+    # the name checked without starting oneDNN for a model that never calls it
     lookup(LAYER_FORMS, config.model.layers, 'model.layers', also=('auto',))
   unknown = [k for k in kwargs if k not in fields]
   if unknown:

@@ -28,6 +28,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from roofline import matmul_gflops, timed  # noqa: E402
+from train_setups import benchmark_config, project_step  # noqa: E402
 
 flags.DEFINE_list('models', ['small_cnn', 'vgg16'], 'small_cnn and/or vgg16')
 flags.DEFINE_list('layers', ['onednn', 'cpu', 'plain'], 'layer forms to time (config.model.layers)')
@@ -40,20 +41,6 @@ flags.DEFINE_string('torch_only', None, 'internal: time only this model with PyT
 flags.DEFINE_string('json', None, 'write the results here as JSON')
 FLAGS = flags.FLAGS
 
-# (config module, image size, batch size) as in the tutorials' comparisons.
-SETUPS = {'small_cnn': ('small_cnn', 150, 32), 'vgg16': ('vgg16', 112, 16)}
-
-
-def _config(name: str):
-  module, size, batch = SETUPS[name]
-  config = importlib.import_module(f'configs.{module}').get_config()
-  config.data.image_size, config.batch_size, config.data.num_classes = size, batch, 2
-  return config
-
-
-def _set_layers(config, forms: str):
-  config.model.layers = forms
-
 
 def forward_gflop_per_image(config) -> float:
   """XLA's FLOP count of the plain forward pass, per image."""
@@ -63,7 +50,7 @@ def forward_gflop_per_image(config) -> float:
   from catsdogs_jax import models
   from catsdogs_jax.models import abstract_variables
 
-  _set_layers(config, 'plain')
+  config.model.layers = 'plain'
   model = models.create_model(config)
   size = (config.data.image_size, config.data.image_size, config.data.channels)
   compiled = (
@@ -77,34 +64,8 @@ def forward_gflop_per_image(config) -> float:
 
 
 def project_images_per_second(config, forms: str, steps: int) -> float:
-  import jax
-  import numpy as np
-
-  from catsdogs_jax import models
-  from catsdogs_jax.runtime import parallel
-  from catsdogs_jax.training import optimizers
-  from catsdogs_jax.training.steps import make_train_step
-  from catsdogs_jax.training.train_state import make_init_fn
-
-  mesh = parallel.create_mesh()
-  _set_layers(config, forms)
-  model = models.create_model(config)
-  tx, _ = optimizers.create_optimizer(config, 100)
-  size = (config.data.image_size, config.data.image_size, config.data.channels)
-  state = parallel.jit_init(make_init_fn(model, tx, optimizers.create_plateau(config), size), mesh)(
-      jax.random.PRNGKey(0)
-  )
-  train_step = parallel.jit_train_step(make_train_step(model, tx, config), mesh)
-  rng = np.random.default_rng(0)
-  batch = parallel.shard_batch(
-      {
-          'image': rng.integers(0, 256, (config.batch_size, *size), dtype=np.uint8),
-          'label': rng.integers(0, 2, (config.batch_size,), dtype=np.int32),
-      },
-      mesh,
-  )
-  seconds = timed(lambda s, b: train_step(s, b)[0], (state, batch), steps)
-  return config.batch_size / seconds
+  step, state, batch = project_step(config, forms)
+  return config.batch_size / timed(lambda s, b: step(s, b)[0], (state, batch), steps)
 
 
 def keras_images_per_second(name: str, steps: int) -> float:
@@ -113,7 +74,7 @@ def keras_images_per_second(name: str, steps: int) -> float:
   import keras
   import numpy as np
 
-  config = _config(name)
+  config = benchmark_config(name)
   size = config.data.image_size
   if name == 'small_cnn':
     layers = [keras.Input((size, size, 3))]
@@ -150,7 +111,7 @@ def torch_images_per_second(name: str, steps: int) -> float:
   import torch
   from torch import nn
 
-  config = _config(name)
+  config = benchmark_config(name)
   size = config.data.image_size
   if name == 'small_cnn':
     layers, channels = [], 3
@@ -228,7 +189,7 @@ def main(_):
   roofline = matmul_gflops()
   rows = []
   for name in FLAGS.models:
-    config = _config(name)
+    config = benchmark_config(name)
     gflop = 3 * forward_gflop_per_image(config)
     keras_rate = _in_subprocess('keras', name, FLAGS.steps) if FLAGS.keras else None
     torch_rate = _in_subprocess('torch', name, FLAGS.steps) if FLAGS.torch else None

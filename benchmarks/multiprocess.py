@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl import app, flags
@@ -51,20 +52,26 @@ def launch(processes: int, devices: int, argv, out: str, timeout: int = 600) -> 
         JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{distributed.free_port()}',
         JAX_NUM_PROCESSES=str(processes),
     )
+  # Each process writes to a file, not a pipe: a pipe left unread while process 0 is
+  # awaited would fill, block its writer and so both processes.
+  logs = [tempfile.TemporaryFile('w+') for _ in range(processes)]
   procs = [
       subprocess.Popen(
           [sys.executable, os.path.abspath(__file__), *argv, f'--out={out}'],
           env=dict(env, JAX_PROCESS_ID=str(i)) if processes > 1 else env,
-          stdout=subprocess.PIPE,
+          stdout=log,
           stderr=subprocess.STDOUT,
           text=True,
       )
-      for i in range(processes)
+      for i, log in enumerate(logs)
   ]
-  logs = [p.communicate(timeout=timeout)[0] for p in procs]
+  deadline = time.monotonic() + timeout
+  for p in procs:
+    p.wait(timeout=max(deadline - time.monotonic(), 0))
   for i, (p, log) in enumerate(zip(procs, logs)):
     if p.returncode:
-      raise RuntimeError(f'process {i} of {processes}x{devices} failed:\n{log[-3000:]}')
+      log.seek(0)
+      raise RuntimeError(f'process {i} of {processes}x{devices} failed:\n{log.read()[-3000:]}')
   with open(out) as f:
     return json.load(f)
 

@@ -9,8 +9,10 @@ differently, or without a coordinator, fail with a message.
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -48,30 +50,57 @@ def _flags(folder, workdir, **fields):
 
 
 def _start(folder, workdir, per_process=((), ()), program='main.py', **fields):
-  """Starts one process per entry of `per_process` (extra arguments of each); returns them."""
+  """Starts one process per entry of `per_process` (extra arguments of each); returns them.
+
+  Each writes to its own temporary file, not a pipe: a pipe nobody reads while the test
+  waits on the other process fills, blocks its writer, and both processes then hang.
+  """
   port = distributed.free_port()
   env = dict(
       os.environ,
       XLA_FLAGS='--xla_force_host_platform_device_count=2',
       JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
       JAX_NUM_PROCESSES=str(len(per_process)),
+      PYTHONFAULTHANDLER='1',  # SIGABRT (see _finish) prints every thread's stack
   )
-  return [
-      subprocess.Popen(
-          [sys.executable, program, *_flags(folder, workdir, **fields), *extra],
-          cwd=ROOT,
-          env=dict(env, JAX_PROCESS_ID=str(i)),
-          stdout=subprocess.PIPE,
-          stderr=subprocess.STDOUT,
-          text=True,
-      )
-      for i, extra in enumerate(per_process)
-  ]
+  procs = []
+  for i, extra in enumerate(per_process):
+    log = tempfile.TemporaryFile('w+')
+    proc = subprocess.Popen(
+        [sys.executable, program, *_flags(folder, workdir, **fields), *extra],
+        cwd=ROOT,
+        env=dict(env, JAX_PROCESS_ID=str(i)),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    proc.log = log
+    procs.append(proc)
+  return procs
 
 
 def _finish(procs, timeout=240):
-  logs = [p.communicate(timeout=timeout)[0] for p in procs]
-  return [p.returncode for p in procs], logs
+  """The processes' exit codes and logs once they end; past `timeout`, their stacks fail the test."""
+  deadline = time.monotonic() + timeout
+  try:
+    for p in procs:
+      p.wait(timeout=max(deadline - time.monotonic(), 0))
+  except subprocess.TimeoutExpired:
+    for p in procs:
+      if p.poll() is None:
+        p.send_signal(signal.SIGABRT)
+        p.wait(timeout=30)
+    pytest.fail(
+        f'still running after {timeout} s; stacks and logs:\n'
+        + '\n-----\n'.join(log[-6000:] for log in _logs(procs))
+    )
+  return [p.returncode for p in procs], _logs(procs)
+
+
+def _logs(procs):
+  for p in procs:
+    p.log.seek(0)
+  return [p.log.read() for p in procs]
 
 
 def test_two_processes_train_and_evaluate_like_one():

@@ -1,6 +1,6 @@
 """Fault injection at scale: many trials of every fault kind against an uninterrupted run.
 
-  python benchmarks/inject_fault.py --trials=50 [--seed=0] [--workdir=/tmp/faults]
+  python benchmarks/fault_injection.py --trials=50 [--seed=0] [--workdir=/tmp/faults]
 
 A tiny MLP trains 4 epochs of 3 steps on generated images, in a new process per
 run. Each trial injects one fault at a random point, goes on the way a user

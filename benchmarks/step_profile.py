@@ -34,22 +34,28 @@ flags.DEFINE_integer('steps', 3, 'traced steps (after two warm-up steps)')
 flags.DEFINE_string('json', None, 'write the results here as JSON')
 FLAGS = flags.FLAGS
 
-_CALL = re.compile(
-    r'%(?P<name>\S+) = (?P<out>\S+) custom-call\(.*custom_call_target="catsdogs_onednn_conv_'
-    r'(?P<pass>\w+)", operand_layout_constraints=\{(?P<operands>.*?)\}, api_version'
-)
 _SHAPE = re.compile(r'(?:f32|bf16)\[([\d,]+)\]')
+
+
+def _shape(dims: str):
+  return tuple(int(v) for v in dims.split(','))
 
 
 def onednn_calls(hlo_text: str) -> dict:
   """{HLO name: (pass, output shape, operand shapes)} of the oneDNN custom calls in `hlo_text`."""
+  from catsdogs_jax.models import onednn  # imports JAX: only after the restart in main()
+
+  call = re.compile(
+      r'%(?P<name>\S+) = (?P<out>\S+) custom-call\(.*custom_call_target="'
+      + re.escape(onednn.TARGET_PREFIX)
+      + r'(?P<pass>\w+)", operand_layout_constraints=\{(?P<operands>.*?)\}, api_version'
+  )
   calls = {}
   for line in hlo_text.splitlines():
-    match = _CALL.search(line)
+    match = call.search(line)
     if match:
-      shape = lambda s: tuple(int(v) for v in s.split(','))
-      out = shape(_SHAPE.search(match['out']).group(1))
-      operands = [shape(s) for s in _SHAPE.findall(match['operands'])]
+      out = _shape(_SHAPE.search(match['out']).group(1))
+      operands = [_shape(s) for s in _SHAPE.findall(match['operands'])]
       calls[match['name']] = (match['pass'], out, operands)
   return calls
 

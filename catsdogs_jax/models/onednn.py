@@ -34,6 +34,8 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
 _LIBRARY = '_onednn_conv'  # catsdogs_jax/models/_onednn_conv{EXT_SUFFIX}, built by setup.py
+# XLA's name of each call: the prefix, then a key of _TARGETS.
+TARGET_PREFIX = 'catsdogs_onednn_conv_'
 _TARGETS = {
     'forward': 'OnednnConvForward',
     'input_grad': 'OnednnConvInputGrad',
@@ -105,7 +107,7 @@ def _load() -> Extension:
     return Extension(False, f"oneDNN's CPU engine does not start ({problem})")
   for name, symbol in _TARGETS.items():
     jax.ffi.register_ffi_target(
-        f'catsdogs_onednn_conv_{name}', jax.ffi.pycapsule(getattr(library, symbol)), platform='cpu'
+        TARGET_PREFIX + name, jax.ffi.pycapsule(getattr(library, symbol)), platform='cpu'
     )
   return Extension(True, f'oneDNN {library.OnednnConvVersion().decode()}')
 
@@ -131,7 +133,7 @@ def _call(name, out_shape, dtype, a, b, strides, padding, groups):
     raise RuntimeError(f'oneDNN convolutions are off: {load().detail}')
   (top, bottom), (left, right) = padding
   return jax.ffi.ffi_call(
-      f'catsdogs_onednn_conv_{name}',
+      TARGET_PREFIX + name,
       jax.ShapeDtypeStruct(out_shape, dtype),
       vmap_method='sequential',
   )(

@@ -1,5 +1,6 @@
 // oneDNN convolutions as XLA FFI custom calls on the CPU: the forward pass, its input
-// gradient and its kernel gradient, for 2-D NHWC activations and HWIO kernels (grouped:
+// gradient and its kernel gradient (alone, or with the bias gradient in the same pass
+// over the output gradient), for 2-D NHWC activations and HWIO kernels (grouped:
 // [kh, kw, C / groups, O]), float32 or bfloat16. Loaded and registered by
 // catsdogs_jax/models/onednn.py, which also checks which convolutions fit.
 //
@@ -25,7 +26,7 @@ using dnnl::memory;
 
 namespace {
 
-enum class Kind : int64_t { kForward, kInputGrad, kKernelGrad };
+enum class Kind : int64_t { kForward, kInputGrad, kKernelGrad, kKernelBiasGrad };
 
 // Everything a primitive depends on: which pass, shapes, strides, padding, groups, dtype.
 struct Geometry {
@@ -81,16 +82,24 @@ struct Conv {
   dnnl::primitive primitive;
   memory::desc kernel;       // the primitive's kernel (or kernel gradient) layout
   memory::desc user_kernel;  // JAX's layout
+  memory::desc bias;         // the bias gradient's, [O] (kKernelBiasGrad)
   memory::desc scratchpad;
   bool reorder = false;
   dnnl::reorder reorder_kernel;
 };
 
+memory::desc Bias(const Geometry& g, memory::data_type dtype) {
+  return memory::desc({g.o}, dtype, memory::format_tag::a);
+}
+
+// The forward pass, also the hint each backward pass is built from (with the bias when it
+// computes the bias gradient, so that the two describe the same convolution).
 dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g,
-                                                      const dnnl::primitive_attr& attr) {
+                                                      const dnnl::primitive_attr& attr,
+                                                      const memory::desc& bias) {
   return dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-      Activations(g, g.h, g.w, g.c), Kernel(g, memory::format_tag::any, g.dtype),
+      Activations(g, g.h, g.w, g.c), Kernel(g, memory::format_tag::any, g.dtype), bias,
       Activations(g, g.oh, g.ow, g.o), {g.stride_h, g.stride_w}, {g.pad_top, g.pad_left},
       {g.pad_bottom, g.pad_right}, attr);
 }
@@ -101,7 +110,8 @@ std::shared_ptr<Conv> Build(Kind kind, const Geometry& g, memory::data_type kern
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   auto conv = std::make_shared<Conv>();
   conv->user_kernel = Kernel(g, memory::format_tag::hwio, kernel_dtype);
-  auto forward = ForwardDesc(g, attr);
+  if (kind == Kind::kKernelBiasGrad) conv->bias = Bias(g, kernel_dtype);
+  auto forward = ForwardDesc(g, attr, conv->bias);
   if (kind == Kind::kForward) {
     conv->primitive = dnnl::convolution_forward(forward);
     conv->kernel = forward.weights_desc();
@@ -118,7 +128,8 @@ std::shared_ptr<Conv> Build(Kind kind, const Geometry& g, memory::data_type kern
   } else {
     dnnl::convolution_backward_weights::primitive_desc pd(
         Engine(), dnnl::algorithm::convolution_direct, Activations(g, g.h, g.w, g.c),
-        Kernel(g, memory::format_tag::any, kernel_dtype), Activations(g, g.oh, g.ow, g.o),
+        Kernel(g, memory::format_tag::any, kernel_dtype), conv->bias,
+        Activations(g, g.oh, g.ow, g.o),
         {g.stride_h, g.stride_w}, {g.pad_top, g.pad_left}, {g.pad_bottom, g.pad_right}, forward,
         attr);
     conv->primitive = dnnl::convolution_backward_weights(pd);
@@ -128,7 +139,7 @@ std::shared_ptr<Conv> Build(Kind kind, const Geometry& g, memory::data_type kern
   conv->reorder = conv->kernel != conv->user_kernel;
   if (conv->reorder) {
     conv->reorder_kernel =
-        kind == Kind::kKernelGrad
+        kind == Kind::kKernelGrad || kind == Kind::kKernelBiasGrad
             ? dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), conv->kernel, Engine(),
                                                           conv->user_kernel))
             : dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), conv->user_kernel, Engine(),
@@ -214,7 +225,7 @@ ffi::ErrorOr<Geometry> MakeGeometry(ffi::AnyBuffer::Dimensions x, ffi::AnyBuffer
 }
 
 ffi::Error Run(Kind kind, const Geometry& g, memory::data_type kernel_dtype, void* x, void* kernel,
-               void* y) {
+               void* y, void* bias = nullptr) {
   try {
     auto conv = Cached(kind, g, kernel_dtype);
     dnnl::stream& stream = Stream();
@@ -237,10 +248,14 @@ ffi::Error Run(Kind kind, const Geometry& g, memory::data_type kernel_dtype, voi
                                        {DNNL_ARG_DIFF_DST, y_mem},
                                        {DNNL_ARG_SCRATCHPAD, scratchpad}});
     } else {
-      conv->primitive.execute(stream, {{DNNL_ARG_SRC, x_mem},
-                                       {DNNL_ARG_DIFF_WEIGHTS, kernel_mem},
-                                       {DNNL_ARG_DIFF_DST, y_mem},
-                                       {DNNL_ARG_SCRATCHPAD, scratchpad}});
+      std::unordered_map<int, memory> args{{DNNL_ARG_SRC, x_mem},
+                                           {DNNL_ARG_DIFF_WEIGHTS, kernel_mem},
+                                           {DNNL_ARG_DIFF_DST, y_mem},
+                                           {DNNL_ARG_SCRATCHPAD, scratchpad}};
+      if (kind == Kind::kKernelBiasGrad) {
+        args.emplace(DNNL_ARG_DIFF_BIAS, memory(conv->bias, Engine(), bias));
+      }
+      conv->primitive.execute(stream, args);
       if (conv->reorder) conv->reorder_kernel.execute(stream, kernel_mem, user_kernel);
     }
     stream.wait();
@@ -283,14 +298,27 @@ ffi::Error KernelGrad(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyB
              dw->untyped_data(), dy.untyped_data());
 }
 
+// The kernel and bias gradients in one pass: db is dy summed over batch and space.
+ffi::Error KernelBiasGrad(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw,
+                          ffi::Result<ffi::AnyBuffer> db, CONV_ATTRS) {
+  auto g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), x.element_type(),
+                        CONV_ARGS);
+  if (g.has_error()) return g.error();
+  auto kernel_dtype = DnnlType(dw->element_type());
+  if (kernel_dtype.has_error()) return kernel_dtype.error();
+  if (db->element_type() != dw->element_type() || db->dimensions().size() != 1 ||
+      db->dimensions()[0] != g.value().o) {
+    return ffi::Error::InvalidArgument(
+        "oneDNN convolution: the bias gradient must be [O], in the kernel gradient's dtype");
+  }
+  return Run(Kind::kKernelBiasGrad, g.value(), kernel_dtype.value(), x.untyped_data(),
+             dw->untyped_data(), dy.untyped_data(), db->untyped_data());
+}
+
 }  // namespace
 
-#define CONV_BINDING                     \
-  ffi::Ffi::Bind()                       \
-      .Arg<ffi::AnyBuffer>()             \
-      .Arg<ffi::AnyBuffer>()             \
-      .Ret<ffi::AnyBuffer>()             \
-      .Attr<int64_t>("stride_h")         \
+#define CONV_ATTR_BINDING                \
+      Attr<int64_t>("stride_h")         \
       .Attr<int64_t>("stride_w")         \
       .Attr<int64_t>("pad_top")          \
       .Attr<int64_t>("pad_left")         \
@@ -298,7 +326,10 @@ ffi::Error KernelGrad(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyB
       .Attr<int64_t>("pad_right")        \
       .Attr<int64_t>("groups")
 
-// The library is built with hidden symbols; these four are its interface.
+#define CONV_BINDING \
+  ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().CONV_ATTR_BINDING
+
+// The library is built with hidden symbols; these five are its interface.
 #pragma GCC visibility push(default)
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
@@ -310,6 +341,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     OnednnConvKernelGrad, KernelGrad,
     CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    OnednnConvKernelBiasGrad, KernelBiasGrad,
+    ffi::Ffi::Bind()
+        .Arg<ffi::AnyBuffer>()
+        .Arg<ffi::AnyBuffer>()
+        .Ret<ffi::AnyBuffer>()
+        .Ret<ffi::AnyBuffer>()
+        .CONV_ATTR_BINDING);
 
 // Says the library loaded and which oneDNN it was built against ("3.13.0").
 extern "C" const char* OnednnConvVersion() {

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 from jax import lax
 
 from catsdogs_jax import models
@@ -149,6 +150,140 @@ def test_what_onednn_does_not_take_goes_to_the_cpu_forms():
   )(x, w)
   for jaxpr in (dilated, transposed):
     assert 'custom_partitioning' not in str(jaxpr) and 'conv_general_dilated' in str(jaxpr)
+
+
+# (input H, W, C; kernel; output channels; strides; explicit padding; groups)
+BIASED = {
+    'small_cnn first': ((15, 15, 3), 3, 32, (1, 1), ((0, 0), (0, 0)), 1),
+    'vgg16 deep, 512 channels': ((4, 4, 512), 3, 512, (1, 1), ((1, 1), (1, 1)), 1),
+    'efficientnet squeeze-excite 1x1': ((1, 1, 96), 1, 4, (1, 1), ((0, 0), (0, 0)), 1),
+    'depthwise, stride 2, uneven padding': ((9, 8, 32), 3, 32, (2, 2), ((1, 1), (0, 1)), 32),
+    'grouped': ((7, 7, 8), 3, 12, (1, 1), ((1, 1), (1, 1)), 2),
+}
+
+
+def _biased_values_and_grads(fn, x, kernel, bias):
+  y, vjp = jax.vjp(fn, x, kernel, bias)
+  dy = jnp.asarray(np.random.default_rng(1).normal(size=y.shape), y.dtype)
+  return (y, *vjp(dy))
+
+
+def _biased_case(case, batch=2):
+  (h, w, c), k, o, strides, padding, groups = BIASED[case]
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(batch, h, w, c)), jnp.float32)
+  kernel = (
+      jnp.asarray(rng.normal(size=(k, k, c // groups, o)), jnp.float32)
+      / (k * k * c // groups) ** 0.5
+  )
+  bias = jnp.asarray(rng.normal(size=(o,)), jnp.float32)
+  fast = lambda x, w, b: onednn.conv2d_bias(x, w, b, strides, padding, groups)
+  plain = lambda x, w, b: _lax(strides, padding, groups)(x, w) + b
+  return (x, kernel, bias), fast, plain
+
+
+@needs_onednn
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+@pytest.mark.parametrize('case', BIASED, ids=list(BIASED))
+def test_convolution_with_bias_equals_lax_plus_bias_and_its_three_gradients(case, dtype):
+  """float32 to float32 precision; bfloat16, whose bias gradient is oneDNN's, to a percent."""
+  args, fast_fn, plain_fn = _biased_case(case)
+  half = dtype == 'bfloat16'
+  fast_args = [a.astype(dtype) for a in args]
+  hlo = jax.jit(jax.grad(lambda *a: jnp.sum(fast_fn(*a)), (0, 1, 2))).lower(*fast_args).as_text()
+  assert ('catsdogs_onednn_conv_kernel_bias_grad' in hlo) == half
+  fast = jax.jit(lambda *a: _biased_values_and_grads(fast_fn, *a))(*fast_args)
+  plain = _biased_values_and_grads(plain_fn, *args)
+  for a, b in zip(fast, plain):
+    assert a.shape == b.shape and a.dtype == dtype
+    scale = float(jnp.abs(b).max())
+    if half:  # bfloat16 keeps 8 bits: differences of a percent of the largest value
+      assert float(jnp.abs(a.astype(jnp.float32) - b).max()) < 2e-2 * scale
+    else:
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5 * scale)
+
+
+@needs_onednn
+def test_the_bias_gradient_of_a_sharded_batch_is_summed_over_the_devices():
+  assert jax.device_count() == 4, 'conftest sets 4 simulated CPU devices'
+  args, fast_fn, _ = _biased_case('grouped', batch=8)
+  args = [a.astype(jnp.bfloat16) for a in args]
+  grads = jax.jit(jax.grad(lambda *a: jnp.sum(fast_fn(*a).astype(jnp.float32) ** 2), (0, 1, 2)))
+  one = grads(*args)
+  mesh = parallel.create_mesh(jax.devices())
+  batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
+  sharded = [jax.device_put(args[0], batch), *args[1:]]
+  hlo = grads.lower(*sharded).compile().as_text()
+  # Each device sums its own 2 images' gradients (the operands are [2, ...] shards), then
+  # one all-reduce adds the kernel and bias gradients.
+  assert re.search(
+      r'target="catsdogs_onednn_conv_kernel_bias_grad", operand_layout_constraints=\{bf16\[2,7,7,8\]',
+      hlo,
+  )
+  assert 'all-reduce' in hlo
+  assert 'all-gather' not in hlo
+  four = grads(*sharded)
+  for a, b in zip(four, one):
+    np.testing.assert_allclose(
+        np.asarray(a, np.float32),
+        np.asarray(b, np.float32),
+        rtol=2e-2,
+        atol=2e-2 * float(jnp.abs(b.astype(jnp.float32)).max()),
+    )
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+    'options',
+    [
+        dict(padding='SAME'),
+        dict(padding='VALID', strides=2, dtype=jnp.bfloat16),
+        dict(padding=1, feature_group_count=4),
+        dict(use_bias=False),
+        dict(kernel_dilation=2),
+        dict(padding='CIRCULAR'),
+    ],
+    ids=['same', 'strided bfloat16', 'grouped int padding', 'no bias', 'dilated', 'circular'],
+)
+def test_the_onednn_conv_module_is_nn_conv_with_its_parameters_names_and_gradients(options):
+  """Same parameters (names, shapes, initial values) as nn.Conv, the same output and gradients.
+
+  Convolutions with a bias take the fused kernel-and-bias gradient call; the rest run as
+  nn.Conv with oneDNN's convolution or, for what oneDNN does not take, lax's.
+  """
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 12, 12, 8)), jnp.float32)
+
+  class Model(nn.Module):
+    conv: type
+
+    @nn.compact
+    def __call__(self, x):
+      return self.conv(8, (3, 3), **options)(x)  # unnamed: Conv_0
+
+  fast, plain = Model(layers.ONEDNN.conv), Model(nn.Conv)
+  params = fast.init(jax.random.PRNGKey(0), x)
+  plain_params = plain.init(jax.random.PRNGKey(0), x)
+  assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, plain_params)
+  assert list(params['params']) == ['Conv_0']
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(plain_params)):
+    np.testing.assert_array_equal(a, b)
+
+  def values_and_grads(model):
+    loss = lambda p: jnp.sum(model.apply(p, x).astype(jnp.float32) ** 2)
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  loss, grads = values_and_grads(fast)
+  plain_loss, plain_grads = values_and_grads(plain)
+  tolerance = 2e-2 if options.get('dtype') == jnp.bfloat16 else 1e-4
+  np.testing.assert_allclose(loss, plain_loss, rtol=tolerance)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(plain_grads)):
+    np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance * float(jnp.abs(b).max()))
+  # conv2d_bias, whose bias gradient is oneDNN's in bfloat16, takes what has a bias and fits.
+  jaxpr = str(jax.make_jaxpr(fast.apply)(params, x))
+  fused = (
+      not {'use_bias', 'kernel_dilation'} & set(options) and options.get('padding') != 'CIRCULAR'
+  )
+  assert ('conv2d_bias' in jaxpr) == fused
 
 
 def _step(forms, devices, batch):

@@ -52,6 +52,7 @@ from typing import Any, Callable, Dict, Sequence
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from flax.linen.linear import canonicalize_padding
 from jax import lax
 
 from catsdogs_jax.models import onednn
@@ -273,6 +274,59 @@ def onednn_conv_general_dilated(
   )
 
 
+def _pair(value) -> tuple:
+  """nn.Conv's strides or dilation (None, an int or a sequence) for two spatial dimensions."""
+  if value is None:
+    return (1, 1)
+  return (value, value) if isinstance(value, int) else tuple(value)
+
+
+class Conv(nn.Conv):
+  """`nn.Conv` by oneDNN, with the bias inside the convolution's VJP (`onednn.conv2d_bias`).
+
+  flax adds the bias after the convolution, so XLA sums the output gradient for the bias
+  gradient in a pass of its own, which in bfloat16 is slow; with the bias inside,
+  oneDNN sums it in bfloat16 while it reads the output gradient for the kernel's. The
+  parameters are nn.Conv's (`kernel`, `bias`, same shapes and initialisers) and the class
+  is named Conv, so layers a model leaves unnamed keep nn.Conv's names (Conv_0, ...):
+  weights and checkpoints move between layer forms. A convolution without a bias, with a
+  mask or dilation, not 2-D or that oneDNN does not take runs as nn.Conv (with the
+  `conv_general_dilated` it is given).
+  """
+
+  @nn.compact
+  def __call__(self, inputs):
+    # As nn.Conv reads it: an int is a 1-D kernel.
+    kernel_size = (
+        (self.kernel_size,) if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
+    )
+    strides = _pair(self.strides)
+    padding = canonicalize_padding(self.padding, len(kernel_size))
+    groups = self.feature_group_count
+    dtype = self.dtype or jnp.result_type(inputs.dtype, self.param_dtype)
+    kernel_shape = (*kernel_size, inputs.shape[-1] // groups, self.features)
+    fused = (
+        self.use_bias
+        and self.shared_weights
+        and self.mask is None
+        and inputs.ndim == 4
+        and len(kernel_size) == 2
+        and _pair(self.input_dilation) == _pair(self.kernel_dilation) == (1, 1)
+        and padding not in ('CIRCULAR', 'REFLECT', 'CAUSAL')
+        and inputs.shape[-1] % groups == 0
+        and jnp.dtype(dtype) in onednn.DTYPES
+    )
+    if fused:
+      pads = _explicit(padding, inputs.shape[1:3], kernel_size, strides)
+      fused = onednn.fits(inputs.shape, kernel_shape, strides, pads, groups)
+    if not fused:
+      return super().__call__(inputs)
+    kernel = self.param('kernel', self.kernel_init, kernel_shape, self.param_dtype)
+    bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+    x, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    return onednn.conv2d_bias(x, kernel, bias, strides, pads, groups)
+
+
 def pointwise_conv2d(x, w, strides, precision=None):
   """Unpadded NHWC 1x1 correlation (w: [1, 1, C, O]): the strided input rows, times w.
 
@@ -443,7 +497,7 @@ CPU = LayerForms(
 )
 # The CPU forms with oneDNN's convolutions (models/onednn.py); pooling as the CPU forms.
 ONEDNN = LayerForms(
-    'onednn', functools.partial(nn.Conv, conv_general_dilated=onednn_conv_general_dilated), max_pool
+    'onednn', functools.partial(Conv, conv_general_dilated=onednn_conv_general_dilated), max_pool
 )
 LAYER_FORMS: Dict[str, LayerForms] = {forms.name: forms for forms in (PLAIN, CPU, ONEDNN)}
 

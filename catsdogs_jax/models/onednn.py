@@ -1,8 +1,9 @@
 """oneDNN's CPU convolutions, called from jitted JAX code through XLA's FFI.
 
-`csrc/onednn_conv.cc`, compiled when the package is installed (`setup.py`), holds three
-XLA custom calls: a 2-D NHWC convolution's forward pass, its input gradient and its
-kernel gradient (float32 or bfloat16, any stride, padding and groups). On the 2-core
+`csrc/onednn_conv.cc`, compiled when the package is installed (`setup.py`), holds XLA
+custom calls for a 2-D NHWC convolution's forward pass, its input gradient and its
+kernel gradient, alone or with the bias gradient (float32 or bfloat16, any stride,
+padding and groups). On the 2-core
 AVX-512 CPU this project is measured on, oneDNN runs the small CNN's 3x3 convolutions at
 190-440 GFLOP/s (the 3-channel first layer lowest), up to 98% of XLA's own float32
 matmul and 1.2-4x the XLA CPU forms (benchmarks/conv_layers.py).
@@ -10,7 +11,8 @@ matmul and 1.2-4x the XLA CPU forms (benchmarks/conv_layers.py).
 `load()` finds the compiled library and the `onednn` package's runtime, loads them and
 registers the calls, once per process; it says why when it cannot (not built, a platform
 without the wheels, a runtime that fails to start). `conv2d` is the convolution with its
-gradients as those calls (a custom VJP). Under a device mesh each device convolves its
+gradients as those calls (a custom VJP); `conv2d_bias` adds a bias, whose gradient the
+kernel-gradient call computes in the same pass over the output gradient. Under a device mesh each device convolves its
 own batch shard (see `_partitioned`), so the calls run inside the data-parallel step.
 `layers.ONEDNN` builds models with it; `layers.layer_forms('auto')` picks it on the CPU
 when `load()` succeeds.
@@ -40,6 +42,7 @@ _TARGETS = {
     'forward': 'OnednnConvForward',
     'input_grad': 'OnednnConvInputGrad',
     'kernel_grad': 'OnednnConvKernelGrad',
+    'kernel_bias_grad': 'OnednnConvKernelBiasGrad',
 }
 # libdnnl.so.3 names these without a search path; loaded first, by full path, from the
 # wheels' lib folder, the loader finds them by name when libdnnl asks.
@@ -100,6 +103,10 @@ def _load() -> Extension:
     return Extension(
         False, f'{path.name} does not load ({error}): reinstall with `pip install -e .`'
     )
+  if not all(hasattr(library, symbol) for symbol in _TARGETS.values()):
+    return Extension(
+        False, f'{path.name} is from an older version: reinstall with `pip install -e .`'
+    )
   library.OnednnConvCheck.restype = ctypes.c_char_p
   library.OnednnConvVersion.restype = ctypes.c_char_p
   problem = library.OnednnConvCheck().decode()
@@ -128,13 +135,17 @@ def output_size(size: int, k: int, stride: int, lo: int, hi: int) -> int:
   return (size + lo + hi - k) // stride + 1
 
 
-def _call(name, out_shape, dtype, a, b, strides, padding, groups):
+def _call(name, outs, a, b, strides, padding, groups):
+  """Call `name` on operands a, b; outs: ((shape, dtype), ...), one pair per result.
+
+  Returns the result, or a tuple of them if there are several.
+  """
   if not load().loaded:
     raise RuntimeError(f'oneDNN convolutions are off: {load().detail}')
   (top, bottom), (left, right) = padding
-  return jax.ffi.ffi_call(
+  results = jax.ffi.ffi_call(
       TARGET_PREFIX + name,
-      jax.ShapeDtypeStruct(out_shape, dtype),
+      tuple(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in outs),
       vmap_method='sequential',
   )(
       a,
@@ -147,6 +158,7 @@ def _call(name, out_shape, dtype, a, b, strides, padding, groups):
       pad_right=np.int64(right),
       groups=np.int64(groups),
   )
+  return results if len(outs) > 1 else results[0]
 
 
 def fits(x_shape, w_shape, strides, padding, groups) -> bool:
@@ -196,20 +208,71 @@ def _conv2d_fwd(x, w, strides, padding, groups):
   pads, read = _read_padding(x.shape, w.shape, strides, padding)
   xr = x[:, : read[0], : read[1]]
   out = tuple(output_size(xr.shape[1 + d], w.shape[d], strides[d], *pads[d]) for d in range(2))
-  y = _partitioned('forward', (x.shape[0], *out, w.shape[3]), x.dtype, xr, w, strides, pads, groups)
+  y = _partitioned(
+      'forward', [((x.shape[0], *out, w.shape[3]), x.dtype)], xr, w, strides, pads, groups
+  )
   return y, (xr, w, x.shape)
+
+
+def _input_grad(residuals, dy, strides, padding, groups):
+  xr, w, x_shape = residuals
+  pads, _ = _read_padding(x_shape, w.shape, strides, padding)
+  dx = _partitioned(
+      'input_grad', [(xr.shape, xr.dtype)], dy.astype(w.dtype), w, strides, pads, groups
+  )
+  return jnp.pad(dx, ((0, 0), (0, x_shape[1] - xr.shape[1]), (0, x_shape[2] - xr.shape[2]), (0, 0)))
 
 
 def _conv2d_bwd(strides, padding, groups, residuals, dy):
   xr, w, x_shape = residuals
   pads, _ = _read_padding(x_shape, w.shape, strides, padding)
-  dx = _partitioned('input_grad', xr.shape, xr.dtype, dy.astype(w.dtype), w, strides, pads, groups)
-  dw = _partitioned('kernel_grad', w.shape, w.dtype, xr, dy.astype(xr.dtype), strides, pads, groups)
-  dx = jnp.pad(dx, ((0, 0), (0, x_shape[1] - xr.shape[1]), (0, x_shape[2] - xr.shape[2]), (0, 0)))
-  return dx, dw
+  dw = _partitioned(
+      'kernel_grad', [(w.shape, w.dtype)], xr, dy.astype(xr.dtype), strides, pads, groups
+  )
+  return _input_grad(residuals, dy, strides, padding, groups), dw
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def conv2d_bias(x, w, b, strides, padding, groups=1):
+  """`conv2d(x, w, ...) + b` (b: [O], in x's dtype); in bfloat16 the bias gradient is oneDNN's.
+
+  In bfloat16, oneDNN sums the output gradient for the bias while it reads it for the
+  kernel gradient, at almost no cost; XLA:CPU sums a bfloat16 array through a slow
+  reduce-window (the small CNN's bias gradients took 120 ms of its 345 ms bfloat16 step,
+  its step then ran at 1.6x). In float32 XLA's own reduction is the faster one (oneDNN's
+  float32 kernel gradient with the bias took 14 ms against 9 for the 3-channel first
+  layer), so it stays.
+  """
+  return _conv2d_bias_fwd(x, w, b, strides, padding, groups)[0]
+
+
+def _conv2d_bias_fwd(x, w, b, strides, padding, groups):
+  y, residuals = _conv2d_fwd(x, w, strides, padding, groups)
+  return y + b.astype(y.dtype), residuals
+
+
+def _conv2d_bias_bwd(strides, padding, groups, residuals, dy):
+  xr, w, x_shape = residuals
+  if dy.dtype != jnp.bfloat16:
+    dx, dw = _conv2d_bwd(strides, padding, groups, residuals, dy)
+    return dx, dw, jnp.sum(dy, (0, 1, 2), dtype=w.dtype)
+  pads, _ = _read_padding(x_shape, w.shape, strides, padding)
+  dw, db = _partitioned(
+      'kernel_bias_grad',
+      [(w.shape, w.dtype), ((w.shape[3],), w.dtype)],
+      xr,
+      dy.astype(xr.dtype),
+      strides,
+      pads,
+      groups,
+  )
+  return _input_grad(residuals, dy, strides, padding, groups), dw, db
+
+
+conv2d_bias.defvjp(_conv2d_bias_fwd, _conv2d_bias_bwd)
 
 
 # ----- one batch shard per device
@@ -245,27 +308,29 @@ def _sharded_call(name: str, rule: str, sums_batch: bool):
   """`_call(name, ...)` that each device runs on its own batch shard inside a sharded jit.
 
   The partitioner hands `partition` the operands' shardings; each device then calls oneDNN
-  on its shard (no all-gather). The kernel gradient sums over the batch, so its per-device
-  partial sums are added over the batch's mesh axes (one all-reduce of the kernel's size).
+  on its shard (no all-gather). The kernel (and bias) gradients sum over the batch, so
+  their per-device partial sums are added over the batch's mesh axes (one all-reduce of
+  their size).
   """
 
-  @functools.partial(custom_partitioning, static_argnums=(0, 1, 2, 3, 4))
-  def call(out_shape, dtype, strides, padding, groups, a, b):
-    return _call(name, out_shape, dtype, a, b, strides, padding, groups)
+  @functools.partial(custom_partitioning, static_argnums=(0, 1, 2, 3))
+  def call(outs, strides, padding, groups, a, b):
+    return _call(name, outs, a, b, strides, padding, groups)
 
-  def partition(out_shape, dtype, strides, padding, groups, mesh, arg_shapes, result_shape):
+  def partition(outs, strides, padding, groups, mesh, arg_shapes, result_shape):
     axes, count = _batch_axes(mesh, arg_shapes[0])
     batched = NamedSharding(mesh, PartitionSpec(axes, None, None, None))
     whole = NamedSharding(mesh, PartitionSpec())
     if sums_batch:
 
       def lower(a, b):
-        partial_sum = _call(name, out_shape, dtype, a, b, strides, padding, groups)
-        return partial_sum if axes is None else jax.lax.psum(partial_sum, axes)
+        partial_sums = _call(name, outs, a, b, strides, padding, groups)
+        return partial_sums if axes is None else jax.lax.psum(partial_sums, axes)
 
-      return mesh, lower, whole, (batched, batched)
-    local = (out_shape[0] // count, *out_shape[1:])  # out_shape is the global one
-    lower = lambda a, b: _call(name, local, dtype, a, b, strides, padding, groups)
+      return mesh, lower, whole if len(outs) == 1 else (whole,) * len(outs), (batched, batched)
+    ((shape, dtype),) = outs  # the global shape
+    local = (((shape[0] // count, *shape[1:]), dtype),)
+    lower = lambda a, b: _call(name, local, a, b, strides, padding, groups)
     return mesh, lower, batched, (batched, whole)
 
   call.def_partition(
@@ -278,8 +343,11 @@ _SHARDED = {
     'forward': _sharded_call('forward', 'b h w c, i j k o -> b p q o', False),
     'input_grad': _sharded_call('input_grad', 'b p q o, i j k o -> b h w c', False),
     'kernel_grad': _sharded_call('kernel_grad', 'b h w c, b p q o -> i j k o', True),
+    'kernel_bias_grad': _sharded_call('kernel_bias_grad', 'b h w c, b p q o -> i j k o, o', True),
 }
 
 
-def _partitioned(name, out_shape, dtype, a, b, strides, padding, groups):
-  return _SHARDED[name](tuple(out_shape), jnp.dtype(dtype), strides, padding, groups, a, b)
+def _partitioned(name, outs, a, b, strides, padding, groups):
+  """`_call` as each device's batch shard; outs: [(global shape, dtype), ...]."""
+  outs = tuple((tuple(shape), jnp.dtype(dtype)) for shape, dtype in outs)
+  return _SHARDED[name](outs, strides, padding, groups, a, b)

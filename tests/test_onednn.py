@@ -38,6 +38,7 @@ def test_the_library_loads_where_the_onednn_wheels_install():
 
 
 def test_why_it_is_off_is_one_sentence_that_names_the_fix(monkeypatch, tmp_path):
+  built = onednn.library_path()
   monkeypatch.setenv('CATSDOGS_ONEDNN', '0')
   assert onednn._load() == onednn.Extension(False, 'turned off by CATSDOGS_ONEDNN=0')
   monkeypatch.delenv('CATSDOGS_ONEDNN')
@@ -51,6 +52,12 @@ def test_why_it_is_off_is_one_sentence_that_names_the_fix(monkeypatch, tmp_path)
     extension = onednn._load()
     assert not extension.loaded and 'does not load' in extension.detail
     assert extension.detail.endswith('reinstall with `pip install -e .`')
+  if onednn.load().loaded:  # a library built before one of the calls was added
+    monkeypatch.setattr(onednn, 'library_path', lambda: built)
+    monkeypatch.setitem(onednn._TARGETS, 'newer', 'OnednnConvNewer')
+    assert onednn._load() == onednn.Extension(
+        False, f'{built.name} is from an older version: reinstall with `pip install -e .`'
+    )
 
 
 def _values_and_grads(fn, x, w):

@@ -3,19 +3,19 @@
 `csrc/onednn_conv.cc`, compiled when the package is installed (`setup.py`), holds XLA
 custom calls for a 2-D NHWC convolution's forward pass, its input gradient and its
 kernel gradient, alone or with the bias gradient (float32 or bfloat16, any stride,
-padding and groups). On the 2-core
-AVX-512 CPU this project is measured on, oneDNN runs the small CNN's 3x3 convolutions at
-190-440 GFLOP/s (the 3-channel first layer lowest), up to 98% of XLA's own float32
-matmul and 1.2-4x the XLA CPU forms (benchmarks/conv_layers.py).
+padding and groups). On the 2-core AVX-512 CPU this project is measured on, oneDNN
+runs the small CNN's 3x3 convolutions at 190-440 GFLOP/s (the 3-channel first layer
+lowest), up to 98% of XLA's own float32 matmul and 1.2-4x the XLA CPU forms
+(benchmarks/conv_layers.py).
 
 `load()` finds the compiled library and the `onednn` package's runtime, loads them and
 registers the calls, once per process; it says why when it cannot (not built, a platform
 without the wheels, a runtime that fails to start). `conv2d` is the convolution with its
-gradients as those calls (a custom VJP); `conv2d_bias` adds a bias, whose gradient the
-kernel-gradient call computes in the same pass over the output gradient. Under a device mesh each device convolves its
-own batch shard (see `_partitioned`), so the calls run inside the data-parallel step.
-`layers.ONEDNN` builds models with it; `layers.layer_forms('auto')` picks it on the CPU
-when `load()` succeeds.
+gradients as those calls (a custom VJP); `conv2d_bias` adds a bias, whose gradient in
+bfloat16 the kernel-gradient call computes in the same pass over the output gradient.
+Under a device mesh each device convolves its own batch shard (see `_partitioned`), so
+the calls run inside the data-parallel step. `layers.ONEDNN` builds models with it;
+`layers.layer_forms('auto')` picks it on the CPU when `load()` succeeds.
 """
 
 import ctypes
@@ -242,9 +242,9 @@ def conv2d_bias(x, w, b, strides, padding, groups=1):
   In bfloat16, oneDNN sums the output gradient for the bias while it reads it for the
   kernel gradient, at almost no cost; XLA:CPU sums a bfloat16 array through a slow
   reduce-window (the small CNN's bias gradients took 120 ms of its 345 ms bfloat16 step,
-  its step then ran at 1.6x). In float32 XLA's own reduction is the faster one (oneDNN's
-  float32 kernel gradient with the bias took 14 ms against 9 for the 3-channel first
-  layer), so it stays.
+  its step then ran at 1.6x). In float32 XLA's reduction costs no more than oneDNN's (whose
+  kernel gradient of the 3-channel first layer took 14-15 ms with the bias, 8-9 without),
+  so it stays.
   """
   return _conv2d_bias_fwd(x, w, b, strides, padding, groups)[0]
 

@@ -42,11 +42,14 @@ def _shape(dims: str):
 
 
 def onednn_calls(hlo_text: str) -> dict:
-  """{HLO name: (pass, output shape, operand shapes)} of the oneDNN custom calls in `hlo_text`."""
+  """{HLO name: (pass, output shape, operand shapes)} of the oneDNN custom calls in `hlo_text`.
+
+  A call with several results (the kernel-and-bias gradient, a tuple) is named by its first.
+  """
   from catsdogs_jax.models import onednn  # imports JAX: only after the restart in main()
 
   call = re.compile(
-      r'%(?P<name>\S+) = (?P<out>\S+) custom-call\(.*custom_call_target="'
+      r'%(?P<name>\S+) = (?P<out>\([^)]*\)|\S+) custom-call\(.*custom_call_target="'
       + re.escape(onednn.TARGET_PREFIX)
       + r'(?P<pass>\w+)", operand_layout_constraints=\{(?P<operands>.*?)\}, api_version'
   )
@@ -63,7 +66,12 @@ def onednn_calls(hlo_text: str) -> dict:
 def call_flops(kind: str, out, operands) -> int:
   """Multiply-adds x 2 of one oneDNN call: every pass does the forward's."""
   a, b = operands
-  y, w = {'forward': (out, b), 'input_grad': (a, b), 'kernel_grad': (b, out)}[kind]
+  y, w = {
+      'forward': (out, b),
+      'input_grad': (a, b),
+      'kernel_grad': (b, out),
+      'kernel_bias_grad': (b, out),
+  }[kind]
   n, oh, ow, o = y
   kh, kw, c_per_group, _ = w
   return 2 * n * oh * ow * o * kh * kw * c_per_group

@@ -6,7 +6,7 @@
 Builds the step `train_step.py` times (the same models, image sizes, batches and optimisers),
 runs it under JAX's profiler and reads the trace (an XPlane protobuf, parsed with the schema
 TensorFlow installs). Prints the step's time untraced and traced, then the time per step of
-each kind of operation XLA ran, summed over XLA's threads (names without their numbers, so
+each kind of operation XLA ran, summed over the threads that ran them (names without their numbers, so
 that the fusions of one kind add up), and, for each oneDNN call, its pass, shapes, time and
 GFLOP/s against a float32 matmul measured in the same run. The measurement that decides
 what to move into oneDNN next: an operation that takes little of the step gains little.
@@ -77,8 +77,18 @@ def call_flops(kind: str, out, operands) -> int:
   return 2 * n * oh * ow * o * kh * kw * c_per_group
 
 
-def thunk_times(trace_dir: str):
-  """{operation name: total ms} over XLA's threads, and {name: count}, from the trace."""
+def instruction_names(hlo_text: str) -> set:
+  """The names of every instruction in the compiled HLO module `hlo_text`."""
+  return set(re.findall(r'^\s*(?:ROOT )?%(\S+) = ', hlo_text, re.MULTILINE))
+
+
+def thunk_times(trace_dir: str, instructions: set):
+  """{operation name: total ms} over the threads that ran them, and {name: count}, from the trace.
+
+  XLA runs a step's operations on its intra-op threads and on the client thread that
+  started the step, so every thread counts; events not named for an instruction of the
+  step (thread-pool and executor markers, other executables) do not.
+  """
   try:
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
   except ImportError as error:
@@ -92,14 +102,11 @@ def thunk_times(trace_dir: str):
   for plane in space.planes:
     names = {key: m.name for key, m in plane.event_metadata.items()}
     for line in plane.lines:
-      if not line.name.startswith('tf_XLAEigen'):  # XLA's intra-op threads run the operations
-        continue
       for event in line.events:
         name = names.get(event.metadata_id, '')
-        if name.startswith(('ThunkExecutor', 'end: ')):  # wrappers and markers, not operations
-          continue
-        total[name] += event.duration_ps / 1e9
-        count[name] += 1
+        if name in instructions:
+          total[name] += event.duration_ps / 1e9
+          count[name] += 1
   return total, count
 
 
@@ -115,13 +122,14 @@ def main(_):
   config.half_precision = FLAGS.dtype == 'bfloat16'
   train_step, state, batch = project_step(config, FLAGS.layers)
   step = lambda s, b: train_step(s, b)[0]
-  calls = onednn_calls(train_step.lower(state, batch).compile().as_text())
+  hlo_text = train_step.lower(state, batch).compile().as_text()
+  calls = onednn_calls(hlo_text)
   # The step donates its state: each timing gets a copy.
   untraced = timed(step, (jax.tree.map(jnp.copy, state), batch), FLAGS.steps)
   with tempfile.TemporaryDirectory() as trace_dir:
     with jax.profiler.trace(trace_dir):
       traced = timed(step, (state, batch), FLAGS.steps)
-    total, count = thunk_times(trace_dir)
+    total, count = thunk_times(trace_dir, instruction_names(hlo_text))
   per_step = FLAGS.steps + 2  # timed() runs two warm-up steps inside the trace too
   kinds, kind_count = collections.Counter(), collections.Counter()
   for name, ms in total.items():
@@ -132,7 +140,7 @@ def main(_):
   print(
       f'{FLAGS.model} {config.data.image_size} px, batch {config.batch_size}, {FLAGS.layers} layers, '
       f'{FLAGS.dtype}: {untraced * 1e3:.1f} ms per step ({traced * 1e3:.1f} traced); '
-      f"operations {busy:.1f} ms per step over XLA's threads; float32 matmul {roofline:.0f} GFLOP/s"
+      f"operations {busy:.1f} ms per step over the threads; float32 matmul {roofline:.0f} GFLOP/s"
   )
   print(f'{"ms/step":>8} {"share":>6} {"count":>6}  operation')
   for kind, ms in kinds.most_common(15):

@@ -140,7 +140,7 @@ def main(_):
   print(
       f'{FLAGS.model} {config.data.image_size} px, batch {config.batch_size}, {FLAGS.layers} layers, '
       f'{FLAGS.dtype}: {untraced * 1e3:.1f} ms per step ({traced * 1e3:.1f} traced); '
-      f"operations {busy:.1f} ms per step over the threads; float32 matmul {roofline:.0f} GFLOP/s"
+      f'operations {busy:.1f} ms per step over the threads; float32 matmul {roofline:.0f} GFLOP/s'
   )
   print(f'{"ms/step":>8} {"share":>6} {"count":>6}  operation')
   for kind, ms in kinds.most_common(15):

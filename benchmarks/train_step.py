@@ -1,7 +1,7 @@
 """Train-step speed on this machine: the project's jitted step against Keras (TensorFlow) and a matmul roofline.
 
-  python benchmarks/train_step.py [--models=small_cnn,vgg16] [--steps=10] [--json=FILE]
-      [--layers=onednn,cpu,plain] [--dtypes=float32,bfloat16] [--keras] [--torch]
+  python benchmarks/train_step.py [--models=small_cnn,vgg16] [--steps=10] [--rounds=1]
+      [--layers=onednn,cpu,plain] [--dtypes=float32,bfloat16] [--keras] [--torch] [--json=FILE]
 
 For the small CNN (150 px, batch 32, RMSprop) and VGG16 (2 classes, 112 px, batch 16,
 SGD momentum 0.9), times the project's own train step after compilation, data already in
@@ -13,12 +13,16 @@ pass) times 3 for forward plus backward, against a float32 matmul measured in th
 With Keras and TensorFlow importable, the same model is trained by Keras (TensorFlow backend,
 train_on_batch) in a subprocess, and with PyTorch importable by PyTorch (channels-last, its
 oneDNN convolutions) in another, and the ratios are reported. Prints a table; JSON with --json.
+A machine whose speed drifts between runs minutes apart needs paired measurements:
+--rounds=N times every implementation once per round, in turn, and reports each one's median
+images/s and its range, and its ratios as the median of the rounds' own ratios.
 """
 
 import importlib
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -34,6 +38,9 @@ flags.DEFINE_list('models', ['small_cnn', 'vgg16'], 'small_cnn and/or vgg16')
 flags.DEFINE_list('layers', ['onednn', 'cpu', 'plain'], 'layer forms to time (config.model.layers)')
 flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'compute dtypes to time (cpu layers)')
 flags.DEFINE_integer('steps', 10, 'timed steps per measurement (after 2 warm-up steps)')
+flags.DEFINE_integer(
+    'rounds', 1, 'times every implementation this many times, in turn (paired ratios)'
+)
 flags.DEFINE_boolean('keras', True, 'also time Keras with the TensorFlow backend if importable')
 flags.DEFINE_boolean('torch', True, 'also time PyTorch (channels-last) if importable')
 flags.DEFINE_string('keras_only', None, 'internal: time only this model with Keras, print JSON')
@@ -191,8 +198,6 @@ def main(_):
   for name in FLAGS.models:
     config = benchmark_config(name)
     gflop = 3 * forward_gflop_per_image(config)
-    keras_rate = _in_subprocess('keras', name, FLAGS.steps) if FLAGS.keras else None
-    torch_rate = _in_subprocess('torch', name, FLAGS.steps) if FLAGS.torch else None
     runs = [(forms, 'float32') for forms in FLAGS.layers]
     runs += [
         (forms, d)
@@ -201,29 +206,46 @@ def main(_):
         for d in FLAGS.dtypes
         if d != 'float32'
     ]
+    keras, torch = ('Keras 3, TensorFlow', 'float32'), ('PyTorch, channels-last', 'float32')
+    # {(implementation, dtype): images/s of each round}; a round times every one in turn.
+    rates = {}
+    for _ in range(FLAGS.rounds):
+      for framework, key in (('keras', keras), ('torch', torch)):
+        rate = _in_subprocess(framework, name, FLAGS.steps) if FLAGS[framework].value else None
+        if rate:
+          rates.setdefault(key, []).append(rate)
+      for forms, dtype in runs:
+        config.half_precision = dtype == 'bfloat16'
+        rate = project_images_per_second(config, forms, FLAGS.steps)
+        rates.setdefault((f'project, {forms} layers', dtype), []).append(rate)
 
-    def row(implementation, dtype, rate):
-      return {
-          'model': name,
-          'image_size': config.data.image_size,
-          'batch_size': config.batch_size,
-          'implementation': implementation,
-          'dtype': dtype,
-          'images_per_second': rate,
-          'gflops': rate * gflop,
-          'roofline_fraction': rate * gflop / roofline,
-          'vs_keras': rate / keras_rate if keras_rate else None,
-          'vs_torch': rate / torch_rate if torch_rate else None,
-      }
+    def paired(each, reference):
+      return (
+          statistics.median(a / b for a, b in zip(each, rates[reference]))
+          if reference in rates
+          else None
+      )
 
-    for forms, dtype in runs:
-      config.half_precision = dtype == 'bfloat16'
-      rate = project_images_per_second(config, forms, FLAGS.steps)
-      rows.append(row(f'project, {forms} layers', dtype, rate))
-    if keras_rate:
-      rows.append(row('Keras 3, TensorFlow', 'float32', keras_rate))
-    if torch_rate:
-      rows.append(row('PyTorch, channels-last', 'float32', torch_rate))
+    for implementation, dtype in [(f'project, {f} layers', d) for f, d in runs] + [keras, torch]:
+      each = rates.get((implementation, dtype))
+      if not each:
+        continue
+      rate = statistics.median(each)
+      rows.append(
+          {
+              'model': name,
+              'image_size': config.data.image_size,
+              'batch_size': config.batch_size,
+              'implementation': implementation,
+              'dtype': dtype,
+              'images_per_second': rate,
+              'rounds': each,
+              'gflops': rate * gflop,
+              'roofline_fraction': rate * gflop / roofline,
+              'vs_keras': paired(each, keras),
+              'vs_torch': paired(each, torch),
+          }
+      )
   print(
       f'{jax.device_count()} {jax.devices()[0].platform} device(s), {os.cpu_count()} cores; '
       f'float32 matmul roofline {roofline:.0f} GFLOP/s'
@@ -231,6 +253,7 @@ def main(_):
   print(
       f'{"model":10} {"implementation":24} {"dtype":9} {"images/s":>9} {"GFLOP/s":>8} '
       f'{"roofline":>8} {"vs Keras":>8} {"vs PyTorch":>10}'
+      + (f'  {"range of the rounds":>19}' if FLAGS.rounds > 1 else '')
   )
   ratio = lambda x: f'{x:.2f}x' if x else '-'
   for r in rows:
@@ -238,6 +261,7 @@ def main(_):
         f'{r["model"]:10} {r["implementation"]:24} {r["dtype"]:9} '
         f'{r["images_per_second"]:9.1f} {r["gflops"]:8.1f} {r["roofline_fraction"]:8.0%} '
         f'{ratio(r["vs_keras"]):>8} {ratio(r["vs_torch"]):>10}'
+        + (f'  {min(r["rounds"]):9.1f}-{max(r["rounds"]):<9.1f}' if FLAGS.rounds > 1 else '')
     )
   result = {'roofline_gflops': roofline, 'devices': jax.device_count(), 'rows': rows}
   if FLAGS.json:

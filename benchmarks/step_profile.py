@@ -6,9 +6,9 @@
 Builds the step `train_step.py` times (the same models, image sizes, batches and optimisers),
 runs it under JAX's profiler and reads the trace (an XPlane protobuf, parsed with the schema
 TensorFlow installs). Prints the step's time untraced and traced, then the time per step of
-each kind of operation XLA ran, summed over the threads that ran them (names without their numbers, so
-that the fusions of one kind add up), and, for each oneDNN call, its pass, shapes, time and
-GFLOP/s against a float32 matmul measured in the same run. The measurement that decides
+each kind of operation XLA ran, summed over the threads that ran them (names without their
+numbers, so that the fusions of one kind add up), and, for each oneDNN call, its pass,
+shapes, time and GFLOP/s against a float32 matmul measured in the same run. The measurement that decides
 what to move into oneDNN next: an operation that takes little of the step gains little.
 """
 

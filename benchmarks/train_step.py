@@ -166,6 +166,11 @@ def torch_images_per_second(name: str, steps: int) -> float:
   return config.batch_size * steps / (time.perf_counter() - start)
 
 
+def paired_ratio(each, reference):
+  """The median of the rounds' own ratios each[i] / reference[i]; None without a reference."""
+  return statistics.median(a / b for a, b in zip(each, reference)) if reference else None
+
+
 def _in_subprocess(framework: str, name: str, steps: int):
   # Found, not imported: TensorFlow's and PyTorch's thread pools stay out of the process
   # that times JAX.
@@ -219,13 +224,6 @@ def main(_):
         rate = project_images_per_second(config, forms, FLAGS.steps)
         rates.setdefault((f'project, {forms} layers', dtype), []).append(rate)
 
-    def paired(each, reference):
-      return (
-          statistics.median(a / b for a, b in zip(each, rates[reference]))
-          if reference in rates
-          else None
-      )
-
     for implementation, dtype in [(f'project, {f} layers', d) for f, d in runs] + [keras, torch]:
       each = rates.get((implementation, dtype))
       if not each:
@@ -242,8 +240,8 @@ def main(_):
               'rounds': each,
               'gflops': rate * gflop,
               'roofline_fraction': rate * gflop / roofline,
-              'vs_keras': paired(each, keras),
-              'vs_torch': paired(each, torch),
+              'vs_keras': paired_ratio(each, rates.get(keras)),
+              'vs_torch': paired_ratio(each, rates.get(torch)),
           }
       )
   print(
